@@ -1,0 +1,222 @@
+//! Wire types between the Spindle router and its workers.
+//!
+//! The router calls `POST /v1/generate` on a worker with a [`GenerateRequest`]
+//! and reads back chunked NDJSON: one [`GenerateEvent`] per line — `delta`
+//! lines while tokens flow, then exactly one `done` or `error` line. Keeping
+//! these types in their own crate lets the router build without llama.cpp.
+
+pub mod openai;
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message as the worker's template sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Sampling settings for one request. Every field has a neutral default, so
+/// `{}` means greedy-free default sampling with no limits beyond the context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus sampling mass in (0, 1]; 1 disables it.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens; 0 disables it.
+    pub top_k: u32,
+    /// Drop tokens whose probability is below `min_p` × the top one; 0 disables it.
+    pub min_p: f32,
+    /// Same seed, same prompt, same settings: same output.
+    pub seed: Option<u64>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Multiplicative penalty (llama.cpp / CTRL style); 1 disables it.
+    pub repetition_penalty: f32,
+    /// Generation stops before any of these strings; the stop text is never sent.
+    pub stop: Vec<String>,
+    /// Upper bound on generated tokens; `None` means until the context is full.
+    pub max_tokens: Option<u32>,
+    /// Never end on an end-of-generation token (benchmarks: fixed output length).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            stop: Vec::new(),
+            max_tokens: None,
+            ignore_eos: false,
+        }
+    }
+}
+
+/// What to generate from: exactly one of chat messages, a raw prompt, or token ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptInput {
+    /// Rendered with the model's chat template; the assistant turn is opened.
+    Messages(Vec<ChatMessage>),
+    /// Used as is; special-token text in it is treated as plain text.
+    Prompt(String),
+    /// Already tokenized; used as is.
+    Tokens(Vec<i32>),
+}
+
+/// The body of `POST /v1/generate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// Caller's id; `POST /v1/generate/{id}/cancel` cancels it. Generated when absent.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(flatten)]
+    pub input: PromptInput,
+    /// Text generated earlier for this same request (failover migration): it is
+    /// appended to the rendered prompt as the start of the assistant turn and is
+    /// not sent back again.
+    #[serde(default)]
+    pub continuation: Option<String>,
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    /// Routing/cache hint; the worker reports it back in logs only.
+    #[serde(default)]
+    pub cache_key: Option<String>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// Cancelled by the caller or because the client went away.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Token accounting for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV came from the prefix cache (not recomputed).
+    pub cached_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// Wall-clock timings for one request, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From arrival to the first decode step that included it.
+    pub queue_ms: f64,
+    /// From arrival to the first generated token.
+    pub ttft_ms: f64,
+    /// From the first to the last generated token.
+    pub decode_ms: f64,
+}
+
+/// One NDJSON line of the `/v1/generate` response stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GenerateEvent {
+    /// Newly generated text (always whole UTF-8 characters) and the token ids behind it.
+    Delta { text: String, token_ids: Vec<i32> },
+    /// Last line of a successful stream.
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+        timings: Timings,
+    },
+    /// Last line of a failed stream.
+    Error { code: String, message: String },
+}
+
+/// The body of `GET /load`: what a router needs to balance work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Sequences being prefilled or decoded.
+    pub running: u32,
+    /// Requests admitted but waiting for a slot.
+    pub waiting: u32,
+    /// Largest number of concurrent sequences.
+    pub max_seqs: u32,
+    /// KV cells in use (running plus retained prefix-cache sequences).
+    pub kv_used: u32,
+    /// KV cells in all.
+    pub kv_total: u32,
+    /// Generated tokens per second over the last few seconds.
+    pub tokens_per_second: f64,
+    /// True once SIGTERM arrived: finish in-flight work, take no more.
+    pub draining: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_accepts_each_input_kind() {
+        let r: GenerateRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"hi"}],"sampling":{"temperature":0}}"#,
+        )
+        .unwrap();
+        assert!(matches!(r.input, PromptInput::Messages(ref m) if m.len() == 1));
+        assert_eq!(r.sampling.temperature, 0.0);
+        assert_eq!(r.sampling.top_p, 1.0);
+        let r: GenerateRequest = serde_json::from_str(r#"{"prompt":"Once"}"#).unwrap();
+        assert_eq!(r.input, PromptInput::Prompt("Once".into()));
+        let r: GenerateRequest = serde_json::from_str(r#"{"tokens":[1,2,3]}"#).unwrap();
+        assert_eq!(r.input, PromptInput::Tokens(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn request_rejects_unknown_sampling_fields() {
+        let r = serde_json::from_str::<GenerateRequest>(
+            r#"{"prompt":"x","sampling":{"temprature":0}}"#,
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn events_are_tagged_lines() {
+        let e = GenerateEvent::Delta {
+            text: "hé".into(),
+            token_ids: vec![5],
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(line, r#"{"type":"delta","text":"hé","token_ids":[5]}"#);
+        let back: GenerateEvent = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, e);
+        let done: GenerateEvent = serde_json::from_str(
+            r#"{"type":"done","finish_reason":"length","usage":{"prompt_tokens":3,"cached_tokens":1,"completion_tokens":2},"timings":{"queue_ms":0.1,"ttft_ms":2.0,"decode_ms":3.0}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            done,
+            GenerateEvent::Done {
+                finish_reason: FinishReason::Length,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,171 @@
+//! Conversations: `POST/GET/DELETE /v1/conversations[/{id}]` and their items.
+//! A response created with `conversation` reads the items as context and,
+//! once it finishes, appends its input and output to them.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::SharedState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::store::Conversation;
+use crate::types::{list_page, new_id, normalize_items, now_secs, ListQuery};
+
+/// Body of `POST /v1/conversations`.
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateConversation {
+    #[serde(default)]
+    pub items: Option<Vec<Value>>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Body of `POST /v1/conversations/{id}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct UpdateConversation {
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Body of `POST /v1/conversations/{id}/items`.
+#[derive(Debug, Default, Deserialize)]
+pub struct AddItems {
+    pub items: Vec<Value>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("Conversation with id '{id}' not found."))
+}
+
+/// `POST /v1/conversations`.
+pub async fn create(
+    State(st): State<SharedState>,
+    ApiJson(body): ApiJson<CreateConversation>,
+) -> ApiResult<Json<Conversation>> {
+    let items = normalize_items(body.items.as_deref().unwrap_or_default(), "items")?;
+    let conv = Conversation {
+        id: new_id("conv"),
+        object: "conversation".into(),
+        created_at: now_secs(),
+        metadata: body.metadata.unwrap_or_default(),
+    };
+    st.store.insert_conversation(conv.clone(), items).await?;
+    Ok(Json(conv))
+}
+
+/// `GET /v1/conversations/{id}`.
+pub async fn get(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Conversation>> {
+    st.store
+        .get_conversation(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+/// `POST /v1/conversations/{id}` (metadata update).
+pub async fn update(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateConversation>,
+) -> ApiResult<Json<Conversation>> {
+    st.store
+        .update_conversation(&id, body.metadata.unwrap_or_default())
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+/// `DELETE /v1/conversations/{id}`.
+pub async fn delete(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    if st.store.delete_conversation(&id).await? {
+        Ok(Json(
+            json!({"id": id, "object": "conversation.deleted", "deleted": true}),
+        ))
+    } else {
+        Err(not_found(&id))
+    }
+}
+
+/// `GET /v1/conversations/{id}/items`.
+pub async fn list_items(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let (limit, desc) = q.resolve()?;
+    let items = st
+        .store
+        .conversation_items(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(list_page(&items, q.after.as_deref(), limit, desc)?))
+}
+
+/// `POST /v1/conversations/{id}/items`.
+pub async fn add_items(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<AddItems>,
+) -> ApiResult<Json<Value>> {
+    if body.items.is_empty() {
+        return Err(ApiError::invalid(
+            "'items' must not be empty",
+            Some("items"),
+        ));
+    }
+    let items = normalize_items(&body.items, "items")?;
+    if !st
+        .store
+        .append_conversation_items(&id, items.clone())
+        .await?
+    {
+        return Err(not_found(&id));
+    }
+    list_page(&items, None, items.len(), false).map(Json)
+}
+
+/// `GET /v1/conversations/{id}/items/{item_id}`.
+pub async fn get_item(
+    State(st): State<SharedState>,
+    ApiPath((id, item_id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let items = st
+        .store
+        .conversation_items(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    items
+        .into_iter()
+        .find(|it| it.get("id").and_then(Value::as_str) == Some(item_id.as_str()))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("Item with id '{item_id}' not found.")))
+}
+
+/// `DELETE /v1/conversations/{id}/items/{item_id}`; returns the conversation.
+pub async fn delete_item(
+    State(st): State<SharedState>,
+    ApiPath((id, item_id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Conversation>> {
+    match st.store.delete_conversation_item(&id, &item_id).await? {
+        None => Err(not_found(&id)),
+        Some(false) => Err(ApiError::not_found(format!(
+            "Item with id '{item_id}' not found."
+        ))),
+        Some(true) => st
+            .store
+            .get_conversation(&id)
+            .await?
+            .map(Json)
+            .ok_or_else(|| not_found(&id)),
+    }
+}

@@ -1,0 +1,144 @@
+//! The one API error type and its mapping to the OpenAI error body
+//! `{"error":{"message","type","param","code"}}` (code: string or null).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Every error the public API can return.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or asks for something unsupported (400).
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<String>,
+    },
+    /// The referenced object does not exist (404).
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: Option<String>,
+        code: Option<String>,
+    },
+    /// The body is larger than the configured limit (413).
+    #[error("the request body is larger than the maximum allowed size")]
+    PayloadTooLarge,
+    /// No route or method for this path (404/405).
+    #[error("{message}")]
+    Route { status: StatusCode, message: String },
+    /// No worker can take the request now (503, with Retry-After).
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u64 },
+    /// The worker answered with something the router cannot use (502).
+    #[error("{0}")]
+    BadGateway(String),
+    /// A router bug or store failure (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// 400 `invalid_request_error` naming `param`.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+            code: None,
+        }
+    }
+
+    /// 400 with a machine-readable `code`.
+    pub fn invalid_code(message: impl Into<String>, param: Option<&str>, code: &str) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+            code: Some(code.to_owned()),
+        }
+    }
+
+    /// 404 `not_found_error`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound {
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Route { status, .. } => *status,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } | Self::PayloadTooLarge => "invalid_request_error",
+            Self::NotFound { .. } | Self::Route { .. } => "not_found_error",
+            Self::Unavailable { .. } | Self::BadGateway(_) | Self::Internal(_) => "server_error",
+        }
+    }
+
+    /// OpenAI error `param`.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { param, .. } | Self::NotFound { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// OpenAI error `code` (always a string when present).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { code, .. } | Self::NotFound { code, .. } => code.as_deref(),
+            Self::PayloadTooLarge => Some("request_too_large"),
+            Self::Route { .. } => None,
+            Self::Unavailable { .. } => Some("service_unavailable"),
+            Self::BadGateway(_) => Some("bad_gateway"),
+            Self::Internal(_) => Some("internal_error"),
+        }
+    }
+
+    /// The `{"error":{...}}` body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": self.payload()})
+    }
+
+    /// The inner error object `{"message","type","param","code"}`.
+    pub fn payload(&self) -> serde_json::Value {
+        json!({
+            "message": self.to_string(),
+            "type": self.kind(),
+            "param": self.param(),
+            "code": self.code(),
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Internal(_) | Self::BadGateway(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if let Self::Unavailable { retry_after, .. } = &self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,242 @@
+//! The [`Generator`] abstraction over token generation and [`HttpWorker`], the
+//! implementation that calls a worker's `POST /v1/generate` and reads NDJSON.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, StreamExt};
+use spindle_proto::{GenerateEvent, GenerateRequest};
+
+use crate::error::ApiError;
+
+/// Why a generation could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GenerateError {
+    /// The worker rejected the request (its message is passed to the client as a 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The worker is overloaded or draining; retry after `retry_after` seconds.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u64 },
+    /// The worker could not be reached.
+    #[error("worker unreachable: {0}")]
+    Connect(String),
+    /// The worker answered with something unusable.
+    #[error("worker error: {0}")]
+    Upstream(String),
+}
+
+impl From<GenerateError> for ApiError {
+    fn from(e: GenerateError) -> Self {
+        match e {
+            GenerateError::BadRequest(message) => ApiError::InvalidRequest {
+                message,
+                param: None,
+                code: None,
+            },
+            GenerateError::Unavailable {
+                message,
+                retry_after,
+            } => ApiError::Unavailable {
+                message,
+                retry_after,
+            },
+            GenerateError::Connect(m) => ApiError::Unavailable {
+                message: format!("no worker is reachable: {m}"),
+                retry_after: 1,
+            },
+            GenerateError::Upstream(m) => ApiError::BadGateway(m),
+        }
+    }
+}
+
+/// Something that turns a [`GenerateRequest`] into a stream of events.
+pub trait Generator: Send + Sync + 'static {
+    /// Start generation; returns a stream of events (`Delta`…, then `Done` or `Error`).
+    /// Dropping the stream must cancel the generation.
+    fn generate(
+        &self,
+        req: GenerateRequest,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>>;
+    /// Models served, for `GET /v1/models`.
+    fn models(&self) -> Vec<String>;
+}
+
+/// A [`Generator`] backed by one worker over HTTP.
+#[derive(Clone, Debug)]
+pub struct HttpWorker {
+    base_url: String,
+    client: reqwest::Client,
+    models: Vec<String>,
+}
+
+impl HttpWorker {
+    /// A worker at `base_url` (e.g. `http://127.0.0.1:8081`).
+    pub fn new(base_url: impl Into<String>) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            client,
+            models: Vec::new(),
+        }
+    }
+
+    /// Also list (and accept) these model names.
+    pub fn with_models(mut self, models: Vec<String>) -> Self {
+        self.models = models;
+        self
+    }
+}
+
+/// Longest silence tolerated from a worker stream before it counts as failed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Tells the worker to cancel `request_id` when dropped before [`CancelOnDrop::disarm`].
+struct CancelOnDrop {
+    url: Option<String>,
+    client: reqwest::Client,
+}
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.url = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let (Some(url), Ok(rt)) = (self.url.take(), tokio::runtime::Handle::try_current()) {
+            let client = self.client.clone();
+            rt.spawn(async move {
+                let _ = client
+                    .post(url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+            });
+        }
+    }
+}
+
+fn parse_error_body(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| body.chars().take(500).collect())
+}
+
+impl Generator for HttpWorker {
+    fn generate(
+        &self,
+        mut req: GenerateRequest,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>> {
+        let request_id = req
+            .request_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string())
+            .clone();
+        let url = format!("{}/v1/generate", self.base_url);
+        let cancel_url = format!("{}/v1/generate/{}/cancel", self.base_url, request_id);
+        let client = self.client.clone();
+        Box::pin(async move {
+            let resp = client
+                .post(&url)
+                .json(&req)
+                .send()
+                .await
+                .map_err(|e| GenerateError::Connect(e.to_string()))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let body = resp.text().await.unwrap_or_default();
+                let message = parse_error_body(&body);
+                return Err(match status.as_u16() {
+                    400 | 422 => GenerateError::BadRequest(message),
+                    429 | 503 => GenerateError::Unavailable {
+                        message,
+                        retry_after,
+                    },
+                    _ => GenerateError::Upstream(format!("worker returned {status}: {message}")),
+                });
+            }
+            let guard = CancelOnDrop {
+                url: Some(cancel_url),
+                client,
+            };
+            let bytes = resp.bytes_stream();
+            let stream =
+                futures::stream::unfold(
+                    (bytes, Vec::<u8>::new(), guard, false),
+                    |(mut bytes, mut buf, mut guard, finished)| async move {
+                        if finished {
+                            return None;
+                        }
+                        loop {
+                            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                                let line: Vec<u8> = buf.drain(..=pos).collect();
+                                let line = line.trim_ascii();
+                                if line.is_empty() {
+                                    continue;
+                                }
+                                let ev = serde_json::from_slice::<GenerateEvent>(line)
+                                    .unwrap_or_else(|e| GenerateEvent::Error {
+                                        code: "bad_worker_response".into(),
+                                        message: format!("unreadable line from worker: {e}"),
+                                    });
+                                let last = !matches!(ev, GenerateEvent::Delta { .. });
+                                if last {
+                                    guard.disarm();
+                                }
+                                return Some((ev, (bytes, buf, guard, last)));
+                            }
+                            match tokio::time::timeout(IDLE_TIMEOUT, bytes.next()).await {
+                                Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+                                Ok(Some(Err(e))) => {
+                                    let ev = GenerateEvent::Error {
+                                        code: "worker_stream_error".into(),
+                                        message: format!("worker stream broke: {e}"),
+                                    };
+                                    return Some((ev, (bytes, buf, guard, true)));
+                                }
+                                Ok(None) => {
+                                    if !buf.trim_ascii().is_empty() {
+                                        buf.push(b'\n');
+                                        continue;
+                                    }
+                                    let ev = GenerateEvent::Error {
+                                        code: "worker_stream_error".into(),
+                                        message: "worker stream ended before completion".into(),
+                                    };
+                                    guard.disarm();
+                                    return Some((ev, (bytes, buf, guard, true)));
+                                }
+                                Err(_) => {
+                                    let ev = GenerateEvent::Error {
+                                        code: "worker_timeout".into(),
+                                        message: "worker sent nothing for too long".into(),
+                                    };
+                                    return Some((ev, (bytes, buf, guard, true)));
+                                }
+                            }
+                        }
+                    },
+                );
+            Ok(stream.boxed())
+        })
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.models.clone()
+    }
+}

@@ -1,0 +1,87 @@
+//! Spindle router: the OpenAI-compatible public API (Responses, Conversations,
+//! Chat Completions, Completions, Models) in front of token-generating workers.
+//!
+//! Wire it up with [`app`], a [`Generator`] (usually [`HttpWorker`]) and a
+//! [`ResponseStore`] (usually [`MemoryStore`]).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod generator;
+pub mod sse;
+pub mod store;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+pub use config::RouterConfig;
+pub use error::ApiError;
+pub use generator::{GenerateError, Generator, HttpWorker};
+pub use store::{MemoryStore, ResponseStore};
+
+async fn not_found() -> ApiError {
+    ApiError::Route {
+        status: StatusCode::NOT_FOUND,
+        message: "Unknown endpoint.".into(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::Route {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "Method not allowed for this endpoint.".into(),
+    }
+}
+
+/// The public API as an axum router (the binary adds host/port and health routes).
+pub fn app(
+    generator: Arc<dyn Generator>,
+    store: Arc<dyn ResponseStore>,
+    config: &RouterConfig,
+) -> axum::Router {
+    use api::{chat, conversations, models, responses};
+    let state = Arc::new(api::AppState {
+        generator,
+        store,
+        config: config.clone(),
+    });
+    axum::Router::new()
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
+        .route("/v1/conversations", post(conversations::create))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get)
+                .post(conversations::update)
+                .delete(conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/items",
+            get(conversations::list_items).post(conversations::add_items),
+        )
+        .route(
+            "/v1/conversations/{id}/items/{item_id}",
+            get(conversations::get_item).delete(conversations::delete_item),
+        )
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(chat::completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state)
+}

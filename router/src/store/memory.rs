@@ -1,0 +1,414 @@
+//! [`MemoryStore`]: the embedded, bounded, in-process [`ResponseStore`].
+//!
+//! One `std::sync::Mutex` guards all maps; it is never held across an `.await`
+//! (every method locks, works, unlocks synchronously). Records expire after the
+//! TTL and the oldest are evicted first once `max_records` is exceeded.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{Conversation, ResponseRecord, ResponseStore, StoreError, StoreResult};
+use crate::types::{now_secs, ResponseObject, ResponseStatus};
+
+struct RespEntry {
+    rec: ResponseRecord,
+    events: Vec<Value>,
+    changes: watch::Sender<u64>,
+    expires: Instant,
+    seq: u64,
+}
+
+impl RespEntry {
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+struct ConvEntry {
+    conv: Conversation,
+    items: Vec<Value>,
+    expires: Instant,
+    seq: u64,
+}
+
+/// Insertion-ordered bounded map with TTL.
+struct Bounded<E> {
+    map: HashMap<String, E>,
+    order: VecDeque<(u64, String)>,
+}
+
+impl<E> Default for Bounded<E> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+trait Aged {
+    fn expires(&self) -> Instant;
+    fn seq(&self) -> u64;
+}
+
+impl Aged for RespEntry {
+    fn expires(&self) -> Instant {
+        self.expires
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Aged for ConvEntry {
+    fn expires(&self) -> Instant {
+        self.expires
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl<E: Aged> Bounded<E> {
+    fn insert(&mut self, id: String, entry: E, max: usize) {
+        self.order.push_back((entry.seq(), id.clone()));
+        self.map.insert(id, entry);
+        self.evict(max);
+    }
+
+    /// Drop expired entries and the oldest beyond `max`.
+    fn evict(&mut self, max: usize) {
+        let now = Instant::now();
+        while let Some((seq, id)) = self.order.front() {
+            let live = self.map.get(id).filter(|e| e.seq() == *seq);
+            match live {
+                None => {
+                    self.order.pop_front();
+                }
+                Some(e) if e.expires() <= now || self.map.len() > max => {
+                    let id = id.clone();
+                    self.order.pop_front();
+                    self.map.remove(&id);
+                }
+                Some(_) => break,
+            }
+        }
+        if self.order.len() > 2 * max.max(16) {
+            let map = &self.map;
+            self.order
+                .retain(|(seq, id)| map.get(id).is_some_and(|e| e.seq() == *seq));
+        }
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut E> {
+        let expired = self
+            .map
+            .get(id)
+            .is_some_and(|e| e.expires() <= Instant::now());
+        if expired {
+            self.map.remove(id);
+            return None;
+        }
+        self.map.get_mut(id)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    responses: Bounded<RespEntry>,
+    conversations: Bounded<ConvEntry>,
+    next_seq: u64,
+}
+
+/// The embedded [`ResponseStore`].
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    max_records: usize,
+    ttl: Duration,
+}
+
+impl MemoryStore {
+    /// A store keeping at most `max_records` responses (and as many
+    /// conversations), each for at most `ttl`.
+    pub fn new(max_records: usize, ttl: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_records: max_records.max(1),
+            ttl,
+        }
+    }
+
+    fn lock(&self) -> StoreResult<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Backend("memory store lock poisoned".into()))
+    }
+
+    fn expiry(&self) -> Instant {
+        Instant::now()
+            .checked_add(self.ttl)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(100_000, Duration::from_secs(30 * 24 * 3600))
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseStore for MemoryStore {
+    async fn insert_response(&self, rec: ResponseRecord) -> StoreResult<()> {
+        let expires = self.expiry();
+        let mut g = self.lock()?;
+        g.next_seq += 1;
+        let seq = g.next_seq;
+        let id = rec.response.id.clone();
+        let (changes, _) = watch::channel(0);
+        let entry = RespEntry {
+            rec,
+            events: Vec::new(),
+            changes,
+            expires,
+            seq,
+        };
+        g.responses.insert(id, entry, self.max_records);
+        Ok(())
+    }
+
+    async fn get_response(&self, id: &str) -> StoreResult<Option<ResponseRecord>> {
+        Ok(self.lock()?.responses.get_mut(id).map(|e| e.rec.clone()))
+    }
+
+    async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {
+        Ok(self
+            .lock()?
+            .responses
+            .get_mut(id)
+            .map(|e| e.rec.response.status))
+    }
+
+    async fn delete_response(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.responses.map.remove(id).is_some())
+    }
+
+    async fn update_if_active(&self, response: ResponseObject) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        let Some(e) = g.responses.get_mut(&response.id) else {
+            return Ok(false);
+        };
+        if e.rec.response.status.is_terminal() {
+            return Ok(false);
+        }
+        e.rec.response = response;
+        e.bump();
+        Ok(true)
+    }
+
+    async fn cancel_response(&self, id: &str) -> StoreResult<Option<ResponseObject>> {
+        let mut g = self.lock()?;
+        let Some(e) = g.responses.get_mut(id) else {
+            return Ok(None);
+        };
+        if !e.rec.response.status.is_terminal() {
+            e.rec.response.status = ResponseStatus::Cancelled;
+            e.rec.response.completed_at = Some(now_secs());
+            e.bump();
+        }
+        Ok(Some(e.rec.response.clone()))
+    }
+
+    async fn append_event(&self, id: &str, event: Value) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        if let Some(e) = g.responses.get_mut(id) {
+            e.events.push(event);
+            e.bump();
+        }
+        Ok(())
+    }
+
+    async fn events_after(&self, id: &str, after: Option<u64>) -> StoreResult<Option<Vec<Value>>> {
+        let mut g = self.lock()?;
+        Ok(g.responses.get_mut(id).map(|e| {
+            e.events
+                .iter()
+                .filter(|ev| {
+                    let seq = ev
+                        .get("sequence_number")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    after.is_none_or(|a| seq > a)
+                })
+                .cloned()
+                .collect()
+        }))
+    }
+
+    async fn subscribe(&self, id: &str) -> StoreResult<Option<watch::Receiver<u64>>> {
+        Ok(self
+            .lock()?
+            .responses
+            .get_mut(id)
+            .map(|e| e.changes.subscribe()))
+    }
+
+    async fn insert_conversation(&self, conv: Conversation, items: Vec<Value>) -> StoreResult<()> {
+        let expires = self.expiry();
+        let mut g = self.lock()?;
+        g.next_seq += 1;
+        let seq = g.next_seq;
+        let id = conv.id.clone();
+        g.conversations.insert(
+            id,
+            ConvEntry {
+                conv,
+                items,
+                expires,
+                seq,
+            },
+            self.max_records,
+        );
+        Ok(())
+    }
+
+    async fn get_conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+        Ok(self
+            .lock()?
+            .conversations
+            .get_mut(id)
+            .map(|e| e.conv.clone()))
+    }
+
+    async fn update_conversation(
+        &self,
+        id: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> StoreResult<Option<Conversation>> {
+        let mut g = self.lock()?;
+        Ok(g.conversations.get_mut(id).map(|e| {
+            e.conv.metadata = metadata;
+            e.conv.clone()
+        }))
+    }
+
+    async fn delete_conversation(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.conversations.map.remove(id).is_some())
+    }
+
+    async fn conversation_items(&self, id: &str) -> StoreResult<Option<Vec<Value>>> {
+        Ok(self
+            .lock()?
+            .conversations
+            .get_mut(id)
+            .map(|e| e.items.clone()))
+    }
+
+    async fn append_conversation_items(&self, id: &str, items: Vec<Value>) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        Ok(match g.conversations.get_mut(id) {
+            Some(e) => {
+                e.items.extend(items);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn delete_conversation_item(&self, id: &str, item_id: &str) -> StoreResult<Option<bool>> {
+        let mut g = self.lock()?;
+        Ok(g.conversations.get_mut(id).map(|e| {
+            let before = e.items.len();
+            e.items
+                .retain(|it| it.get("id").and_then(Value::as_str) != Some(item_id));
+            e.items.len() != before
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ResponseObject, ResponseStatus};
+
+    fn rec(id: &str) -> ResponseRecord {
+        let mut r: ResponseObject = serde_json::from_value(serde_json::json!({
+            "id": id, "object": "response", "created_at": 0, "completed_at": null,
+            "status": "in_progress", "error": null, "incomplete_details": null,
+            "instructions": null, "model": "m", "output": [], "previous_response_id": null,
+            "conversation": null, "tools": [], "tool_choice": "auto", "parallel_tool_calls": true,
+            "temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "top_logprobs": 0, "truncation": "disabled", "text": {"format": {"type": "text"}},
+            "reasoning": null, "max_output_tokens": null, "max_tool_calls": null, "store": true,
+            "background": false, "service_tier": "default", "metadata": {},
+            "safety_identifier": null, "user": null, "prompt_cache_key": null, "usage": null
+        }))
+        .expect("valid object");
+        r.id = id.into();
+        ResponseRecord {
+            response: r,
+            input_items: vec![],
+            history: vec![],
+            chain_root: id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn evicts_oldest_beyond_max() {
+        let s = MemoryStore::new(2, Duration::from_secs(60));
+        for id in ["a", "b", "c"] {
+            s.insert_response(rec(id)).await.unwrap();
+        }
+        assert!(s.get_response("a").await.unwrap().is_none());
+        assert!(s.get_response("b").await.unwrap().is_some());
+        assert!(s.get_response("c").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn expires_after_ttl() {
+        let s = MemoryStore::new(10, Duration::from_millis(20));
+        s.insert_response(rec("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(s.get_response("a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn terminal_state_is_final() {
+        let s = MemoryStore::new(10, Duration::from_secs(60));
+        s.insert_response(rec("a")).await.unwrap();
+        let c = s.cancel_response("a").await.unwrap().unwrap();
+        assert_eq!(c.status, ResponseStatus::Cancelled);
+        let mut done = rec("a").response;
+        done.status = ResponseStatus::Completed;
+        assert!(!s.update_if_active(done).await.unwrap());
+        assert_eq!(
+            s.response_status("a").await.unwrap(),
+            Some(ResponseStatus::Cancelled)
+        );
+    }
+
+    #[tokio::test]
+    async fn events_after_filters_by_sequence() {
+        let s = MemoryStore::new(10, Duration::from_secs(60));
+        s.insert_response(rec("a")).await.unwrap();
+        let mut rx = s.subscribe("a").await.unwrap().unwrap();
+        for n in 0..5u64 {
+            s.append_event("a", serde_json::json!({"sequence_number": n}))
+                .await
+                .unwrap();
+        }
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        assert_eq!(
+            s.events_after("a", Some(2)).await.unwrap().unwrap().len(),
+            2
+        );
+        assert_eq!(s.events_after("a", None).await.unwrap().unwrap().len(), 5);
+        s.delete_response("a").await.unwrap();
+        assert!(rx.changed().await.is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! The router's [`Generator`] backed by a worker in the same process
+//! (`spindle serve`): no HTTP hop between the two, same cancellation rule
+//! (dropping the stream cancels the request).
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, StreamExt};
+use spindle_proto::{GenerateEvent, GenerateRequest};
+use spindle_router::{GenerateError, Generator};
+use spindle_worker::engine::SubmitError;
+use spindle_worker::error::WorkerError;
+use spindle_worker::Worker;
+
+pub struct InProcess {
+    worker: Worker,
+}
+
+impl InProcess {
+    pub fn new(worker: Worker) -> Self {
+        Self { worker }
+    }
+}
+
+fn to_generate_error(e: WorkerError) -> GenerateError {
+    match e {
+        WorkerError::Submit(
+            s @ (SubmitError::QueueFull | SubmitError::Draining | SubmitError::Stopped),
+        ) => GenerateError::Unavailable {
+            message: s.to_string(),
+            retry_after: 1,
+        },
+        WorkerError::Engine(m) => GenerateError::Upstream(m),
+        other => GenerateError::BadRequest(other.to_string()),
+    }
+}
+
+impl Generator for InProcess {
+    fn generate(
+        &self,
+        req: GenerateRequest,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>> {
+        let result = self
+            .worker
+            .generate(req)
+            .map(StreamExt::boxed)
+            .map_err(to_generate_error);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn models(&self) -> Vec<String> {
+        vec![self.worker.model_name().to_owned()]
+    }
+}

@@ -1,0 +1,74 @@
+//! `spindle`: one binary for every role.
+//!
+//! - `spindle serve`: router + in-process worker + memory store on one port
+//!   (the single-node default);
+//! - `spindle router`: the public API in front of remote workers;
+//! - `spindle worker`: one engine behind its HTTP API;
+//! - `spindle bench`: drive a running server and report throughput and latency.
+
+mod bench;
+mod inprocess;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spindle",
+    version,
+    about = "OpenAI-compatible LLM serving: router, worker, single node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run router, worker and an in-memory store in one process (single node).
+    Serve(server::ServeArgs),
+    /// Run the router: the public API in front of remote workers.
+    Router(server::RouterArgs),
+    /// Run a worker: the model engine behind its HTTP API.
+    Worker(server::WorkerArgs),
+    /// Benchmark a running server (or run the side-by-side scenarios).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,llama-cpp-2=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => server::serve(args).await,
+            Command::Router(args) => server::router(args).await,
+            Command::Worker(args) => server::worker(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    // Do not wait for blocked tasks (streams cut at the drain deadline).
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

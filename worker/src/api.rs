@@ -1,0 +1,302 @@
+//! The worker's HTTP API.
+//!
+//! - `POST /v1/generate`: the router's internal call; chunked NDJSON, one
+//!   [`GenerateEvent`] per line. `POST /v1/generate/{id}/cancel` cancels.
+//! - `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`:
+//!   OpenAI-compatible, so a worker also stands alone.
+//! - `GET /health` (alive), `GET /ready` (loaded, not draining), `GET /load`,
+//!   `GET /metrics` (Prometheus).
+//!
+//! A client that goes away drops the response body, which drops the event
+//! receiver, which the engine notices at its next step and cancels.
+
+use crate::error::WorkerError;
+use crate::Worker;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use spindle_proto::openai::{
+    finish_reason, ChatCompletionRequest, CompletionRequest, CompletionUsage,
+};
+use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// JSON body extractor whose rejections are OpenAI-shaped errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = WorkerError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // Any content type is read as JSON: curl users forget the header.
+        let body = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                WorkerError::PayloadTooLarge
+            } else {
+                WorkerError::invalid(rej.body_text(), None)
+            }
+        })?;
+        serde_json::from_slice(&body)
+            .map(Self)
+            .map_err(|e| WorkerError::invalid(format!("invalid JSON body: {e}"), None))
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    worker: Worker,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// All worker routes. `metrics` renders `/metrics` when given.
+pub fn router(worker: Worker, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/v1/generate", post(generate))
+        .route("/v1/generate/{id}/cancel", post(cancel))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .with_state(AppState {
+            worker: worker.clone(),
+            metrics: metrics.clone(),
+        })
+        .merge(ops_router(worker, metrics))
+}
+
+/// Only the operational routes (`/health`, `/ready`, `/load`, `/metrics`),
+/// for a process that serves the public API from elsewhere (`spindle serve`).
+pub fn ops_router(worker: Worker, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/load", get(load))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { worker, metrics })
+}
+
+async fn generate(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<GenerateRequest>,
+) -> Result<Response, WorkerError> {
+    let events = st.worker.generate(req)?;
+    let lines = events.map(|e| {
+        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(line)
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+async fn cancel(State(st): State<AppState>, Path(id): Path<String>) -> Json<serde_json::Value> {
+    st.worker.engine.cancel(&id);
+    Json(json!({"id": id, "cancelled": true}))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn check_model(st: &AppState, model: Option<&str>) -> Result<(), WorkerError> {
+    match model {
+        Some(m) if !m.is_empty() && m != st.worker.model_name() => {
+            Err(WorkerError::UnknownModel(m.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What one finished request produced.
+struct Collected {
+    text: String,
+    finish: &'static str,
+    usage: CompletionUsage,
+}
+
+async fn collect(
+    mut events: impl Stream<Item = GenerateEvent> + Unpin,
+) -> Result<Collected, WorkerError> {
+    let mut text = String::new();
+    while let Some(e) = events.next().await {
+        match e {
+            GenerateEvent::Delta { text: t, .. } => text.push_str(&t),
+            GenerateEvent::Done {
+                finish_reason: r,
+                usage,
+                ..
+            } => {
+                return Ok(Collected {
+                    text,
+                    finish: finish_reason(r),
+                    usage: usage.into(),
+                })
+            }
+            GenerateEvent::Error { message, .. } => return Err(WorkerError::Engine(message)),
+        }
+    }
+    Err(WorkerError::Submit(crate::engine::SubmitError::Stopped))
+}
+
+/// An OpenAI SSE stream: `data: {chunk}` per event, then `data: [DONE]`.
+fn sse_stream<F>(
+    events: impl Stream<Item = GenerateEvent> + Send + 'static,
+    include_usage: bool,
+    chunk: F,
+) -> Response
+where
+    F: Fn(Option<&str>, Option<&'static str>, Option<CompletionUsage>) -> serde_json::Value
+        + Send
+        + Sync
+        + 'static,
+{
+    let first = futures::stream::once(futures::future::ready(chunk(Some(""), None, None)));
+    let body = events.filter_map(move |e| {
+        let out = match e {
+            GenerateEvent::Delta { text, .. } if text.is_empty() => None,
+            GenerateEvent::Delta { text, .. } => Some(vec![chunk(Some(&text), None, None)]),
+            GenerateEvent::Done {
+                finish_reason: r,
+                usage,
+                ..
+            } => {
+                let mut v = vec![chunk(None, Some(finish_reason(r)), None)];
+                if include_usage {
+                    v.push(chunk(None, None, Some(usage.into())));
+                }
+                Some(v)
+            }
+            GenerateEvent::Error { message, code } => {
+                Some(vec![json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}})])
+            }
+        };
+        futures::future::ready(out)
+    });
+    let stream = first
+        .map(|c| vec![c])
+        .chain(body)
+        .flat_map(futures::stream::iter)
+        .map(|v| Event::default().data(v.to_string()))
+        .chain(futures::stream::once(futures::future::ready(
+            Event::default().data("[DONE]"),
+        )))
+        .map(Ok::<_, Infallible>);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn chat_completions(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, WorkerError> {
+    check_model(&st, req.model.as_deref())?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let events = st.worker.generate(req.to_generate(id.clone())?)?;
+    let model = st.worker.model_name().to_owned();
+    let created = now_secs();
+    if !req.stream {
+        let c = collect(events).await?;
+        return Ok(Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text, "refusal": null},
+                         "logprobs": null, "finish_reason": c.finish}],
+            "usage": c.usage, "system_fingerprint": null,
+        }))
+        .into_response());
+    }
+    Ok(sse_stream(
+        events,
+        req.include_usage(),
+        move |text, finish, usage| {
+            let choices = if usage.is_some() {
+                json!([])
+            } else {
+                let delta = match text {
+                    Some("") => json!({"role": "assistant", "content": ""}),
+                    Some(t) => json!({"content": t}),
+                    None => json!({}),
+                };
+                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+            };
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+               "system_fingerprint": null, "choices": choices, "usage": usage})
+        },
+    ))
+}
+
+async fn completions(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, WorkerError> {
+    check_model(&st, req.model.as_deref())?;
+    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let events = st.worker.generate(req.to_generate(id.clone())?)?;
+    let model = st.worker.model_name().to_owned();
+    let created = now_secs();
+    if !req.stream {
+        let c = collect(events).await?;
+        return Ok(Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": c.text, "logprobs": null, "finish_reason": c.finish}],
+            "usage": c.usage,
+        }))
+        .into_response());
+    }
+    Ok(sse_stream(
+        events,
+        req.include_usage(),
+        move |text, finish, usage| {
+            let choices = if usage.is_some() {
+                json!([])
+            } else {
+                json!([{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
+            };
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+               "choices": choices, "usage": usage})
+        },
+    ))
+}
+
+async fn models(State(st): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": st.worker.model_name(), "object": "model", "created": 0, "owned_by": "spindle",
+    }]}))
+}
+
+async fn ready(State(st): State<AppState>) -> (StatusCode, &'static str) {
+    if st.worker.engine.stats.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ready")
+    }
+}
+
+async fn load(State(st): State<AppState>) -> Json<LoadReport> {
+    Json(st.worker.load_report())
+}
+
+async fn render_metrics(State(st): State<AppState>) -> Response {
+    match &st.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}

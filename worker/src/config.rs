@@ -1,0 +1,75 @@
+//! The worker's command-line flags (each with a `SPINDLE_*` environment fallback).
+
+use clap::Args;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerConfig {
+    /// GGUF model: a local path or hf:OWNER/REPO/FILE.gguf. Default: SmolLM2-135M-Instruct Q4_1
+    /// (from ../shared/models, the cache, or downloaded).
+    #[arg(long, env = "SPINDLE_MODEL")]
+    pub model: Option<String>,
+
+    /// KV-cache cells shared by all sequences (the longest prompt + output is one less).
+    #[arg(long, env = "SPINDLE_CTX_SIZE", default_value_t = 8192)]
+    pub ctx_size: u32,
+
+    /// Sequences decoded together in one step.
+    #[arg(long, env = "SPINDLE_MAX_SEQS", default_value_t = 16)]
+    pub max_seqs: u32,
+
+    /// Tokens per decode step: one per decoding sequence, the rest prompt chunks.
+    #[arg(long, env = "SPINDLE_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: u32,
+
+    /// Requests that may wait for a free sequence slot; beyond that, 503 + Retry-After.
+    #[arg(long, env = "SPINDLE_MAX_WAITING", default_value_t = 256)]
+    pub max_waiting: u32,
+
+    /// Finished sequences kept in the KV cache for prefix reuse.
+    #[arg(long, env = "SPINDLE_MAX_RETAINED", default_value_t = 48)]
+    pub max_retained: u32,
+
+    /// CPU threads for llama.cpp (default: all cores).
+    #[arg(long, env = "SPINDLE_THREADS")]
+    pub threads: Option<i32>,
+
+    /// Layers offloaded to the GPU (builds with the `cuda` feature).
+    #[arg(long, env = "SPINDLE_GPU_LAYERS", default_value_t = 999)]
+    pub gpu_layers: u32,
+
+    /// On SIGTERM, how long in-flight requests may run before the process exits.
+    #[arg(long, env = "SPINDLE_DRAIN_TIMEOUT", value_parser = humantime_secs, default_value = "30")]
+    pub drain_timeout: Duration,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = match s.strip_suffix("ms") {
+        Some(n) => (n, 0.001),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| Duration::from_secs_f64(v * scale))
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30, 30s, 500ms)"))
+}
+
+impl WorkerConfig {
+    pub fn threads(&self) -> i32 {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as i32))
+    }
+
+    pub fn engine(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            ctx_size: self.ctx_size,
+            max_seqs: self.max_seqs.clamp(1, 200),
+            max_batch_tokens: self.max_batch_tokens.max(self.max_seqs),
+            max_waiting: self.max_waiting,
+            threads: self.threads(),
+            max_retained: self.max_retained.min(256 - self.max_seqs.clamp(1, 200)),
+        }
+    }
+}

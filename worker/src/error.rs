@@ -1,0 +1,133 @@
+//! The worker's errors and their one mapping to HTTP: OpenAI's error body
+//! with the right status (400 for caller mistakes, 503 + `Retry-After` when
+//! overloaded or draining).
+
+use crate::engine::SubmitError;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use spindle_proto::openai::{ErrorBody, ErrorObject, InvalidParam};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("{0}")]
+    Submit(#[from] SubmitError),
+    #[error("model {0:?} is not served here")]
+    UnknownModel(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Template(#[from] crate::template::TemplateError),
+    #[error("generation failed: {0}")]
+    Engine(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+}
+
+impl WorkerError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        Option<String>,
+        Option<&'static str>,
+    ) {
+        use SubmitError::*;
+        match self {
+            Self::InvalidRequest { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                param.clone(),
+                None,
+            ),
+            Self::Submit(QueueFull) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                Some("server_overloaded"),
+            ),
+            Self::Submit(Draining | Stopped) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                Some("server_unavailable"),
+            ),
+            Self::Submit(PromptTooLong { .. }) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("messages".into()),
+                Some("context_length_exceeded"),
+            ),
+            Self::Submit(EmptyPrompt) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                Some("empty_prompt"),
+            ),
+            Self::UnknownModel(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model".into()),
+                Some("model_not_found"),
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                None,
+                Some("payload_too_large"),
+            ),
+            Self::Engine(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                Some("server_error"),
+            ),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None, None),
+            Self::Template(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("messages".into()),
+                Some("invalid_chat"),
+            ),
+        }
+    }
+}
+
+impl From<InvalidParam> for WorkerError {
+    fn from(p: InvalidParam) -> Self {
+        Self::invalid(p.message, Some(p.param))
+    }
+}
+
+impl IntoResponse for WorkerError {
+    fn into_response(self) -> Response {
+        let (status, kind, param, code) = self.parts();
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind: kind.into(),
+                param,
+                code: code.map(str::to_owned),
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,115 @@
+//! Spindle's worker: a continuous-batching llama.cpp engine behind HTTP.
+//!
+//! - [`model_source`] finds the GGUF file (`--model`, default model, downloads);
+//! - [`model`] loads it and tokenizes with the model's [`template`];
+//! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens and
+//!   [`text`] turns them into streamable text;
+//! - [`api`] serves it all over HTTP, with [`error`] the one error mapping.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod model_source;
+pub mod sampler;
+pub mod template;
+pub mod text;
+
+use engine::{Engine, Job};
+use error::WorkerError;
+use futures::Stream;
+use model::Model;
+use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport, PromptInput};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+pub use config::WorkerConfig;
+
+/// A loaded model with its running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    pub engine: Engine,
+}
+
+impl Worker {
+    /// Resolve and load the model, then start the engine thread.
+    pub async fn start(config: &WorkerConfig) -> anyhow::Result<Self> {
+        let path = model_source::resolve(config.model.as_deref()).await?;
+        tracing::info!(path = %path.display(), "loading model");
+        let gpu_layers = config.gpu_layers;
+        let model = tokio::task::spawn_blocking(move || Model::load(&path, gpu_layers)).await??;
+        let engine = Engine::start(Arc::new(model), config.engine())?;
+        tracing::info!(
+            model = %engine.model.name,
+            ctx = config.ctx_size,
+            max_seqs = config.max_seqs,
+            threads = config.threads(),
+            "engine ready"
+        );
+        Ok(Self { engine })
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.engine.model.name
+    }
+
+    /// Tokenize and submit a request; its events follow on the stream.
+    /// Dropping the stream cancels the request.
+    pub fn generate(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<impl Stream<Item = GenerateEvent> + Send + Unpin + 'static, WorkerError> {
+        let model = &self.engine.model;
+        let mut tokens = match &req.input {
+            PromptInput::Messages(m) if m.is_empty() => {
+                return Err(WorkerError::invalid(
+                    "messages must not be empty",
+                    Some("messages"),
+                ))
+            }
+            PromptInput::Messages(m) => model.tokenize_chat(m, req.continuation.as_deref())?,
+            PromptInput::Prompt(p) => model.tokenize_prompt(p),
+            PromptInput::Tokens(t) => {
+                let n_vocab = model.n_vocab();
+                if let Some(bad) = t.iter().find(|&&t| t < 0 || t >= n_vocab) {
+                    return Err(WorkerError::invalid(
+                        format!("token id {bad} is outside the vocabulary (0..{n_vocab})"),
+                        Some("tokens"),
+                    ));
+                }
+                t.iter()
+                    .map(|&t| llama_cpp_2::token::LlamaToken(t))
+                    .collect()
+            }
+        };
+        if let (PromptInput::Prompt(_) | PromptInput::Tokens(_), Some(c)) =
+            (&req.input, req.continuation.as_deref())
+        {
+            tokens.extend(model.llama.vocab().tokenize(c.as_bytes(), false, false));
+        }
+        let id = req
+            .request_id
+            .unwrap_or_else(|| format!("gen-{}", uuid::Uuid::new_v4().simple()));
+        let rx = self.engine.submit(Job {
+            id,
+            tokens,
+            sampling: req.sampling,
+        })?;
+        Ok(UnboundedReceiverStream::new(rx))
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        let s = &self.engine.stats;
+        LoadReport {
+            running: s.running.load(Ordering::SeqCst),
+            waiting: s.waiting.load(Ordering::SeqCst),
+            max_seqs: self.engine.config.max_seqs,
+            kv_used: s.kv_used.load(Ordering::Relaxed),
+            kv_total: self.engine.config.ctx_size,
+            tokens_per_second: s.tokens_per_second(),
+            draining: s.draining.load(Ordering::SeqCst),
+        }
+    }
+}

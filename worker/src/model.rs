@@ -1,0 +1,134 @@
+//! The loaded model: weights, vocabulary and chat template.
+//!
+//! `Model` is shared (`Arc`) between the HTTP handlers, which tokenize, and
+//! the engine thread, which owns the one llama.cpp context built on it.
+//! Tokenizing in the handlers keeps that work off the engine's step loop.
+
+use crate::model_source::{check_gguf, ModelError};
+use crate::template::{ChatTemplate, Segment, CHATML};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use spindle_proto::ChatMessage;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// llama.cpp's backend may be initialised once per process.
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+
+pub fn backend() -> &'static LlamaBackend {
+    BACKEND.get_or_init(|| {
+        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+        // `init` fails only when called twice, which the OnceLock rules out.
+        LlamaBackend::init().expect("llama.cpp backend initialises once")
+    })
+}
+
+pub struct Model {
+    pub llama: LlamaModel,
+    /// The name clients use (`model` field): the file name without `.gguf`.
+    pub name: String,
+    template: ChatTemplate,
+    bos: Option<LlamaToken>,
+    bos_text: String,
+    /// Every end-of-generation token (banned under `ignore_eos`).
+    pub eog_tokens: Vec<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    File(#[from] ModelError),
+    #[error("llama.cpp could not load {0} (unsupported architecture or corrupt tensors)")]
+    Llama(String),
+    #[error("model {0}: {1}")]
+    Template(String, crate::template::TemplateError),
+}
+
+impl Model {
+    /// Load a GGUF file (checked first), offloading `n_gpu_layers` layers when built with a GPU backend.
+    pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Self, LoadError> {
+        check_gguf(path)?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
+        let llama = LlamaModel::load_from_file(backend(), path, &params)
+            .map_err(|_| LoadError::Llama(path.display().to_string()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.trim_end_matches(".gguf").to_owned())
+            .unwrap_or_else(|| "model".into());
+        let vocab = llama.vocab();
+        let text_of = |t: LlamaToken| {
+            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+        };
+        let bos_text = text_of(vocab.bos());
+        let eos_text = text_of(vocab.eos());
+        let bos = vocab.should_add_bos().then(|| vocab.bos());
+        let source = llama
+            .meta_val_str("tokenizer.chat_template")
+            .unwrap_or_else(|_| CHATML.to_owned());
+        let eog_tokens = (0..llama.n_vocab())
+            .filter(|&t| vocab.is_eog(LlamaToken(t)))
+            .collect();
+        let template = ChatTemplate::new(&source, &bos_text, &eos_text)
+            .map_err(|e| LoadError::Template(name.clone(), e))?;
+        drop(vocab);
+        Ok(Self {
+            llama,
+            name,
+            template,
+            bos,
+            bos_text,
+            eog_tokens,
+        })
+    }
+
+    /// Tokens of a chat: the template's text with special tokens, the messages' text as plain text.
+    /// `continuation` (text the assistant already produced) is appended as plain text.
+    pub fn tokenize_chat(
+        &self,
+        messages: &[ChatMessage],
+        continuation: Option<&str>,
+    ) -> Result<Vec<LlamaToken>, crate::template::TemplateError> {
+        let segments = self.template.render(messages)?;
+        let vocab = self.llama.vocab();
+        let mut out = Vec::new();
+        let starts_with_bos = matches!(segments.first(), Some(Segment::Template(t)) if !self.bos_text.is_empty() && t.starts_with(&self.bos_text));
+        if let (Some(bos), false) = (self.bos, starts_with_bos) {
+            out.push(bos);
+        }
+        for seg in &segments {
+            match seg {
+                Segment::Template(t) => vocab.tokenize_into(t.as_bytes(), &mut out, false, true),
+                Segment::Content(c) => vocab.tokenize_into(c.as_bytes(), &mut out, false, false),
+            }
+        }
+        if let Some(c) = continuation.filter(|c| !c.is_empty()) {
+            vocab.tokenize_into(c.as_bytes(), &mut out, false, false);
+        }
+        Ok(out)
+    }
+
+    /// Tokens of a raw prompt: BOS if the model wants one, the text as plain text.
+    pub fn tokenize_prompt(&self, prompt: &str) -> Vec<LlamaToken> {
+        let mut out: Vec<LlamaToken> = self.bos.into_iter().collect();
+        self.llama
+            .vocab()
+            .tokenize_into(prompt.as_bytes(), &mut out, false, false);
+        out
+    }
+
+    /// The bytes a generated token stands for (control tokens print nothing).
+    pub fn piece(&self, token: LlamaToken) -> Vec<u8> {
+        self.llama.vocab().token_to_piece(token, false, None)
+    }
+
+    pub fn is_eog(&self, token: LlamaToken) -> bool {
+        self.llama.vocab().is_eog(token)
+    }
+
+    pub fn n_vocab(&self) -> i32 {
+        self.llama.n_vocab()
+    }
+}
