@@ -81,8 +81,7 @@ async fn stream_chat(
     messages: Value,
     max_tokens: u32,
 ) -> anyhow::Result<Sample> {
-    let body = json!({
-        "model": args.model.clone().unwrap_or_else(|| "default".into()),
+    let mut body = json!({
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -90,6 +89,9 @@ async fn stream_chat(
         "stream_options": {"include_usage": true},
         "ignore_eos": true,
     });
+    if let Some(m) = &args.model {
+        body["model"] = json!(m);
+    }
     let start = Instant::now();
     let resp = client
         .post(format!("{}/v1/chat/completions", args.url))

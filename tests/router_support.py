@@ -1,0 +1,111 @@
+"""Helpers for the router tests: an SDK client, raw SSE reading, and validation
+against the Open Responses schema (../shared/reference/open-responses-openapi.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import httpx
+import jsonschema
+from openai import OpenAI
+
+SCHEMA_PATH = Path(
+    os.environ.get(
+        "SPINDLE_OPENRESPONSES_SCHEMA",
+        Path(__file__).resolve().parents[2] / "shared" / "reference" / "open-responses-openapi.json",
+    )
+)
+
+# Small and greedy: the real model is slow on CPU.
+GEN = {"max_output_tokens": 16, "temperature": 0}
+
+
+def client(server_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def model_name(server_url: str) -> str:
+    return client(server_url).models.list().data[0].id
+
+
+@lru_cache(maxsize=1)
+def _doc() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@lru_cache(maxsize=None)
+def _validator(schema_name: str) -> jsonschema.Draft202012Validator:
+    doc = _doc()
+    root = {"$ref": f"#/components/schemas/{schema_name}", "components": doc["components"]}
+    return jsonschema.Draft202012Validator(root)
+
+
+def validate(schema_name: str, instance: dict) -> None:
+    errors = sorted(_validator(schema_name).iter_errors(instance), key=str)
+    assert not errors, f"{schema_name}: {[e.message for e in errors]} in {json.dumps(instance)[:2000]}"
+
+
+def validate_response(obj: dict) -> None:
+    validate("ResponseResource", obj)
+
+
+def event_schema_name(event_type: str) -> str:
+    for name, schema in _doc()["components"]["schemas"].items():
+        if name.endswith("StreamingEvent"):
+            enum = schema.get("properties", {}).get("type", {}).get("enum", [])
+            if enum and enum[0] == event_type:
+                return name
+    raise AssertionError(f"no schema for event type {event_type}")
+
+
+def validate_event(event: dict) -> None:
+    validate(event_schema_name(event["type"]), event)
+
+
+def parse_sse(text: str) -> list[tuple[str | None, dict | None]]:
+    """Frames as (event name, JSON data or None for [DONE])."""
+    out = []
+    for frame in text.split("\n\n"):
+        name, data = None, []
+        for line in frame.splitlines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                data.append(line[len("data: "):])
+        if not data:
+            continue
+        assert len(data) == 1, f"one data line per event: {frame!r}"
+        out.append((name, None if data[0] == "[DONE]" else json.loads(data[0])))
+    return out
+
+
+def sse_post(server_url: str, path: str, body: dict) -> list[tuple[str | None, dict | None]]:
+    with httpx.Client(timeout=120) as h:
+        r = h.post(f"{server_url}{path}", json=body)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return parse_sse(r.text)
+
+
+def sse_get(server_url: str, path: str) -> list[tuple[str | None, dict | None]]:
+    with httpx.Client(timeout=120) as h:
+        r = h.get(f"{server_url}{path}")
+        assert r.status_code == 200, r.text
+        return parse_sse(r.text)
+
+
+def assert_error_body(resp: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    err = body["error"]
+    assert set(err) >= {"message", "type", "param", "code"}, body
+    assert isinstance(err["message"], str) and err["message"]
+    assert err["code"] is None or isinstance(err["code"], str)
+    if param is not None:
+        assert err["param"] == param, body
+    if code is not None:
+        assert err["code"] == code, body
+    return err
