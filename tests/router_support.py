@@ -8,7 +8,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-import httpx
+import http.client
+from urllib.parse import urlsplit
 import jsonschema
 from openai import OpenAI
 
@@ -82,22 +83,67 @@ def parse_sse(text: str) -> list[tuple[str | None, dict | None]]:
     return out
 
 
+class Resp:
+    """A finished plain HTTP response (stdlib only, no extra client library)."""
+
+    def __init__(self, status_code: int, headers: dict, text: str):
+        self.status_code = status_code
+        self.headers = headers
+        self.text = text
+
+    def json(self):
+        return json.loads(self.text)
+
+
+class Http:
+    """Minimal HTTP client for raw checks: `Http(url).post(path, json=...)`."""
+
+    def __init__(self, base_url: str, timeout: float = 120):
+        self.base = urlsplit(base_url)
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, json_body=None, content: bytes | None = None, headers=None) -> Resp:
+        conn = http.client.HTTPConnection(self.base.hostname, self.base.port, timeout=self.timeout)
+        hdrs = dict(headers or {})
+        body = content
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            hdrs.setdefault("content-type", "application/json")
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            r = conn.getresponse()
+            text = r.read().decode("utf-8")
+            return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, text)
+        finally:
+            conn.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, json=None, **kw):
+        return self.request("POST", path, json_body=json, **kw)
+
+    def put(self, path, json=None, **kw):
+        return self.request("PUT", path, json_body=json, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+
 def sse_post(server_url: str, path: str, body: dict) -> list[tuple[str | None, dict | None]]:
-    with httpx.Client(timeout=120) as h:
-        r = h.post(f"{server_url}{path}", json=body)
-        assert r.status_code == 200, r.text
-        assert r.headers["content-type"].startswith("text/event-stream")
-        return parse_sse(r.text)
+    r = Http(server_url).post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    return parse_sse(r.text)
 
 
 def sse_get(server_url: str, path: str) -> list[tuple[str | None, dict | None]]:
-    with httpx.Client(timeout=120) as h:
-        r = h.get(f"{server_url}{path}")
-        assert r.status_code == 200, r.text
-        return parse_sse(r.text)
+    r = Http(server_url).get(path)
+    assert r.status_code == 200, r.text
+    return parse_sse(r.text)
 
 
-def assert_error_body(resp: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
+def assert_error_body(resp: Resp, status: int, param: str | None = None, code: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     body = resp.json()
     err = body["error"]

@@ -89,7 +89,7 @@ impl SamplingFields {
             ));
         }
         let top_p = self.top_p.unwrap_or(d.top_p);
-        if !(top_p > 0.0 && top_p <= 1.0) {
+        if top_p.is_nan() || top_p <= 0.0 || top_p > 1.0 {
             return Err(invalid("top_p", "top_p must be in (0, 1]"));
         }
         let min_p = self.min_p.unwrap_or(d.min_p);
@@ -105,7 +105,7 @@ impl SamplingFields {
             }
         }
         let repetition_penalty = self.repetition_penalty.unwrap_or(d.repetition_penalty);
-        if !(repetition_penalty > 0.0) {
+        if repetition_penalty.is_nan() || repetition_penalty <= 0.0 {
             return Err(invalid(
                 "repetition_penalty",
                 "repetition_penalty must be positive",

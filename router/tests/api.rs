@@ -741,9 +741,29 @@ async fn worker_start_errors_map_to_http() {
         .unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    // On the Responses API a start failure becomes a failed response.
-    let (_, r) = s.post("/v1/responses", json!({"input": "BUSY"})).await;
-    assert_eq!(r["status"], "failed");
+    // Foreground responses: start failures are HTTP errors too, and nothing is stored.
+    let resp = s
+        .http
+        .post(format!("{}/v1/responses", s.base))
+        .json(&json!({"input": "BUSY", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let (st, r) = s.post("/v1/responses", json!({"input": "REJECT"})).await;
+    assert_error(st, &r, 400, None, None);
+    // Background: the response fails (it was already accepted).
+    let (_, r) = s
+        .post(
+            "/v1/responses",
+            json!({"input": "BUSY", "background": true}),
+        )
+        .await;
+    let done = wait_terminal(&s, r["id"].as_str().unwrap()).await;
+    check_response(&done);
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"]["code"], "service_unavailable");
 }
 
 #[tokio::test]

@@ -317,8 +317,8 @@ struct StepLoop<'m> {
     batch: LlamaBatch<'static>,
     config: EngineConfig,
     stats: Arc<EngineStats>,
-    waiting: VecDeque<Box<Seq>>,
-    running: Vec<Box<Seq>>,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
     retained: Vec<Retained>,
     free_ids: Vec<i32>,
     cancelled: HashSet<String>,
@@ -379,7 +379,7 @@ impl<'m> StepLoop<'m> {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(seq) => self.waiting.push_back(seq),
+            Command::Submit(seq) => self.waiting.push_back(*seq),
             Command::Cancel(id) => {
                 self.cancelled.insert(id);
             }
@@ -631,7 +631,7 @@ impl<'m> StepLoop<'m> {
     }
 
     /// Keep a finished sequence's KV as a prefix-cache entry.
-    fn retain(&mut self, s: Box<Seq>) {
+    fn retain(&mut self, s: Seq) {
         let Some(seq_id) = s.seq_id else { return };
         let mut tokens = s.tokens;
         tokens.truncate(s.n_past);

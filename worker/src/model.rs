@@ -73,7 +73,6 @@ impl Model {
             .collect();
         let template = ChatTemplate::new(&source, &bos_text, &eos_text)
             .map_err(|e| LoadError::Template(name.clone(), e))?;
-        drop(vocab);
         Ok(Self {
             llama,
             name,

@@ -257,6 +257,13 @@ impl CancelSource {
     }
 }
 
+/// A generation to start in the driver (background) or already started by
+/// the handler (foreground, so start errors become HTTP errors: 400, 503 + Retry-After).
+enum Start {
+    Pending(GenerateRequest),
+    Ready(futures::stream::BoxStream<'static, GenerateEvent>),
+}
+
 /// Runs one generation and emits its events.
 struct Driver {
     st: SharedState,
@@ -295,7 +302,7 @@ impl Driver {
         }
     }
 
-    async fn run(mut self, gen: GenerateRequest, mut cancel: CancelSource) -> ResponseObject {
+    async fn run(mut self, gen: Start, mut cancel: CancelSource) -> ResponseObject {
         let st = self.st.clone();
         let id = self.resp.id.clone();
         self.emit(json!({"type": "response.created", "response": self.resp}))
@@ -313,9 +320,12 @@ impl Driver {
         self.emit(json!({"type": "response.in_progress", "response": self.resp}))
             .await;
 
-        let started = tokio::select! {
-            r = st.generator.generate(gen) => Some(r),
-            _ = cancel.cancelled(&st, &id) => None,
+        let started = match gen {
+            Start::Ready(stream) => Some(Ok(stream)),
+            Start::Pending(gen) => tokio::select! {
+                r = st.generator.generate(gen) => Some(r),
+                _ = cancel.cancelled(&st, &id) => None,
+            },
         };
         let mut stream = match started {
             None => return self.cancelled_object().await,
@@ -482,11 +492,18 @@ pub async fn create(
         stream,
     } = prepare(&st, req).await?;
     let input_items = record.input_items.clone();
+    // Foreground: start generating before anything is stored or streamed, so a
+    // worker refusal is an HTTP error the SDKs understand (and retry on 503).
+    let start = if response.background {
+        Start::Pending(gen)
+    } else {
+        Start::Ready(st.generator.generate(gen).await?)
+    };
     if response.store {
         st.store.insert_response(record).await?;
     }
     let id = response.id.clone();
-    if response.background {
+    if matches!(start, Start::Pending(_)) {
         let rx = st
             .store
             .subscribe(&id)
@@ -500,7 +517,7 @@ pub async fn create(
             live: None,
             seq: 0,
         };
-        tokio::spawn(driver.run(gen, CancelSource::Store(rx)));
+        tokio::spawn(driver.run(start, CancelSource::Store(rx)));
         if stream {
             return Ok(sse_response(follow(st, id, None)));
         }
@@ -517,7 +534,7 @@ pub async fn create(
             live: Some(tx),
             seq: 0,
         };
-        tokio::spawn(driver.run(gen, CancelSource::Client(cancel_rx)));
+        tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
         let events = UnboundedReceiverStream::new(rx)
             .map(move |ev| {
                 let _keep = &guard;
@@ -534,7 +551,7 @@ pub async fn create(
         live: None,
         seq: 0,
     };
-    let handle = tokio::spawn(driver.run(gen, CancelSource::Client(cancel_rx)));
+    let handle = tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
     let result = handle
         .await
         .map_err(|e| ApiError::Internal(format!("generation task failed: {e}")));
