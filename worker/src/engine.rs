@@ -699,10 +699,11 @@ fn sample_next(model: &Model, s: &mut Seq, logits: &[f32], now: Instant) -> Opti
     s.sampler.accept(token);
     let token = LlamaToken(token);
     s.first_token.get_or_insert(now);
-    s.generated += 1;
     if model.is_eog(token) {
+        // The end token is not part of the output: usage counts what was sent.
         return Some(FinishReason::Stop);
     }
+    s.generated += 1;
     s.tokens.push(token);
     s.unsent_ids.push(token.0);
     let release = s.text.push(&model.piece(token));

@@ -1,0 +1,5 @@
+{{- define "spindle.fullname" -}}{{ .Release.Name }}-spindle{{- end -}}
+{{- define "spindle.labels" -}}
+app.kubernetes.io/name: spindle
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}

@@ -1,0 +1,179 @@
+"""A standalone worker with SmolLM2 over real HTTP: the OpenAI SDK, NDJSON
+framing of the router's internal call, concurrency and graceful drain."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from conftest import SMOLLM
+
+
+def sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def post(url: str, body: dict | bytes, timeout: float = 120):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
+def chat(**kw):
+    base = {"messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 12, "temperature": 0}
+    base.update(kw)
+    return base
+
+
+def test_chat_completion(worker_url):
+    c = sdk(worker_url)
+    model = c.models.list().data[0].id
+    assert model == "SmolLM2-135M-Instruct.Q4_1"
+    r = c.chat.completions.create(model=model, **chat())
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 5
+    assert 0 < r.usage.completion_tokens <= 12
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_completion_stream_matches_non_stream(worker_url):
+    c = sdk(worker_url)
+    full = c.chat.completions.create(**chat(model="SmolLM2-135M-Instruct.Q4_1"))
+    stream = c.chat.completions.create(
+        **chat(model="SmolLM2-135M-Instruct.Q4_1"), stream=True, stream_options={"include_usage": True}
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            text += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+    assert text == full.choices[0].message.content
+    assert finish == full.choices[0].finish_reason
+    assert usage is not None and usage.completion_tokens == full.usage.completion_tokens
+    # The second identical prompt comes from the prefix cache.
+    assert usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_legacy_completions(worker_url):
+    r = sdk(worker_url).completions.create(model="SmolLM2-135M-Instruct.Q4_1", prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert r.choices[0].text
+    assert r.usage.completion_tokens <= 5
+
+
+def test_concurrent_requests(worker_url):
+    c = sdk(worker_url)
+    questions = [f"Count from {i} to {i + 5}." for i in range(8)]
+
+    def ask(q):
+        return c.chat.completions.create(
+            model="SmolLM2-135M-Instruct.Q4_1", messages=[{"role": "user", "content": q}], max_tokens=16, temperature=0
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, questions))
+    # Each answer equals the same request run alone (greedy, batched or not).
+    for q, a in zip(questions[:2], answers[:2]):
+        assert ask(q).choices[0].message.content == a.choices[0].message.content
+    assert all(a.usage.completion_tokens > 0 for a in answers)
+
+
+def test_generate_ndjson_framing(worker_url):
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "sampling": {"temperature": 0, "max_tokens": 8}}
+    with post(f"{worker_url}/v1/generate", body) as r:
+        assert r.headers["content-type"] == "application/x-ndjson"
+        lines = r.read().decode().splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert [e["type"] for e in events[:-1]] == ["delta"] * (len(events) - 1)
+    done = events[-1]
+    assert done["type"] == "done"
+    assert done["finish_reason"] in ("stop", "length")
+    assert done["usage"]["completion_tokens"] == sum(len(e["token_ids"]) for e in events[:-1])
+    assert set(done["timings"]) == {"queue_ms", "ttft_ms", "decode_ms"}
+
+
+def test_ops_endpoints(worker_url):
+    assert get(f"{worker_url}/health") == (200, "ok")
+    assert get(f"{worker_url}/ready")[0] == 200
+    status, body = get(f"{worker_url}/load")
+    load = json.loads(body)
+    assert status == 200 and load["max_seqs"] == 16 and load["draining"] is False
+    status, metrics = get(f"{worker_url}/metrics")
+    assert status == 200 and "spindle_worker_generated_tokens_total" in metrics
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        (b"{not json", None),
+        ({"messages": "hello"}, None),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
+        ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-7"}, "model"),
+    ],
+)
+def test_bad_requests_get_openai_errors(worker_url, body, param):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post(f"{worker_url}/v1/chat/completions", body)
+    assert e.value.code in (400, 404)
+    err = json.loads(e.value.read())["error"]
+    assert err["message"] and err["type"] == "invalid_request_error"
+    assert err["param"] == param
+
+
+def test_prompt_longer_than_context_is_400(spindle):
+    w = spindle(["worker", "--port", "0", "--model", str(SMOLLM), "--ctx-size", "64", "--threads", "1"])
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post(f"{w.url}/v1/chat/completions", chat(messages=[{"role": "user", "content": "word " * 200}]))
+    assert e.value.code == 400
+    err = json.loads(e.value.read())["error"]
+    assert err["code"] == "context_length_exceeded" and "context" in err["message"]
+    w.stop()
+
+
+def test_sigterm_drains_in_flight_then_exits_zero(spindle):
+    w = spindle(["worker", "--port", "0", "--model", str(SMOLLM), "--threads", "2", "--drain-timeout", "60"])
+    body = {"messages": [{"role": "user", "content": "Tell a story."}], "sampling": {"temperature": 0, "max_tokens": 60, "ignore_eos": True}}
+    result = {}
+
+    def stream():
+        with post(f"{w.url}/v1/generate", body) as r:
+            result["events"] = [json.loads(l) for l in r.read().decode().splitlines()]
+
+    t = threading.Thread(target=stream)
+    t.start()
+    deadline = time.time() + 30
+    while json.loads(get(f"{w.url}/load")[1])["running"] == 0:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    w.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert get(f"{w.url}/ready")[0] == 503
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post(f"{w.url}/v1/generate", body)
+    assert e.value.code == 503 and e.value.headers["retry-after"]
+    t.join(60)
+    done = result["events"][-1]
+    assert done["type"] == "done" and done["finish_reason"] == "length"
+    assert done["usage"]["completion_tokens"] == 60
+    assert w.wait(30) == 0
