@@ -287,7 +287,8 @@ async fn followup(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+        // Fresh connections: llama-server closes idle keep-alive ones unannounced.
+        .pool_max_idle_per_host(0)
         .build()?;
     let result = match args.scenario {
         Scenario::Streams => streams(&client, &args).await?,
