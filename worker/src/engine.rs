@@ -463,22 +463,43 @@ impl<'m> StepLoop<'m> {
                 .max_by_key(|&(_, n)| n);
             let from_retained = best_retained.map_or(0, |b| b.1);
             let from_running = best_running.map_or(0, |b| b.1);
-            let reuse = if from_retained > 0 && from_retained >= from_running {
-                let (i, n) = best_retained.unwrap_or((0, 0));
+            // Take a retained entry over when the request covers most of it;
+            // otherwise copy the prefix (cells are shared, not duplicated) so
+            // the entry stays for others, e.g. a common system prompt.
+            let take_over = best_retained.filter(|&(i, n)| {
+                n > 0 && n >= from_running && 2 * n >= self.retained[i].tokens.len()
+            });
+            let reuse = if let Some((i, n)) = take_over {
                 let r = self.retained.swap_remove(i);
                 let _ = self.ctx.kv_cache_seq_rm(r.seq_id, Some(n as u32), None);
                 s.seq_id = Some(r.seq_id);
                 n
             } else {
-                if self.free_ids.is_empty() && !self.evict_lru() {
-                    // Every id is running: impossible while ids > max_seqs, but never panic.
-                    self.waiting.push_front(s);
-                    self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-                    return;
+                let mut source = if from_retained > from_running {
+                    best_retained.map(|(i, n)| {
+                        // Most recently used: eviction below spares it if it can.
+                        self.retained[i].last_used = self.tick;
+                        (self.retained[i].seq_id, n)
+                    })
+                } else {
+                    best_running
+                };
+                if self.free_ids.is_empty() {
+                    if !self.evict_lru() {
+                        // Every id is running: impossible while ids > max_seqs, but never panic.
+                        self.waiting.push_front(s);
+                        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let alive = |id: i32| {
+                        self.retained.iter().any(|r| r.seq_id == id)
+                            || self.running.iter().any(|r| r.seq_id == Some(id))
+                    };
+                    source = source.filter(|&(src, _)| alive(src));
                 }
                 let id = self.free_ids.pop().unwrap_or_default();
                 s.seq_id = Some(id);
-                match best_running {
+                match source {
                     Some((src, n)) if n > 0 => {
                         let _ = self.ctx.kv_cache_seq_cp(src, id, Some(0), Some(n as u32));
                         n

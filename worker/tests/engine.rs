@@ -137,6 +137,21 @@ async fn prefix_cache_hit_gives_the_cold_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_shared_prefix_does_not_evict_a_long_cached_one() {
+    let w = worker_with(config()).await;
+    let shared = "Once upon a time";
+    let long = format!("{shared}, there was a little girl named Lily. She loved to play outside in the park with her dog.");
+    let first = run(&w, prompt_req(&long, greedy(5))).await;
+    assert!(first.3 <= 1);
+    // Shares only a few tokens with the cached entry: copies them, leaves the entry.
+    let other = run(&w, prompt_req(&format!("{shared} a dog"), greedy(5))).await;
+    assert!(other.3 >= 3, "short prompt reused {}", other.3);
+    let again = run(&w, prompt_req(&long, greedy(5))).await;
+    assert!(again.3 > 20, "the long entry was lost: reused {}", again.3);
+    assert_eq!(first.1, again.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_seed_same_output() {
     let w = worker_with(config()).await;
     let sampling = |seed| SamplingParams {
