@@ -10,11 +10,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "SPINDLE_MODEL")]
     pub model: Option<String>,
 
-    /// KV-cache cells shared by all sequences (the longest prompt + output is one less).
-    #[arg(long, env = "SPINDLE_CTX_SIZE", default_value_t = 8192)]
+    /// Context of each sequence in tokens (prompt plus output). KV memory is
+    /// ctx-size × max-seqs cells.
+    #[arg(long, env = "SPINDLE_CTX_SIZE", default_value_t = 2048)]
     pub ctx_size: u32,
 
-    /// Sequences decoded together in one step.
+    /// Sequences decoded together in one step; also the number of KV slots
+    /// (an idle slot keeps its sequence's KV as a prefix-cache entry).
     #[arg(long, env = "SPINDLE_MAX_SEQS", default_value_t = 16)]
     pub max_seqs: u32,
 
@@ -25,10 +27,6 @@ pub struct WorkerConfig {
     /// Requests that may wait for a free sequence slot; beyond that, 503 + Retry-After.
     #[arg(long, env = "SPINDLE_MAX_WAITING", default_value_t = 256)]
     pub max_waiting: u32,
-
-    /// Finished sequences kept in the KV cache for prefix reuse.
-    #[arg(long, env = "SPINDLE_MAX_RETAINED", default_value_t = 48)]
-    pub max_retained: u32,
 
     /// CPU threads for llama.cpp (default: all cores).
     #[arg(long, env = "SPINDLE_THREADS")]
@@ -65,11 +63,10 @@ impl WorkerConfig {
     pub fn engine(&self) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {
             ctx_size: self.ctx_size,
-            max_seqs: self.max_seqs.clamp(1, 200),
+            max_seqs: self.max_seqs.clamp(1, 256),
             max_batch_tokens: self.max_batch_tokens.max(self.max_seqs),
             max_waiting: self.max_waiting,
             threads: self.threads(),
-            max_retained: self.max_retained.min(256 - self.max_seqs.clamp(1, 200)),
         }
     }
 }

@@ -7,11 +7,14 @@
 //!
 //! Each step is ONE `decode` holding the next token of every decoding sequence
 //! plus chunks of waiting prompts, within `max_batch_tokens`. Requests join and
-//! leave between steps. Finished sequences stay in the KV cache as prefix-cache
-//! entries; a new request starts from the longest common token prefix of any
-//! retained or running sequence (taking a retained sequence over, or copying a
-//! running one's cells), and entries are evicted least-recently-used when the
-//! cache runs short of cells or sequence ids.
+//! leave between steps.
+//!
+//! KV memory is a fixed set of slots, one llama.cpp sequence id and KV stream
+//! each (`max_seqs` of them, `ctx_size` cells each). A finished sequence's KV
+//! stays in its slot as a prefix-cache entry; a new request takes the idle
+//! slot whose entry it extends the furthest (else an empty or the least
+//! recently used one), and when another slot, busy or idle, holds a clearly longer prefix,
+//! that slot's stream is copied over and trimmed.
 
 use crate::model::{backend, Model};
 use crate::sampler::Sampler;
@@ -33,7 +36,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 /// Engine sizing.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// KV cells in all (shared by every sequence: unified cache).
+    /// KV cells of each sequence (its longest prompt plus output).
     pub ctx_size: u32,
     /// Sequences decoded together.
     pub max_seqs: u32,
@@ -42,8 +45,6 @@ pub struct EngineConfig {
     /// Requests allowed to wait for a slot; more get `QueueFull`.
     pub max_waiting: u32,
     pub threads: i32,
-    /// Prefix-cache entries kept beside running sequences.
-    pub max_retained: u32,
 }
 
 /// Why a request was not accepted.
@@ -182,15 +183,19 @@ impl Engine {
 
 fn new_context<'m>(model: &'m Model, config: &EngineConfig) -> anyhow::Result<LlamaContext<'m>> {
     let n_batch = config.max_batch_tokens.max(config.max_seqs);
-    let n_seq_max = (config.max_seqs + config.max_retained).min(256);
+    let n_seq_max = config.max_seqs;
+    // One KV stream per sequence (not llama.cpp's unified cache): attention
+    // then spans a sequence's own cells, not every cell of every sequence,
+    // which at 16 streams is the difference between beating llama-server
+    // and trailing it.
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(config.ctx_size))
+        .with_n_ctx(NonZeroU32::new(config.ctx_size.saturating_mul(n_seq_max)))
         .with_n_batch(n_batch)
         .with_n_ubatch(n_batch)
         .with_n_seq_max(n_seq_max)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads)
-        .with_kv_unified(true);
+        .with_kv_unified(false);
     model
         .llama
         .new_context(backend(), params)
@@ -304,12 +309,21 @@ impl Seq {
     }
 }
 
-/// A finished sequence kept for its KV: a prefix-cache entry.
-struct Retained {
-    seq_id: i32,
-    tokens: Vec<LlamaToken>,
+/// One llama.cpp sequence id and its own KV stream.
+///
+/// While a sequence runs in it the slot is busy; afterwards the KV stays as
+/// a prefix-cache entry (`cached`) until the slot is reused.
+#[derive(Default)]
+struct Slot {
+    /// Tokens whose KV an idle slot holds.
+    cached: Vec<LlamaToken>,
+    busy: bool,
     last_used: u64,
 }
+
+/// Copying a whole KV stream between slots costs a buffer copy: worth it only
+/// when it saves recomputing at least this many prompt tokens.
+const MIN_COPY_GAIN: usize = 16;
 
 struct StepLoop<'m> {
     model: &'m Model,
@@ -319,8 +333,7 @@ struct StepLoop<'m> {
     stats: Arc<EngineStats>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
-    retained: Vec<Retained>,
-    free_ids: Vec<i32>,
+    slots: Vec<Slot>,
     cancelled: HashSet<String>,
     tick: u64,
     /// (time, tokens generated in that step), for tokens/s.
@@ -338,7 +351,6 @@ impl<'m> StepLoop<'m> {
         config: &EngineConfig,
         stats: Arc<EngineStats>,
     ) -> Self {
-        let n_ids = (config.max_seqs + config.max_retained).min(256) as i32;
         let n_batch = config.max_batch_tokens.max(config.max_seqs) as usize;
         Self {
             model,
@@ -348,8 +360,7 @@ impl<'m> StepLoop<'m> {
             stats,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            retained: Vec::new(),
-            free_ids: (0..n_ids).rev().collect(),
+            slots: (0..config.max_seqs).map(|_| Slot::default()).collect(),
             cancelled: HashSet::new(),
             tick: 0,
             recent: VecDeque::new(),
@@ -413,33 +424,35 @@ impl<'m> StepLoop<'m> {
         self.cancelled.clear();
     }
 
-    /// Drop a sequence's KV and give its id back.
+    /// Drop a sequence's KV and free its slot (nothing cached).
     fn release(&mut self, s: &Seq) {
         if let Some(id) = s.seq_id {
             let _ = self.ctx.kv_cache_seq_rm(id, None, None);
-            self.free_ids.push(id);
+            let slot = &mut self.slots[id as usize];
+            slot.busy = false;
+            slot.cached.clear();
         }
     }
 
-    fn evict_lru(&mut self) -> bool {
-        let Some((i, _)) = self
-            .retained
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, r)| r.last_used)
-        else {
-            return false;
-        };
-        let r = self.retained.swap_remove(i);
-        let _ = self.ctx.kv_cache_seq_rm(r.seq_id, None, None);
-        self.free_ids.push(r.seq_id);
-        metrics::counter!("spindle_worker_prefix_evictions_total").increment(1);
-        true
+    /// The tokens whose KV slot `id` holds now.
+    fn slot_tokens(&self, id: usize) -> &[LlamaToken] {
+        let slot = &self.slots[id];
+        if slot.busy {
+            self.running
+                .iter()
+                .find(|r| r.seq_id == Some(id as i32))
+                .map_or(&[], |r| &r.tokens[..r.n_past])
+        } else {
+            &slot.cached
+        }
     }
 
-    /// Move waiting sequences into free slots, each starting from the longest cached prefix.
+    /// Move waiting sequences into idle slots. Each goes to the idle slot
+    /// holding the longest prefix of its tokens (else the least recently
+    /// used one); when another slot holds a clearly longer prefix, that
+    /// slot's KV stream is copied over first.
     fn admit(&mut self) {
-        while self.running.len() < self.config.max_seqs as usize {
+        while self.running.len() < self.slots.len() {
             let Some(mut s) = self.waiting.pop_front() else {
                 return;
             };
@@ -447,66 +460,51 @@ impl<'m> StepLoop<'m> {
             self.tick += 1;
             // Keep at least one token to decode: its logits start generation.
             let limit = s.tokens.len() - 1;
-            let best_retained = self
-                .retained
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (i, common_prefix(&r.tokens, &s.tokens).min(limit)))
-                .max_by_key(|&(_, n)| n);
-            let best_running = self
-                .running
-                .iter()
-                .filter_map(|r| {
-                    let n = common_prefix(&r.tokens[..r.n_past], &s.tokens).min(limit);
-                    Some((r.seq_id?, n))
-                })
-                .max_by_key(|&(_, n)| n);
-            let from_retained = best_retained.map_or(0, |b| b.1);
-            let from_running = best_running.map_or(0, |b| b.1);
-            // Take a retained entry over when the request covers most of it;
-            // otherwise copy the prefix (cells are shared, not duplicated) so
-            // the entry stays for others, e.g. a common system prompt.
-            let take_over = best_retained.filter(|&(i, n)| {
-                n > 0 && n >= from_running && 2 * n >= self.retained[i].tokens.len()
-            });
-            let reuse = if let Some((i, n)) = take_over {
-                let r = self.retained.swap_remove(i);
-                let _ = self.ctx.kv_cache_seq_rm(r.seq_id, Some(n as u32), None);
-                s.seq_id = Some(r.seq_id);
-                n
-            } else {
-                let mut source = if from_retained > from_running {
-                    best_retained.map(|(i, n)| {
-                        // Most recently used: eviction below spares it if it can.
-                        self.retained[i].last_used = self.tick;
-                        (self.retained[i].seq_id, n)
-                    })
-                } else {
-                    best_running
-                };
-                if self.free_ids.is_empty() {
-                    if !self.evict_lru() {
-                        // Every id is running: impossible while ids > max_seqs, but never panic.
-                        self.waiting.push_front(s);
-                        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    let alive = |id: i32| {
-                        self.retained.iter().any(|r| r.seq_id == id)
-                            || self.running.iter().any(|r| r.seq_id == Some(id))
-                    };
-                    source = source.filter(|&(src, _)| alive(src));
-                }
-                let id = self.free_ids.pop().unwrap_or_default();
-                s.seq_id = Some(id);
-                match source {
-                    Some((src, n)) if n > 0 => {
-                        let _ = self.ctx.kv_cache_seq_cp(src, id, Some(0), Some(n as u32));
-                        n
-                    }
-                    _ => 0,
-                }
+            let prefix =
+                |this: &Self, id: usize| common_prefix(this.slot_tokens(id), &s.tokens).min(limit);
+            // Extend an entry the request mostly covers; never overwrite a
+            // long entry for a short match (a shared system prompt): take an
+            // empty or the least recently used slot instead.
+            let score = |this: &Self, i: usize| {
+                let n = prefix(this, i);
+                let extends = 2 * n >= this.slots[i].cached.len();
+                (
+                    if extends { n } else { 0 },
+                    this.slots[i].cached.is_empty(),
+                    std::cmp::Reverse(this.slots[i].last_used),
+                )
             };
+            let Some(target) = (0..self.slots.len())
+                .filter(|&i| !self.slots[i].busy)
+                .max_by_key(|&i| score(self, i))
+            else {
+                self.waiting.push_front(s);
+                self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            let own = prefix(self, target);
+            let best_other = (0..self.slots.len())
+                .filter(|&i| i != target)
+                .map(|i| (i, prefix(self, i)))
+                .max_by_key(|&(_, n)| n)
+                .filter(|&(_, n)| n >= own + MIN_COPY_GAIN);
+            let id = target as i32;
+            let reuse = match best_other {
+                Some((src, n)) => {
+                    // Cross-stream copies are whole-stream; trim the tail after.
+                    let _ = self.ctx.kv_cache_seq_cp(src as i32, id, None, None);
+                    self.slots[src].last_used = self.tick;
+                    metrics::counter!("spindle_worker_prefix_copies_total").increment(1);
+                    n
+                }
+                None => own,
+            };
+            let _ = self.ctx.kv_cache_seq_rm(id, Some(reuse as u32), None);
+            let slot = &mut self.slots[target];
+            slot.busy = true;
+            slot.cached.clear();
+            slot.last_used = self.tick;
+            s.seq_id = Some(id);
             // A preempted sequence comes back with its generated tokens: those
             // were never "prompt", so only count what the caller sent.
             if s.first_step.is_none() {
@@ -579,100 +577,84 @@ impl<'m> StepLoop<'m> {
         generated
     }
 
-    /// Decode tokens first (one per decoding sequence), then prompt chunks in admission order.
+    /// Decode tokens get the budget first (one per decoding sequence), then
+    /// prompt chunks in admission order. Tokens go into the batch in slot
+    /// order: llama.cpp's split KV decodes consecutive sequence ids together.
     fn fill_batch(&mut self) {
         self.batch.clear();
         let mut budget = self.config.max_batch_tokens.max(self.config.max_seqs) as usize;
-        let order: Vec<usize> = {
-            let (dec, pre): (Vec<usize>, Vec<usize>) =
-                (0..self.running.len()).partition(|&i| self.running[i].is_decoding());
-            dec.into_iter().chain(pre).collect()
-        };
-        for i in order {
-            let s = &mut self.running[i];
+        for s in self.running.iter_mut() {
             s.in_batch = 0;
             s.logits_at = None;
-            let n = s.pending().min(budget);
+        }
+        for decoding in [true, false] {
+            for s in self
+                .running
+                .iter_mut()
+                .filter(|s| s.is_decoding() == decoding)
+            {
+                s.in_batch = s.pending().min(budget);
+                budget -= s.in_batch;
+            }
+        }
+        self.running.sort_unstable_by_key(|s| s.seq_id);
+        for s in self.running.iter_mut() {
             let Some(seq_id) = s.seq_id else { continue };
-            for k in 0..n {
-                let pos = s.n_past + k;
+            for pos in s.n_past..s.n_past + s.in_batch {
                 let last = pos + 1 == s.tokens.len();
                 if self
                     .batch
                     .add(s.tokens[pos], pos as i32, &[seq_id], last)
                     .is_err()
                 {
+                    // Cannot happen: the batch holds max_batch_tokens tokens.
+                    s.in_batch = pos - s.n_past;
                     break;
                 }
-                s.in_batch += 1;
                 if last {
                     s.logits_at = Some(self.batch.n_tokens() - 1);
                 }
             }
-            budget -= s.in_batch;
         }
     }
 
-    /// The KV cache is full: evict a prefix-cache entry, else preempt the
-    /// newest sequence (it is recomputed later, its output unchanged), else
-    /// end the only sequence for length. Returns false when nothing can run.
+    /// A slot's KV stream is full (only when its context is exhausted, as
+    /// `max_tokens` is capped by it): end the longest sequence for length.
+    /// Returns false when nothing is left to run.
     fn make_room(&mut self) -> bool {
-        if self.evict_lru() {
-            return true;
-        }
-        if self.running.len() > 1 {
-            if let Some(mut s) = self.running.pop() {
-                self.release(&s);
-                s.seq_id = None;
-                s.n_past = 0;
-                metrics::counter!("spindle_worker_preemptions_total").increment(1);
-                self.waiting.push_front(s);
-                self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-            }
-            return true;
-        }
-        if let Some(mut s) = self.running.pop() {
-            s.finish(FinishReason::Length);
-            self.release(&s);
-        }
-        false
+        let Some(i) = (0..self.running.len()).max_by_key(|&i| self.running[i].tokens.len()) else {
+            return false;
+        };
+        let mut s = self.running.swap_remove(i);
+        s.finish(FinishReason::Length);
+        self.release(&s);
+        !self.running.is_empty()
     }
 
     fn fail_all(&mut self, message: &str) {
-        for s in self.running.drain(..) {
+        for s in std::mem::take(&mut self.running) {
             let _ = s.events.send(GenerateEvent::Error {
                 code: "server_error".into(),
                 message: message.into(),
             });
-            if let Some(id) = s.seq_id {
-                let _ = self.ctx.kv_cache_seq_rm(id, None, None);
-                self.free_ids.push(id);
-            }
+            self.release(&s);
         }
     }
 
-    /// Keep a finished sequence's KV as a prefix-cache entry.
+    /// Keep a finished sequence's KV in its slot as a prefix-cache entry.
     fn retain(&mut self, s: Seq) {
-        let Some(seq_id) = s.seq_id else { return };
+        let Some(id) = s.seq_id else { return };
         let mut tokens = s.tokens;
         tokens.truncate(s.n_past);
         self.tick += 1;
-        self.retained.push(Retained {
-            seq_id,
-            tokens,
-            last_used: self.tick,
-        });
-        while self.retained.len() > self.config.max_retained as usize
-            || self.cached_cells() > self.config.ctx_size as usize / 2
-        {
-            if !self.evict_lru() {
-                break;
-            }
-        }
+        let slot = &mut self.slots[id as usize];
+        slot.busy = false;
+        slot.cached = tokens;
+        slot.last_used = self.tick;
     }
 
     fn cached_cells(&self) -> usize {
-        self.retained.iter().map(|r| r.tokens.len()).sum()
+        self.slots.iter().map(|s| s.cached.len()).sum()
     }
 
     fn publish_stats(&mut self, generated: u32) {
@@ -704,8 +686,13 @@ impl<'m> StepLoop<'m> {
             (running_cells + self.cached_cells()) as u32,
             Ordering::Relaxed,
         );
-        st.retained
-            .store(self.retained.len() as u32, Ordering::Relaxed);
+        st.retained.store(
+            self.slots
+                .iter()
+                .filter(|s| !s.busy && !s.cached.is_empty())
+                .count() as u32,
+            Ordering::Relaxed,
+        );
         metrics::counter!("spindle_worker_generated_tokens_total").increment(u64::from(generated));
         metrics::gauge!("spindle_worker_running").set(self.running.len() as f64);
         metrics::gauge!("spindle_worker_waiting").set(self.waiting.len() as f64);

@@ -25,11 +25,10 @@ fn model_path() -> String {
 fn config() -> WorkerConfig {
     WorkerConfig {
         model: Some(model_path()),
-        ctx_size: 4096,
+        ctx_size: 1024,
         max_seqs: 8,
         max_batch_tokens: 256,
         max_waiting: 64,
-        max_retained: 16,
         threads: Some(2),
         gpu_layers: 0,
         drain_timeout: Duration::from_secs(5),
@@ -143,12 +142,27 @@ async fn a_short_shared_prefix_does_not_evict_a_long_cached_one() {
     let long = format!("{shared}, there was a little girl named Lily. She loved to play outside in the park with her dog.");
     let first = run(&w, prompt_req(&long, greedy(5))).await;
     assert!(first.3 <= 1);
-    // Shares only a few tokens with the cached entry: copies them, leaves the entry.
-    let other = run(&w, prompt_req(&format!("{shared} a dog"), greedy(5))).await;
-    assert!(other.3 >= 3, "short prompt reused {}", other.3);
+    // Shares only a few tokens with the cached entry: must not overwrite it.
+    run(&w, prompt_req(&format!("{shared} a dog"), greedy(5))).await;
     let again = run(&w, prompt_req(&long, greedy(5))).await;
     assert!(again.3 > 20, "the long entry was lost: reused {}", again.3);
     assert_eq!(first.1, again.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sequences_prefix_is_copied_to_a_new_one() {
+    let w = worker_with(config()).await;
+    let prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog.";
+    let reference = run(&w, prompt_req(prompt, greedy(20))).await;
+    let w = worker_with(config()).await;
+    // A runs long; B arrives with the same prompt while A's slot is busy.
+    let mut a = w
+        .generate(prompt_req(prompt, greedy(400)))
+        .expect("accepted");
+    a.next().await.expect("a delta");
+    let b = run(&w, prompt_req(prompt, greedy(20))).await;
+    assert!(b.3 > 20, "B should copy A's prompt KV, reused {}", b.3);
+    assert_eq!(b.1, reference.1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
