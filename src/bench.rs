@@ -6,6 +6,8 @@
 //!   inter-token latency percentiles.
 //! - `followup`: TTFT of a turn whose ~1,000-token history was just served
 //!   (prefix cache warm) against the same history cold (unique prefix).
+//! - `store`: the Redis response store's create/get/complete latency and
+//!   rate beside `redis-benchmark` on the same server.
 //!
 //! Prints a table and writes the numbers as JSON (`--out`). Works against
 //! Spindle and llama.cpp's `llama-server` alike, so a script can run both in
@@ -47,6 +49,15 @@ pub struct BenchArgs {
     /// Write results here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Redis for `--scenario store`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Store operations per second offered in `--scenario store`.
+    #[arg(long, default_value_t = 1000)]
+    pub ops_per_sec: u32,
+    /// Duration of `--scenario store`, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -54,6 +65,8 @@ pub struct BenchArgs {
 pub enum Scenario {
     Streams,
     Followup,
+    /// Response-store operations on Redis (`--redis-url`) beside redis-benchmark.
+    Store,
 }
 
 const PROMPTS: &[&str] = &[
@@ -293,6 +306,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let result = match args.scenario {
         Scenario::Streams => streams(&client, &args).await?,
         Scenario::Followup => followup(&client, &args).await?,
+        Scenario::Store => {
+            spindle_router::store::bench::store_bench(
+                &args.redis_url,
+                args.ops_per_sec,
+                args.seconds,
+            )
+            .await
+        }
     };
     if let Some(out) = &args.out {
         let doc = json!({"scenario": args.scenario, "url": args.url, "results": result});

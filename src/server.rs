@@ -8,7 +8,7 @@ use crate::inprocess::InProcess;
 use anyhow::Context;
 use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use spindle_router::{HttpWorker, MemoryStore, RouterConfig};
+use spindle_router::{HttpWorker, ResponseStore, RouterConfig};
 use spindle_worker::{Worker, WorkerConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,11 +120,13 @@ async fn run_until_signal(
     Ok(())
 }
 
-fn memory_store(config: &RouterConfig) -> MemoryStore {
-    MemoryStore::new(
-        config.store_max_records,
-        Duration::from_secs(config.store_ttl_secs),
-    )
+/// `--store memory|redis`.
+async fn response_store(config: &RouterConfig) -> anyhow::Result<Arc<dyn ResponseStore>> {
+    let store = spindle_router::store::from_config(config)
+        .await
+        .context("cannot open the response store")?;
+    tracing::info!(store = ?config.store, "response store ready");
+    Ok(store)
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -138,7 +140,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = metrics_recorder()?;
     let worker = Worker::start(&args.worker).await?;
-    let store = Arc::new(memory_store(&args.router));
+    let store = response_store(&args.router).await?;
     let generator = Arc::new(InProcess::new(worker.clone()));
     let app = spindle_router::app(generator, store, &args.router).merge(
         // The worker's operational endpoints, on the same port.
@@ -151,7 +153,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let metrics = metrics_recorder()?;
     let generator = Arc::new(HttpWorker::new(args.router.worker_url.clone()));
-    let store = Arc::new(memory_store(&args.router));
+    let store = response_store(&args.router).await?;
     let app = spindle_router::app(generator, store, &args.router).route(
         "/metrics",
         axum::routing::get(move || {

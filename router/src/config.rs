@@ -19,9 +19,45 @@ pub struct RouterConfig {
     /// Most stored responses (and, separately, conversations); the oldest are evicted first.
     #[arg(long, env = "SPINDLE_STORE_MAX_RECORDS", default_value_t = 100_000)]
     pub store_max_records: usize,
-    /// How long stored responses and conversations live, in seconds.
-    #[arg(long, env = "SPINDLE_STORE_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    /// How long stored responses and conversations live, in seconds (Redis:
+    /// refreshed whenever a chain gets a new turn).
+    #[arg(
+        long = "store-ttl",
+        alias = "store-ttl-secs",
+        env = "SPINDLE_STORE_TTL_SECS",
+        default_value_t = 30 * 24 * 3600
+    )]
     pub store_ttl_secs: u64,
+    /// Where responses and conversations live: `memory` (this process) or
+    /// `redis` (shared by every router replica; needs `--redis-url`).
+    #[arg(long, env = "SPINDLE_STORE", value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
+    /// Redis for `--store redis`: one `redis://` / `rediss://` URL (standalone),
+    /// or several comma-separated seed URLs of a Redis Cluster.
+    #[arg(long, env = "SPINDLE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Per-command Redis timeout in milliseconds; slower calls fail with 503.
+    #[arg(long, env = "SPINDLE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+    /// API keys (comma-separated). When set, every request needs
+    /// `Authorization: Bearer <key>` and sees only its own tenant's objects.
+    #[arg(
+        long,
+        env = "SPINDLE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+}
+
+/// Response store backend.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In-process, bounded; lost on restart, not shared between replicas.
+    #[default]
+    Memory,
+    /// Redis (standalone or Cluster), shared by every router replica.
+    Redis,
 }
 
 impl Default for RouterConfig {
@@ -32,6 +68,10 @@ impl Default for RouterConfig {
             max_body_bytes: 8 * 1024 * 1024,
             store_max_records: 100_000,
             store_ttl_secs: 30 * 24 * 3600,
+            store: StoreKind::Memory,
+            redis_url: None,
+            redis_timeout_ms: 1000,
+            api_keys: Vec::new(),
         }
     }
 }

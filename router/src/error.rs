@@ -22,6 +22,9 @@ pub enum ApiError {
         param: Option<String>,
         code: Option<String>,
     },
+    /// Missing or wrong API key (401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// The body is larger than the configured limit (413).
     #[error("the request body is larger than the maximum allowed size")]
     PayloadTooLarge,
@@ -72,6 +75,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Route { status, .. } => *status,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,7 +87,9 @@ impl ApiError {
     /// OpenAI error `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } | Self::PayloadTooLarge => "invalid_request_error",
+            Self::InvalidRequest { .. } | Self::PayloadTooLarge | Self::Unauthorized(_) => {
+                "invalid_request_error"
+            }
             Self::NotFound { .. } | Self::Route { .. } => "not_found_error",
             Self::Unavailable { .. } | Self::BadGateway(_) | Self::Internal(_) => "server_error",
         }
@@ -102,6 +108,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest { code, .. } | Self::NotFound { code, .. } => code.as_deref(),
             Self::PayloadTooLarge => Some("request_too_large"),
+            Self::Unauthorized(_) => Some("invalid_api_key"),
             Self::Route { .. } => None,
             Self::Unavailable { .. } => Some("service_unavailable"),
             Self::BadGateway(_) => Some("bad_gateway"),

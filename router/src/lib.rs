@@ -2,9 +2,11 @@
 //! Chat Completions, Completions, Models) in front of token-generating workers.
 //!
 //! Wire it up with [`app`], a [`Generator`] (usually [`HttpWorker`]) and a
-//! [`ResponseStore`] (usually [`MemoryStore`]).
+//! [`ResponseStore`] ([`MemoryStore`] for one replica, [`RedisStore`] to share
+//! state between router replicas).
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -19,10 +21,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-pub use config::RouterConfig;
+pub use cluster::{ClusterConfig, ClusterGenerator};
+pub use config::{RouterConfig, StoreKind};
 pub use error::ApiError;
 pub use generator::{GenerateError, Generator, HttpWorker};
-pub use store::{MemoryStore, ResponseStore};
+pub use store::{MemoryStore, RedisStore, ResponseStore};
 
 async fn not_found() -> ApiError {
     ApiError::Route {
@@ -82,6 +85,10 @@ pub fn app(
         .route("/v1/models/{id}", get(models::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
 }

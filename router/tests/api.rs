@@ -391,7 +391,7 @@ async fn create_get_delete() {
     let req = s.gen.requests.lock().unwrap()[0].clone();
     assert_eq!(req.sampling.max_tokens, Some(16));
     assert_eq!(req.sampling.temperature, 0.0);
-    assert_eq!(req.cache_key.as_deref(), Some("pk"));
+    assert_eq!(req.cache_key.as_deref(), Some("pck:pk"));
     let id = r["id"].as_str().unwrap();
     let (st, g) = s.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(st, 200);
@@ -1356,4 +1356,58 @@ async fn http_worker_parses_ndjson_and_errors() {
         Err(GenerateError::Connect(_)) => {}
         other => panic!("{:?}", other.err()),
     }
+}
+
+/// Every turn of a chain is routed by the key its first turn got, whatever
+/// later turns say; without any identity the key hashes the leading messages.
+#[tokio::test]
+async fn chains_keep_their_first_turns_routing_key() {
+    let s = server().await;
+    let keys = |s: &Server| -> Vec<String> {
+        let reqs = s.gen.requests.lock().unwrap();
+        reqs.iter()
+            .map(|r| r.cache_key.clone().unwrap_or_default())
+            .collect()
+    };
+    let (_, first) = s
+        .post("/v1/responses", json!({"input": "hi", "user": "alice"}))
+        .await;
+    let (_, second) = s
+        .post(
+            "/v1/responses",
+            json!({"input": "more", "user": "bob", "previous_response_id": first["id"]}),
+        )
+        .await;
+    s.post(
+        "/v1/responses",
+        json!({"input": "again", "prompt_cache_key": "x", "previous_response_id": second["id"]}),
+    )
+    .await;
+    assert_eq!(keys(&s), vec!["user:alice"; 3]);
+
+    // X-Session-Id, then a hash of the leading messages when nothing else is given.
+    let r = s
+        .http
+        .post(format!("{}/v1/responses", s.base))
+        .header("x-session-id", "abc")
+        .json(&json!({"input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(keys(&s)[3], "sess:abc");
+    let (_, anon) = s
+        .post("/v1/responses", json!({"input": "hello there"}))
+        .await;
+    s.post("/v1/responses", json!({"input": "hello there"}))
+        .await;
+    s.post(
+        "/v1/responses",
+        json!({"input": "next", "previous_response_id": anon["id"]}),
+    )
+    .await;
+    let k = keys(&s);
+    assert!(k[4].starts_with("h:"), "hashed key: {}", k[4]);
+    assert_eq!(k[4], k[5], "same leading messages, same key");
+    assert_eq!(k[4], k[6], "follow-up inherits the key");
 }

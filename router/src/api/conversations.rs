@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::SharedState;
+use super::{SharedState, Tenant};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::store::Conversation;
@@ -44,6 +45,7 @@ fn not_found(id: &str) -> ApiError {
 /// `POST /v1/conversations`.
 pub async fn create(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiJson(body): ApiJson<CreateConversation>,
 ) -> ApiResult<Json<Conversation>> {
     let items = normalize_items(body.items.as_deref().unwrap_or_default(), "items")?;
@@ -53,17 +55,20 @@ pub async fn create(
         created_at: now_secs(),
         metadata: body.metadata.unwrap_or_default(),
     };
-    st.store.insert_conversation(conv.clone(), items).await?;
+    st.store
+        .insert_conversation(&tenant, conv.clone(), items)
+        .await?;
     Ok(Json(conv))
 }
 
 /// `GET /v1/conversations/{id}`.
 pub async fn get(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Conversation>> {
     st.store
-        .get_conversation(&id)
+        .get_conversation(&tenant, &id)
         .await?
         .map(Json)
         .ok_or_else(|| not_found(&id))
@@ -72,11 +77,12 @@ pub async fn get(
 /// `POST /v1/conversations/{id}` (metadata update).
 pub async fn update(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateConversation>,
 ) -> ApiResult<Json<Conversation>> {
     st.store
-        .update_conversation(&id, body.metadata.unwrap_or_default())
+        .update_conversation(&tenant, &id, body.metadata.unwrap_or_default())
         .await?
         .map(Json)
         .ok_or_else(|| not_found(&id))
@@ -85,9 +91,10 @@ pub async fn update(
 /// `DELETE /v1/conversations/{id}`.
 pub async fn delete(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    if st.store.delete_conversation(&id).await? {
+    if st.store.delete_conversation(&tenant, &id).await? {
         Ok(Json(
             json!({"id": id, "object": "conversation.deleted", "deleted": true}),
         ))
@@ -99,13 +106,14 @@ pub async fn delete(
 /// `GET /v1/conversations/{id}/items`.
 pub async fn list_items(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let (limit, desc) = q.resolve()?;
     let items = st
         .store
-        .conversation_items(&id)
+        .conversation_items(&tenant, &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(list_page(&items, q.after.as_deref(), limit, desc)?))
@@ -114,6 +122,7 @@ pub async fn list_items(
 /// `POST /v1/conversations/{id}/items`.
 pub async fn add_items(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<AddItems>,
 ) -> ApiResult<Json<Value>> {
@@ -126,7 +135,7 @@ pub async fn add_items(
     let items = normalize_items(&body.items, "items")?;
     if !st
         .store
-        .append_conversation_items(&id, items.clone())
+        .append_conversation_items(&tenant, &id, items.clone())
         .await?
     {
         return Err(not_found(&id));
@@ -137,11 +146,12 @@ pub async fn add_items(
 /// `GET /v1/conversations/{id}/items/{item_id}`.
 pub async fn get_item(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath((id, item_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let items = st
         .store
-        .conversation_items(&id)
+        .conversation_items(&tenant, &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     items
@@ -154,16 +164,21 @@ pub async fn get_item(
 /// `DELETE /v1/conversations/{id}/items/{item_id}`; returns the conversation.
 pub async fn delete_item(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath((id, item_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Conversation>> {
-    match st.store.delete_conversation_item(&id, &item_id).await? {
+    match st
+        .store
+        .delete_conversation_item(&tenant, &id, &item_id)
+        .await?
+    {
         None => Err(not_found(&id)),
         Some(false) => Err(ApiError::not_found(format!(
             "Item with id '{item_id}' not found."
         ))),
         Some(true) => st
             .store
-            .get_conversation(&id)
+            .get_conversation(&tenant, &id)
             .await?
             .map(Json)
             .ok_or_else(|| not_found(&id)),

@@ -7,10 +7,15 @@ pub mod responses;
 
 use std::sync::Arc;
 
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
 use crate::config::RouterConfig;
 use crate::error::ApiError;
 use crate::generator::Generator;
-use crate::store::ResponseStore;
+use crate::store::{ResponseStore, ANONYMOUS_TENANT};
 
 /// State shared by every handler.
 pub struct AppState {
@@ -47,4 +52,52 @@ impl AppState {
             }),
         }
     }
+}
+
+/// The tenant of a request (a request extension set by [`authenticate`]):
+/// a stable hash of its API key, or [`ANONYMOUS_TENANT`] when auth is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant(pub String);
+
+/// The tenant id of an API key: `t_` + the first 20 hex digits of its SHA-1
+/// (stable across replicas and restarts; the key itself is never stored).
+pub fn tenant_of_key(key: &str) -> String {
+    let hex = sha1_smol::Sha1::from(key.as_bytes()).digest().to_string();
+    format!("t_{}", &hex[..20])
+}
+
+/// Middleware: with `--api-keys`, require `Authorization: Bearer <key>`
+/// (401 otherwise); put the request's [`Tenant`] into its extensions.
+pub async fn authenticate(State(st): State<SharedState>, mut req: Request, next: Next) -> Response {
+    let tenant = if st.config.api_keys.is_empty() {
+        ANONYMOUS_TENANT.to_owned()
+    } else {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match given {
+            None => {
+                return ApiError::Unauthorized(
+                    "You didn't provide an API key. Provide it in the Authorization header \
+                     (Authorization: Bearer YOUR_KEY)."
+                        .into(),
+                )
+                .into_response()
+            }
+            Some(k) if st.config.api_keys.iter().any(|a| !a.is_empty() && a == k) => {
+                tenant_of_key(k)
+            }
+            Some(_) => {
+                return ApiError::Unauthorized("Incorrect API key provided.".into()).into_response()
+            }
+        }
+    };
+    req.extensions_mut().insert(Tenant(tenant));
+    next.run(req).await
 }

@@ -8,7 +8,9 @@
 //! `cancelled` or the record is deleted.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -19,11 +21,12 @@ use spindle_proto::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::SharedState;
+use super::{SharedState, Tenant};
+use crate::cluster::key::{cache_key_from, routing_key, KeySources};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::sse::{done_event, sse_response, typed_event};
-use crate::store::ResponseRecord;
+use crate::store::{chained_response_id, ResponseRecord};
 use crate::types::{
     items_to_messages, list_page, new_id, normalize_input, now_secs, output_message,
     output_text_part, ConversationRef, CreateResponseRequest, IncompleteDetails, ListQuery,
@@ -48,7 +51,12 @@ fn validate_range(v: Option<f64>, lo: f64, hi: f64, name: &str) -> ApiResult<()>
     }
 }
 
-async fn prepare(st: &SharedState, req: CreateResponseRequest) -> ApiResult<Prepared> {
+async fn prepare(
+    st: &SharedState,
+    tenant: &str,
+    session: Option<&str>,
+    req: CreateResponseRequest,
+) -> ApiResult<Prepared> {
     let model = st.resolve_model(req.model.as_deref())?;
     let store = req.store.unwrap_or(true);
     let background = req.background.unwrap_or(false);
@@ -112,33 +120,44 @@ async fn prepare(st: &SharedState, req: CreateResponseRequest) -> ApiResult<Prep
     let input_items = normalize_input(req.input.as_ref())?;
 
     // Context before this input: the previous response's chain, or the conversation.
-    let (history, chain_root, id) = {
-        let id = new_id("resp");
+    let (history, chain_root, id, chain_key) = {
         if let Some(prev_id) = &req.previous_response_id {
-            let prev = st.store.get_response(prev_id).await?.ok_or_else(|| {
-                ApiError::invalid_code(
-                    format!("Previous response with id '{prev_id}' not found."),
-                    Some("previous_response_id"),
-                    "previous_response_not_found",
-                )
-            })?;
+            // Same chain tag as the previous id: one Redis Cluster slot per chain.
+            let id = chained_response_id(prev_id);
+            let prev = st
+                .store
+                .get_response(tenant, prev_id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::invalid_code(
+                        format!("Previous response with id '{prev_id}' not found."),
+                        Some("previous_response_id"),
+                        "previous_response_not_found",
+                    )
+                })?;
             let mut h = prev.history;
             h.extend(prev.input_items);
             h.extend(prev.response.output);
-            (h, prev.chain_root, id)
+            // Follow-ups inherit the chain's routing key (O(1), no chain walk).
+            let key = Some(prev.routing_key)
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| format!("resp:{}", prev.chain_root));
+            (h, prev.chain_root, id, Some(key))
         } else if let Some(conv) = &req.conversation {
+            let id = new_id("resp");
             let items = st
                 .store
-                .conversation_items(conv.id())
+                .conversation_items(tenant, conv.id())
                 .await?
                 .ok_or_else(|| ApiError::NotFound {
                     message: format!("Conversation with id '{}' not found.", conv.id()),
                     param: Some("conversation".into()),
                     code: Some("conversation_not_found".into()),
                 })?;
-            (items, id.clone(), id)
+            (items, id.clone(), id, None)
         } else {
-            (Vec::new(), id.clone(), id)
+            let id = new_id("resp");
+            (Vec::new(), id.clone(), id, None)
         }
     };
 
@@ -156,7 +175,7 @@ async fn prepare(st: &SharedState, req: CreateResponseRequest) -> ApiResult<Prep
     let top_p = req.top_p.unwrap_or(1.0);
     let presence_penalty = req.presence_penalty.unwrap_or(0.0);
     let frequency_penalty = req.frequency_penalty.unwrap_or(0.0);
-    let gen = GenerateRequest {
+    let mut gen = GenerateRequest {
         request_id: Some(id.clone()),
         input: PromptInput::Messages(messages),
         continuation: None,
@@ -169,12 +188,20 @@ async fn prepare(st: &SharedState, req: CreateResponseRequest) -> ApiResult<Prep
             max_tokens: req.max_output_tokens,
             ..SamplingParams::default()
         },
-        cache_key: Some(
-            req.prompt_cache_key
-                .clone()
-                .unwrap_or_else(|| chain_root.clone()),
-        ),
+        cache_key: chain_key.or_else(|| {
+            cache_key_from(&KeySources {
+                conversation: req.conversation.as_ref().map(|c| c.id()),
+                previous_response_root: None,
+                prompt_cache_key: req.prompt_cache_key.as_deref(),
+                session_header: session,
+                user: req.user.as_deref(),
+            })
+        }),
     };
+    // Without any identity the key hashes the leading messages (system and
+    // first user turn): stored, so this chain's follow-ups route the same way.
+    let routing_key = routing_key(&gen);
+    gen.cache_key = Some(routing_key.clone());
     let response = ResponseObject {
         id: id.clone(),
         object: "response".into(),
@@ -221,6 +248,8 @@ async fn prepare(st: &SharedState, req: CreateResponseRequest) -> ApiResult<Prep
         input_items,
         history,
         chain_root,
+        owner: tenant.to_owned(),
+        routing_key,
     };
     Ok(Prepared {
         response,
@@ -268,6 +297,7 @@ enum Start {
 struct Driver {
     st: SharedState,
     resp: ResponseObject,
+    owner: String,
     input_items: Vec<Value>,
     log_events: bool,
     live: Option<mpsc::UnboundedSender<Value>>,
@@ -436,7 +466,11 @@ impl Driver {
                 if let Some(conv) = &self.resp.conversation {
                     let mut items = std::mem::take(&mut self.input_items);
                     items.extend(self.resp.output.iter().cloned());
-                    if let Err(e) = st.store.append_conversation_items(&conv.id, items).await {
+                    if let Err(e) = st
+                        .store
+                        .append_conversation_items(&self.owner, &conv.id, items)
+                        .await
+                    {
                         tracing::warn!(error = %e, "could not append to conversation");
                     }
                 }
@@ -473,16 +507,23 @@ impl Driver {
         self.resp.completed_at = Some(now_secs());
         // Foreground: the client left; record that. Background: the cancel call already did.
         self.save().await;
-        match self.st.store.get_response(&self.resp.id).await {
+        match self.st.store.get_response(&self.owner, &self.resp.id).await {
             Ok(Some(rec)) if rec.response.store => rec.response,
             _ => self.resp,
         }
     }
 }
 
+/// The `X-Session-Id` header, a routing hint for clients that do not chain.
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-session-id").and_then(|v| v.to_str().ok())
+}
+
 /// `POST /v1/responses`.
 pub async fn create(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CreateResponseRequest>,
 ) -> ApiResult<Response> {
     let Prepared {
@@ -490,7 +531,7 @@ pub async fn create(
         record,
         gen,
         stream,
-    } = prepare(&st, req).await?;
+    } = prepare(&st, &tenant, session_id(&headers), req).await?;
     let input_items = record.input_items.clone();
     // Foreground: start generating before anything is stored or streamed, so a
     // worker refusal is an HTTP error the SDKs understand (and retry on 503).
@@ -512,6 +553,7 @@ pub async fn create(
         let driver = Driver {
             st: st.clone(),
             resp: response.clone(),
+            owner: tenant.clone(),
             input_items,
             log_events: true,
             live: None,
@@ -529,6 +571,7 @@ pub async fn create(
         let driver = Driver {
             st: st.clone(),
             resp: response,
+            owner: tenant.clone(),
             input_items,
             log_events: false,
             live: Some(tx),
@@ -546,6 +589,7 @@ pub async fn create(
     let driver = Driver {
         st: st.clone(),
         resp: response,
+        owner: tenant,
         input_items,
         log_events: false,
         live: None,
@@ -607,9 +651,9 @@ fn follow(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn load(st: &SharedState, id: &str) -> ApiResult<ResponseRecord> {
+async fn load(st: &SharedState, tenant: &str, id: &str) -> ApiResult<ResponseRecord> {
     st.store
-        .get_response(id)
+        .get_response(tenant, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Response with id '{id}' not found.")))
 }
@@ -624,10 +668,11 @@ pub struct RetrieveQuery {
 /// `GET /v1/responses/{id}` (also `?stream=true&starting_after=N`).
 pub async fn retrieve(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RetrieveQuery>,
 ) -> ApiResult<Response> {
-    let rec = load(&st, &id).await?;
+    let rec = load(&st, &tenant, &id).await?;
     let stream = match q.stream.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -662,9 +707,10 @@ pub async fn retrieve(
 /// `DELETE /v1/responses/{id}`.
 pub async fn delete(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    if st.store.delete_response(&id).await? {
+    if st.store.delete_response(&tenant, &id).await? {
         Ok(Json(
             json!({"id": id, "object": "response.deleted", "deleted": true}),
         ))
@@ -678,9 +724,10 @@ pub async fn delete(
 /// `POST /v1/responses/{id}/cancel`.
 pub async fn cancel(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ResponseObject>> {
-    let rec = load(&st, &id).await?;
+    let rec = load(&st, &tenant, &id).await?;
     if !rec.response.background {
         return Err(ApiError::invalid(
             "Only responses created with background=true can be cancelled.",
@@ -689,7 +736,7 @@ pub async fn cancel(
     }
     let resp = st
         .store
-        .cancel_response(&id)
+        .cancel_response(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Response with id '{id}' not found.")))?;
     Ok(Json(resp))
@@ -698,11 +745,12 @@ pub async fn cancel(
 /// `GET /v1/responses/{id}/input_items`.
 pub async fn input_items(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let (limit, desc) = q.resolve()?;
-    let rec = load(&st, &id).await?;
+    let rec = load(&st, &tenant, &id).await?;
     Ok(Json(list_page(
         &rec.input_items,
         q.after.as_deref(),

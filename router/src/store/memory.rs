@@ -29,6 +29,7 @@ impl RespEntry {
 }
 
 struct ConvEntry {
+    owner: String,
     conv: Conversation,
     items: Vec<Value>,
     expires: Instant,
@@ -117,6 +118,12 @@ impl<E: Aged> Bounded<E> {
     }
 }
 
+impl Bounded<ConvEntry> {
+    fn owned(&mut self, tenant: &str, id: &str) -> Option<&mut ConvEntry> {
+        self.get_mut(id).filter(|e| e.owner == tenant)
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     responses: Bounded<RespEntry>,
@@ -181,8 +188,13 @@ impl ResponseStore for MemoryStore {
         Ok(())
     }
 
-    async fn get_response(&self, id: &str) -> StoreResult<Option<ResponseRecord>> {
-        Ok(self.lock()?.responses.get_mut(id).map(|e| e.rec.clone()))
+    async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>> {
+        Ok(self
+            .lock()?
+            .responses
+            .get_mut(id)
+            .filter(|e| e.rec.owner == tenant)
+            .map(|e| e.rec.clone()))
     }
 
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {
@@ -193,8 +205,15 @@ impl ResponseStore for MemoryStore {
             .map(|e| e.rec.response.status))
     }
 
-    async fn delete_response(&self, id: &str) -> StoreResult<bool> {
-        Ok(self.lock()?.responses.map.remove(id).is_some())
+    async fn delete_response(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        if g.responses
+            .get_mut(id)
+            .is_none_or(|e| e.rec.owner != tenant)
+        {
+            return Ok(false);
+        }
+        Ok(g.responses.map.remove(id).is_some())
     }
 
     async fn update_if_active(&self, response: ResponseObject) -> StoreResult<bool> {
@@ -210,9 +229,9 @@ impl ResponseStore for MemoryStore {
         Ok(true)
     }
 
-    async fn cancel_response(&self, id: &str) -> StoreResult<Option<ResponseObject>> {
+    async fn cancel_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseObject>> {
         let mut g = self.lock()?;
-        let Some(e) = g.responses.get_mut(id) else {
+        let Some(e) = g.responses.get_mut(id).filter(|e| e.rec.owner == tenant) else {
             return Ok(None);
         };
         if !e.rec.response.status.is_terminal() {
@@ -257,7 +276,12 @@ impl ResponseStore for MemoryStore {
             .map(|e| e.changes.subscribe()))
     }
 
-    async fn insert_conversation(&self, conv: Conversation, items: Vec<Value>) -> StoreResult<()> {
+    async fn insert_conversation(
+        &self,
+        tenant: &str,
+        conv: Conversation,
+        items: Vec<Value>,
+    ) -> StoreResult<()> {
         let expires = self.expiry();
         let mut g = self.lock()?;
         g.next_seq += 1;
@@ -266,6 +290,7 @@ impl ResponseStore for MemoryStore {
         g.conversations.insert(
             id,
             ConvEntry {
+                owner: tenant.to_owned(),
                 conv,
                 items,
                 expires,
@@ -276,41 +301,51 @@ impl ResponseStore for MemoryStore {
         Ok(())
     }
 
-    async fn get_conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+    async fn get_conversation(&self, tenant: &str, id: &str) -> StoreResult<Option<Conversation>> {
         Ok(self
             .lock()?
             .conversations
-            .get_mut(id)
+            .owned(tenant, id)
             .map(|e| e.conv.clone()))
     }
 
     async fn update_conversation(
         &self,
+        tenant: &str,
         id: &str,
         metadata: BTreeMap<String, String>,
     ) -> StoreResult<Option<Conversation>> {
         let mut g = self.lock()?;
-        Ok(g.conversations.get_mut(id).map(|e| {
+        Ok(g.conversations.owned(tenant, id).map(|e| {
             e.conv.metadata = metadata;
             e.conv.clone()
         }))
     }
 
-    async fn delete_conversation(&self, id: &str) -> StoreResult<bool> {
-        Ok(self.lock()?.conversations.map.remove(id).is_some())
+    async fn delete_conversation(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        if g.conversations.owned(tenant, id).is_none() {
+            return Ok(false);
+        }
+        Ok(g.conversations.map.remove(id).is_some())
     }
 
-    async fn conversation_items(&self, id: &str) -> StoreResult<Option<Vec<Value>>> {
+    async fn conversation_items(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<Value>>> {
         Ok(self
             .lock()?
             .conversations
-            .get_mut(id)
+            .owned(tenant, id)
             .map(|e| e.items.clone()))
     }
 
-    async fn append_conversation_items(&self, id: &str, items: Vec<Value>) -> StoreResult<bool> {
+    async fn append_conversation_items(
+        &self,
+        tenant: &str,
+        id: &str,
+        items: Vec<Value>,
+    ) -> StoreResult<bool> {
         let mut g = self.lock()?;
-        Ok(match g.conversations.get_mut(id) {
+        Ok(match g.conversations.owned(tenant, id) {
             Some(e) => {
                 e.items.extend(items);
                 true
@@ -319,9 +354,14 @@ impl ResponseStore for MemoryStore {
         })
     }
 
-    async fn delete_conversation_item(&self, id: &str, item_id: &str) -> StoreResult<Option<bool>> {
+    async fn delete_conversation_item(
+        &self,
+        tenant: &str,
+        id: &str,
+        item_id: &str,
+    ) -> StoreResult<Option<bool>> {
         let mut g = self.lock()?;
-        Ok(g.conversations.get_mut(id).map(|e| {
+        Ok(g.conversations.owned(tenant, id).map(|e| {
             let before = e.items.len();
             e.items
                 .retain(|it| it.get("id").and_then(Value::as_str) != Some(item_id));
@@ -354,6 +394,8 @@ mod tests {
             input_items: vec![],
             history: vec![],
             chain_root: id.into(),
+            owner: "t".into(),
+            routing_key: String::new(),
         }
     }
 
@@ -363,9 +405,9 @@ mod tests {
         for id in ["a", "b", "c"] {
             s.insert_response(rec(id)).await.unwrap();
         }
-        assert!(s.get_response("a").await.unwrap().is_none());
-        assert!(s.get_response("b").await.unwrap().is_some());
-        assert!(s.get_response("c").await.unwrap().is_some());
+        assert!(s.get_response("t", "a").await.unwrap().is_none());
+        assert!(s.get_response("t", "b").await.unwrap().is_some());
+        assert!(s.get_response("t", "c").await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -373,14 +415,14 @@ mod tests {
         let s = MemoryStore::new(10, Duration::from_millis(20));
         s.insert_response(rec("a")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
-        assert!(s.get_response("a").await.unwrap().is_none());
+        assert!(s.get_response("t", "a").await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn terminal_state_is_final() {
         let s = MemoryStore::new(10, Duration::from_secs(60));
         s.insert_response(rec("a")).await.unwrap();
-        let c = s.cancel_response("a").await.unwrap().unwrap();
+        let c = s.cancel_response("t", "a").await.unwrap().unwrap();
         assert_eq!(c.status, ResponseStatus::Cancelled);
         let mut done = rec("a").response;
         done.status = ResponseStatus::Completed;
@@ -408,7 +450,7 @@ mod tests {
             2
         );
         assert_eq!(s.events_after("a", None).await.unwrap().unwrap().len(), 5);
-        s.delete_response("a").await.unwrap();
+        s.delete_response("t", "a").await.unwrap();
         assert!(rx.changed().await.is_err());
     }
 }

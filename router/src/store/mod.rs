@@ -4,7 +4,9 @@
 //! an append-only log read by sequence number, and live followers wait on a
 //! change counter (`watch`), which a pub/sub channel can drive.
 
+pub mod bench;
 pub mod memory;
+pub mod redis;
 
 use std::collections::BTreeMap;
 
@@ -14,18 +16,82 @@ use tokio::sync::watch;
 
 use crate::types::{ResponseObject, ResponseStatus};
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
+
+/// The tenant of unauthenticated requests (when `--api-keys` is not set).
+pub const ANONYMOUS_TENANT: &str = "anonymous";
 
 /// A store backend failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// A bug or corrupt data (500).
     #[error("store backend error: {0}")]
     Backend(String),
+    /// The backend cannot be reached now (503); retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for crate::error::ApiError {
     fn from(e: StoreError) -> Self {
-        crate::error::ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Backend(_) => crate::error::ApiError::Internal(e.to_string()),
+            StoreError::Unavailable(m) => crate::error::ApiError::Unavailable {
+                message: format!("The response store is unavailable ({m}); retry shortly."),
+                retry_after: 1,
+            },
+        }
+    }
+}
+
+/// The store `config` asks for: `--store memory` (bounded, in-process) or
+/// `--store redis` (connects to `--redis-url` and starts this replica's lease
+/// heartbeat and reaper; must be called inside a Tokio runtime).
+pub async fn from_config(
+    config: &crate::config::RouterConfig,
+) -> StoreResult<std::sync::Arc<dyn ResponseStore>> {
+    use std::time::Duration;
+    match config.store {
+        crate::config::StoreKind::Memory => Ok(std::sync::Arc::new(MemoryStore::new(
+            config.store_max_records,
+            Duration::from_secs(config.store_ttl_secs),
+        ))),
+        crate::config::StoreKind::Redis => {
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            if url.trim().is_empty() {
+                return Err(StoreError::Backend(
+                    "--store redis needs --redis-url (or SPINDLE_REDIS_URL)".into(),
+                ));
+            }
+            let mut opts = self::redis::RedisOptions::new(url);
+            opts.ttl = Duration::from_secs(config.store_ttl_secs.max(1));
+            opts.timeout = Duration::from_millis(config.redis_timeout_ms.max(1));
+            Ok(std::sync::Arc::new(RedisStore::connect(opts).await?))
+        }
+    }
+}
+
+/// The id of a response created with `previous_response_id = prev`: it keeps
+/// the first 12 characters after the prefix of `prev` (the *chain tag*, see
+/// [`chain_tag`]) so every response of a chain maps to the same Redis Cluster
+/// slot; the rest is random. Ids keep the `resp_` + 32 hex digits shape.
+pub fn chained_response_id(prev: &str) -> String {
+    let fresh = crate::types::new_id("resp");
+    match prev.split_once('_') {
+        Some((_, rest)) if rest.len() >= 12 && rest.is_char_boundary(12) => {
+            format!("resp_{}{}", &rest[..12], &fresh["resp_".len() + 12..])
+        }
+        _ => fresh,
+    }
+}
+
+/// The chain tag of an id: the 12 characters after the `prefix_` (the whole
+/// id when it has another shape). Used as the Redis Cluster hash tag.
+pub fn chain_tag(id: &str) -> &str {
+    match id.split_once('_') {
+        Some((_, rest)) if rest.len() >= 12 && rest.is_char_boundary(12) => &rest[..12],
+        _ => id,
     }
 }
 
@@ -44,6 +110,13 @@ pub struct ResponseRecord {
     pub history: Vec<Value>,
     /// Id of the first response of the `previous_response_id` chain (itself when none).
     pub chain_root: String,
+    /// The tenant that created it; other tenants never see it.
+    #[serde(default)]
+    pub owner: String,
+    /// The key every turn of this chain is routed by (set by its first turn,
+    /// inherited by follow-ups, so the chain sticks to one worker's cache).
+    #[serde(default)]
+    pub routing_key: String,
 }
 
 /// A conversation object.
@@ -56,22 +129,26 @@ pub struct Conversation {
 }
 
 /// Storage of responses, their event logs and conversations.
+///
+/// Methods taking a `tenant` only see objects that tenant created (others
+/// read as unknown); the rest are used internally by the generating driver
+/// after ownership was checked.
 #[async_trait::async_trait]
 pub trait ResponseStore: Send + Sync + 'static {
-    /// Insert (or replace) a response record.
+    /// Insert (or replace) a response record (owned by `rec.owner`).
     async fn insert_response(&self, rec: ResponseRecord) -> StoreResult<()>;
-    /// The record, or `None` when unknown, deleted or expired.
-    async fn get_response(&self, id: &str) -> StoreResult<Option<ResponseRecord>>;
+    /// The record, or `None` when unknown, deleted, expired or another tenant's.
+    async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>>;
     /// Only the status (cheap; polled while generating).
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>>;
-    /// Delete a response and its events; false when unknown.
-    async fn delete_response(&self, id: &str) -> StoreResult<bool>;
+    /// Delete a response and its events; false when unknown (or another tenant's).
+    async fn delete_response(&self, tenant: &str, id: &str) -> StoreResult<bool>;
     /// Replace the response object only while the stored one is queued or
     /// in progress (e.g. in_progress → completed); true when applied.
     async fn update_if_active(&self, response: ResponseObject) -> StoreResult<bool>;
     /// Atomically move a queued/in-progress response to `cancelled`; returns
     /// the object after the call (unchanged when already terminal), `None` when unknown.
-    async fn cancel_response(&self, id: &str) -> StoreResult<Option<ResponseObject>>;
+    async fn cancel_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseObject>>;
     /// Append one stream event (it carries its own `sequence_number`).
     async fn append_event(&self, id: &str, event: Value) -> StoreResult<()>;
     /// Events with `sequence_number > after` (all when `None`); `None` when unknown.
@@ -80,22 +157,38 @@ pub trait ResponseStore: Send + Sync + 'static {
     /// closed when the response is deleted. `None` when unknown.
     async fn subscribe(&self, id: &str) -> StoreResult<Option<watch::Receiver<u64>>>;
 
-    /// Insert a conversation with its initial items.
-    async fn insert_conversation(&self, conv: Conversation, items: Vec<Value>) -> StoreResult<()>;
+    /// Insert a conversation with its initial items, owned by `tenant`.
+    async fn insert_conversation(
+        &self,
+        tenant: &str,
+        conv: Conversation,
+        items: Vec<Value>,
+    ) -> StoreResult<()>;
     /// A conversation, `None` when unknown.
-    async fn get_conversation(&self, id: &str) -> StoreResult<Option<Conversation>>;
+    async fn get_conversation(&self, tenant: &str, id: &str) -> StoreResult<Option<Conversation>>;
     /// Replace a conversation's metadata; `None` when unknown.
     async fn update_conversation(
         &self,
+        tenant: &str,
         id: &str,
         metadata: BTreeMap<String, String>,
     ) -> StoreResult<Option<Conversation>>;
     /// Delete a conversation and its items; false when unknown.
-    async fn delete_conversation(&self, id: &str) -> StoreResult<bool>;
+    async fn delete_conversation(&self, tenant: &str, id: &str) -> StoreResult<bool>;
     /// All items, oldest first; `None` when unknown.
-    async fn conversation_items(&self, id: &str) -> StoreResult<Option<Vec<Value>>>;
+    async fn conversation_items(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<Value>>>;
     /// Append items; false when the conversation is unknown.
-    async fn append_conversation_items(&self, id: &str, items: Vec<Value>) -> StoreResult<bool>;
+    async fn append_conversation_items(
+        &self,
+        tenant: &str,
+        id: &str,
+        items: Vec<Value>,
+    ) -> StoreResult<bool>;
     /// Delete one item: `None` when the conversation is unknown, `Some(false)` when the item is.
-    async fn delete_conversation_item(&self, id: &str, item_id: &str) -> StoreResult<Option<bool>>;
+    async fn delete_conversation_item(
+        &self,
+        tenant: &str,
+        id: &str,
+        item_id: &str,
+    ) -> StoreResult<Option<bool>>;
 }

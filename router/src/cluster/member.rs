@@ -1,0 +1,155 @@
+//! One worker as the cluster sees it: its client, load accounting, readiness
+//! and circuit breaker.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spindle_proto::LoadReport;
+
+use crate::generator::HttpWorker;
+
+/// Circuit-breaker state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    /// Serving normally.
+    Closed,
+    /// Ejected until `until`; `cooldown` is the current back-off.
+    Open { until: Instant, cooldown: Duration },
+    /// Back in the ring on trial: the next success closes it, a failure
+    /// reopens it with twice the cooldown.
+    HalfOpen { cooldown: Duration },
+}
+
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// Last `/ready` answered 200 (and `/load` did not say draining).
+    pub ready: bool,
+    pub breaker: Breaker,
+    pub probe_failures: u32,
+    /// Load the worker reported beyond this router's own streams.
+    pub external_load: u32,
+    pub last_load: Option<LoadReport>,
+}
+
+/// A worker known to the cluster.
+#[derive(Debug)]
+pub struct Member {
+    pub url: String,
+    pub(crate) http: HttpWorker,
+    inflight: AtomicU32,
+    pub(crate) health: Mutex<Health>,
+}
+
+/// A snapshot of one worker's state, for status pages and tests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    pub url: String,
+    pub ready: bool,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    pub in_ring: bool,
+    pub inflight: u32,
+    pub load: u32,
+}
+
+impl Member {
+    pub(crate) fn new(url: String) -> Arc<Self> {
+        Arc::new(Self {
+            http: HttpWorker::new(url.clone()),
+            url,
+            inflight: AtomicU32::new(0),
+            health: Mutex::new(Health {
+                ready: false,
+                breaker: Breaker::Closed,
+                probe_failures: 0,
+                external_load: 0,
+                last_load: None,
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Streams this router has open on the worker.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Own open streams plus what the worker's last `/load` showed beyond them.
+    pub fn load(&self) -> u32 {
+        self.inflight() + self.lock().external_load
+    }
+
+    /// May take requests: ready and not ejected.
+    pub fn routable(&self) -> bool {
+        let h = self.lock();
+        h.ready && !matches!(h.breaker, Breaker::Open { .. })
+    }
+
+    pub(crate) fn start_stream(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(self.clone())
+    }
+
+    /// A request succeeded: a half-open breaker closes.
+    pub(crate) fn record_success(&self) {
+        let mut h = self.lock();
+        if matches!(h.breaker, Breaker::HalfOpen { .. }) {
+            tracing::info!(worker = %self.url, "worker recovered");
+            h.breaker = Breaker::Closed;
+        }
+    }
+
+    /// Eject now (passive: a request failed, or probes failed repeatedly).
+    /// Returns true when the worker was in service before.
+    pub(crate) fn eject(&self, base: Duration) -> bool {
+        let mut h = self.lock();
+        let cooldown = match h.breaker {
+            Breaker::Open { .. } => return false,
+            Breaker::Closed => base,
+            Breaker::HalfOpen { cooldown } => (cooldown * 2).min(base * 16),
+        };
+        h.breaker = Breaker::Open {
+            until: Instant::now() + cooldown,
+            cooldown,
+        };
+        tracing::warn!(worker = %self.url, ?cooldown, "worker ejected");
+        metrics::counter!("spindle_router_ejections_total").increment(1);
+        true
+    }
+
+    pub fn status(&self, in_ring: bool) -> MemberStatus {
+        let inflight = self.inflight();
+        let h = self.lock();
+        MemberStatus {
+            url: self.url.clone(),
+            ready: h.ready,
+            breaker: match h.breaker {
+                Breaker::Closed => "closed",
+                Breaker::Open { .. } => "open",
+                Breaker::HalfOpen { .. } => "half_open",
+            },
+            in_ring,
+            inflight,
+            load: inflight + h.external_load,
+        }
+    }
+}
+
+/// Counts one open stream on a worker until dropped.
+pub(crate) struct InflightGuard(Arc<Member>);
+
+impl InflightGuard {
+    pub(crate) fn member(&self) -> &Arc<Member> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

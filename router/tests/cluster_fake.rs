@@ -1,0 +1,357 @@
+//! ClusterGenerator against fake workers (axum on random ports): bounded-load
+//! spill, policies, ejection and recovery, draining, retry, migration, cancel.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use spindle_proto::{ChatMessage, GenerateEvent, GenerateRequest, PromptInput, SamplingParams};
+use spindle_router::cluster::fake::FakeWorker;
+use spindle_router::cluster::{ClusterConfig, ClusterGenerator, Policy};
+use spindle_router::{GenerateError, Generator};
+
+fn req(key: &str) -> GenerateRequest {
+    GenerateRequest {
+        request_id: None,
+        input: PromptInput::Messages(vec![ChatMessage {
+            role: "user".into(),
+            content: "hello there".into(),
+        }]),
+        continuation: None,
+        sampling: SamplingParams::default(),
+        cache_key: Some(key.into()),
+    }
+}
+
+fn config(fakes: &[&FakeWorker]) -> ClusterConfig {
+    ClusterConfig {
+        health_interval: Duration::from_millis(100),
+        breaker_cooldown: Duration::from_millis(300),
+        eject_after: 1,
+        ..ClusterConfig::with_workers(fakes.iter().map(|f| f.url.clone()))
+    }
+}
+
+async fn fakes(n: usize, tokens: u32, delay_ms: u64) -> Vec<FakeWorker> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(
+            FakeWorker::spawn(tokens, Duration::from_millis(delay_ms))
+                .await
+                .unwrap(),
+        );
+    }
+    v
+}
+
+/// A key whose ring owner is `url`.
+fn key_owned_by(gen: &ClusterGenerator, url: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("conv:{i}"))
+        .find(|k| gen.owner(k).as_deref() == Some(url))
+        .expect("some key maps to every worker")
+}
+
+/// Text and the final event of a whole stream.
+async fn collect(gen: &ClusterGenerator, r: GenerateRequest) -> (String, GenerateEvent) {
+    let mut s = gen.generate(r).await.expect("stream starts");
+    let mut text = String::new();
+    let last = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.next().await.expect("stream ends with done or error") {
+                GenerateEvent::Delta { text: t, .. } => text.push_str(&t),
+                ev => return ev,
+            }
+        }
+    })
+    .await
+    .expect("stream never hangs");
+    assert!(s.next().await.is_none(), "nothing after the last event");
+    (text, last)
+}
+
+fn expected(n: u32) -> String {
+    (0..n).map(|i| format!("t{i} ")).collect()
+}
+
+fn served(f: &FakeWorker) -> u64 {
+    f.ctl.requests.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn same_key_same_worker_and_idle_cluster_never_spills() {
+    let f = fakes(3, 4, 0).await;
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1], &f[2]])).unwrap();
+    gen.probe_now().await;
+    assert_eq!(gen.ring_members().len(), 3);
+    for conv in 0..30 {
+        let key = format!("conv:{conv}");
+        let owner = gen.owner(&key).unwrap();
+        for _ in 0..3 {
+            let before: Vec<u64> = f.iter().map(served).collect();
+            let (text, last) = collect(&gen, req(&key)).await;
+            assert_eq!(text, expected(4));
+            assert!(matches!(last, GenerateEvent::Done { .. }));
+            let hit: Vec<usize> = (0..3).filter(|&i| served(&f[i]) > before[i]).collect();
+            assert_eq!(hit.len(), 1);
+            assert_eq!(f[hit[0]].url, owner, "every turn goes to the owner");
+        }
+    }
+    assert_eq!(gen.stats().spills.load(Ordering::Relaxed), 0);
+    // Stateless clients (no cache_key) stick too: same system + first user message.
+    let mut r = req("");
+    r.cache_key = None;
+    let route = gen.route(&r);
+    if let PromptInput::Messages(m) = &mut r.input {
+        m.push(ChatMessage {
+            role: "assistant".into(),
+            content: "hi".into(),
+        });
+        m.push(ChatMessage {
+            role: "user".into(),
+            content: "more".into(),
+        });
+    }
+    assert_eq!(gen.route(&r)[0], route[0]);
+}
+
+#[tokio::test]
+async fn hot_key_spills_past_the_load_bound() {
+    let f = fakes(3, 1000, 20).await;
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1], &f[2]])).unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f[0].url);
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        let mut s = gen.generate(req(&key)).await.unwrap();
+        assert!(matches!(s.next().await, Some(GenerateEvent::Delta { .. })));
+        open.push(s);
+    }
+    let running: Vec<u32> = f
+        .iter()
+        .map(|f| f.ctl.running.load(Ordering::Relaxed))
+        .collect();
+    println!("6 streams of one hot key: per-worker {running:?}");
+    // Bound with load factor 1.25: load ≤ 1.25 × mean + 1, so the owner never
+    // holds all six, yet it holds more than its fair share.
+    assert!(running[0] >= 2 && running[0] < 6, "{running:?}");
+    assert_eq!(running.iter().sum::<u32>(), 6);
+    assert!(gen.stats().spills.load(Ordering::Relaxed) >= 1);
+    drop(open);
+}
+
+#[tokio::test]
+async fn round_robin_and_least_load_spread_requests() {
+    let f = fakes(3, 2, 0).await;
+    let gen = ClusterGenerator::new(ClusterConfig {
+        policy: Policy::RoundRobin,
+        ..config(&[&f[0], &f[1], &f[2]])
+    })
+    .unwrap();
+    gen.probe_now().await;
+    for _ in 0..9 {
+        collect(&gen, req("conv:same")).await;
+    }
+    assert_eq!(f.iter().map(served).collect::<Vec<_>>(), vec![3, 3, 3]);
+
+    let f = fakes(3, 1000, 20).await;
+    let gen = ClusterGenerator::new(ClusterConfig {
+        policy: Policy::LeastLoad,
+        ..config(&[&f[0], &f[1], &f[2]])
+    })
+    .unwrap();
+    gen.probe_now().await;
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        open.push(gen.generate(req("conv:same")).await.unwrap());
+    }
+    assert_eq!(
+        gen.members().iter().map(|m| m.inflight).collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+}
+
+#[tokio::test]
+async fn failing_worker_is_ejected_then_recovers_half_open() {
+    let f = fakes(2, 3, 0).await;
+    let gen = ClusterGenerator::start(config(&[&f[0], &f[1]]))
+        .await
+        .unwrap();
+    let key = key_owned_by(&gen, &f[0].url);
+    // 5xx: retried on the next worker, the failing one ejected (passive).
+    f[0].ctl.generate_status.store(500, Ordering::Relaxed);
+    let (text, _) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(3));
+    assert_eq!(served(&f[1]), 1);
+    assert_eq!(gen.ring_members(), vec![f[1].url.clone()]);
+    let st = gen.members();
+    assert_eq!(st[0].breaker, "open");
+    assert!(!st[0].in_ring);
+    // While ejected, its keys go elsewhere without touching it.
+    f[0].ctl.generate_status.store(0, Ordering::Relaxed);
+    collect(&gen, req(&key)).await;
+    assert_eq!(served(&f[1]), 2);
+    // After the cooldown a probe puts it back on trial; a success closes the breaker.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gen.members()[0].breaker, "half_open");
+    collect(&gen, req(&key)).await;
+    assert_eq!(served(&f[0]), 1, "the owner serves its key again");
+    assert_eq!(gen.members()[0].breaker, "closed");
+    assert!(gen.stats().retries.load(Ordering::Relaxed) >= 1);
+
+    // Active probes: a broken /ready ejects it without any request.
+    f[1].ctl.unhealthy.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(gen.ring_members(), vec![f[0].url.clone()]);
+    f[1].ctl.unhealthy.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gen.ring_members().len(), 2, "{:?}", gen.members());
+}
+
+#[tokio::test]
+async fn draining_worker_leaves_the_ring_and_only_its_keys_move() {
+    let f = fakes(3, 2, 0).await;
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1], &f[2]])).unwrap();
+    gen.probe_now().await;
+    let keys: Vec<String> = (0..3000).map(|i| format!("conv:{i}")).collect();
+    let before: Vec<String> = keys.iter().map(|k| gen.owner(k).unwrap()).collect();
+    f[1].ctl.draining.store(true, Ordering::Relaxed);
+    gen.probe_now().await;
+    assert_eq!(gen.ring_members().len(), 2);
+    let mut moved = 0;
+    for (k, b) in keys.iter().zip(&before) {
+        let a = gen.owner(k).unwrap();
+        assert_ne!(a, f[1].url);
+        if a != *b {
+            assert_eq!(*b, f[1].url, "only the drained worker's keys move");
+            moved += 1;
+        }
+    }
+    let frac = moved as f64 / keys.len() as f64;
+    println!("drain 1 of 3: {frac:.3} of keys moved");
+    assert!((0.2..0.47).contains(&frac));
+    f[1].ctl.draining.store(false, Ordering::Relaxed);
+    gen.probe_now().await;
+    let back: Vec<String> = keys.iter().map(|k| gen.owner(k).unwrap()).collect();
+    assert_eq!(back, before, "keys return when it is back");
+}
+
+#[tokio::test]
+async fn dead_worker_before_first_token_is_retried() {
+    let f = fakes(2, 5, 0).await;
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1]])).unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f[0].url);
+    // Accepts, then breaks before any token.
+    f[0].ctl.die_before_first.store(true, Ordering::Relaxed);
+    let (text, last) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(5));
+    assert!(matches!(last, GenerateEvent::Done { usage, .. } if usage.completion_tokens == 5));
+    // Connection refused (process gone): retried too.
+    f[0].ctl.die_before_first.store(false, Ordering::Relaxed);
+    let f2 = fakes(1, 5, 0).await;
+    let gen = ClusterGenerator::new(config(&[&f[0], &f2[0]])).unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f2[0].url);
+    f2[0].kill();
+    let (text, _) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(5));
+    // Nobody left: an error, not a hang.
+    f[0].kill();
+    let gen = ClusterGenerator::new(config(&[&f[0], &f2[0]])).unwrap();
+    gen.probe_now().await;
+    assert!(matches!(
+        gen.generate(req("k")).await.err(),
+        Some(GenerateError::Unavailable { .. })
+    ));
+}
+
+#[tokio::test]
+async fn stream_migrates_mid_way_without_duplicates() {
+    let f = fakes(2, 20, 1).await;
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1]])).unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f[0].url);
+    f[0].ctl.die_after.store(7, Ordering::Relaxed);
+    let (text, last) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(20));
+    let GenerateEvent::Done { usage, .. } = last else {
+        panic!("{last:?}")
+    };
+    assert_eq!(usage.completion_tokens, 20, "both legs counted");
+    assert_eq!(usage.prompt_tokens, 2, "continuation not counted as prompt");
+    assert_eq!(gen.stats().migrations.load(Ordering::Relaxed), 1);
+    assert_eq!(served(&f[1]), 1);
+
+    // max_tokens is honoured across legs.
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1]])).unwrap();
+    gen.probe_now().await;
+    let mut r = req(&key);
+    r.sampling.max_tokens = Some(12);
+    let (text, last) = collect(&gen, r).await;
+    assert_eq!(text, expected(12));
+    assert!(matches!(last, GenerateEvent::Done { usage, .. } if usage.completion_tokens == 12));
+}
+
+#[tokio::test]
+async fn no_migration_left_ends_with_an_error() {
+    let f = fakes(2, 20, 1).await;
+    let gen = ClusterGenerator::new(ClusterConfig {
+        max_migrations: 0,
+        ..config(&[&f[0], &f[1]])
+    })
+    .unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f[0].url);
+    f[0].ctl.die_after.store(4, Ordering::Relaxed);
+    let (text, last) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(4));
+    assert!(matches!(last, GenerateEvent::Error { .. }), "{last:?}");
+    // Both workers broken mid-stream: one migration, then an error.
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1]])).unwrap();
+    gen.probe_now().await;
+    f[1].ctl.die_after.store(3, Ordering::Relaxed);
+    let (text, last) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(7));
+    assert!(matches!(last, GenerateEvent::Error { .. }), "{last:?}");
+}
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_worker_request() {
+    let f = fakes(1, 100_000, 5).await;
+    let gen = ClusterGenerator::new(config(&[&f[0]])).unwrap();
+    gen.probe_now().await;
+    let mut s = gen.generate(req("k")).await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(s.next().await, Some(GenerateEvent::Delta { .. })));
+    }
+    assert_eq!(f[0].ctl.running.load(Ordering::Relaxed), 1);
+    assert_eq!(gen.members()[0].inflight, 1);
+    drop(s);
+    let t = std::time::Instant::now();
+    while f[0].ctl.running.load(Ordering::Relaxed) != 0
+        || f[0].ctl.cancels.load(Ordering::Relaxed) != 1
+    {
+        assert!(t.elapsed() < Duration::from_secs(1), "worker still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gen.members()[0].inflight, 0);
+}
+
+#[tokio::test]
+async fn dns_membership_finds_workers_and_forgets_them() {
+    let f = fakes(1, 2, 0).await;
+    let port = f[0].addr.port();
+    let gen = ClusterGenerator::start(ClusterConfig {
+        workers: Vec::new(),
+        workers_dns: Some(format!("localhost:{port}")),
+        dns_interval: Duration::from_millis(100),
+        ..config(&[])
+    })
+    .await
+    .unwrap();
+    let ring = gen.ring_members();
+    assert!(ring.contains(&f[0].url), "{ring:?} / {:?}", gen.members());
+    let (text, _) = collect(&gen, req("k")).await;
+    assert_eq!(text, expected(2));
+}
