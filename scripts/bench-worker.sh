@@ -23,9 +23,9 @@ wait_ready() {
   echo "[bench] $1 did not come up" >&2; return 1
 }
 run_bench() { # label url
-  $spindle bench --url "$2" --label "$1" --scenario streams --concurrency 1,16 \
+  $spindle bench streams --url "$2" --label "$1" --concurrency 1,16 \
     --rounds "$rounds" --max-tokens "$max_tokens" --out "$out/$1-streams.json"
-  $spindle bench --url "$2" --label "$1" --scenario followup --trials 5 --out "$out/$1-followup.json"
+  $spindle bench followup --url "$2" --label "$1" --trials 5 --out "$out/$1-followup.json"
 }
 
 p=$(port_of)

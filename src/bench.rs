@@ -1,6 +1,6 @@
 //! `spindle bench`: drive any OpenAI-compatible server and measure it.
 //!
-//! Scenarios (`--scenario`):
+//! Scenarios (`spindle bench <scenario>`):
 //! - `streams`: for each concurrency level, N parallel streaming chat
 //!   requests with fixed prompts; aggregate output tokens/s, TTFT and
 //!   inter-token latency percentiles.
@@ -8,13 +8,15 @@
 //!   (prefix cache warm) against the same history cold (unique prefix).
 //! - `store`: the Redis response store's create/get/complete latency and
 //!   rate beside `redis-benchmark` on the same server.
+//! - `affinity`, `overhead`: cluster routing (see `cluster_bench`).
 //!
 //! Prints a table and writes the numbers as JSON (`--out`). Works against
 //! Spindle and llama.cpp's `llama-server` alike, so a script can run both in
 //! one go and compare.
 
+use crate::cluster_bench::{self, ClusterBenchArgs};
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -23,11 +25,29 @@ use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Scenario {
+    /// N concurrent streaming chats per concurrency level: tokens/s, TTFT, inter-token latency.
+    Streams(ClientArgs),
+    /// TTFT of a turn whose ~1,000-token history is cached, against the same history cold.
+    Followup(ClientArgs),
+    /// The Redis response store: create/get/complete latency beside redis-benchmark.
+    Store(StoreArgs),
+    /// Cache affinity per routing policy: 3 workers behind a router, multi-turn conversations.
+    Affinity(ClusterBenchArgs),
+    /// Router overhead in front of a fast fake worker, beside SGLang's gateway (smg).
+    Overhead(ClusterBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
     /// Base URL of the server (e.g. http://127.0.0.1:8080).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    #[arg(long, value_enum, default_value_t = Scenario::Streams)]
-    pub scenario: Scenario,
     /// Concurrency levels for `streams`, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub concurrency: Vec<usize>,
@@ -49,24 +69,20 @@ pub struct BenchArgs {
     /// Write results here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Redis for `--scenario store`.
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Store operations per second offered in `--scenario store`.
-    #[arg(long, default_value_t = 1000)]
-    pub ops_per_sec: u32,
-    /// Duration of `--scenario store`, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u32,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scenario {
-    Streams,
-    Followup,
-    /// Response-store operations on Redis (`--redis-url`) beside redis-benchmark.
-    Store,
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Store operations per second offered (create, get and complete in turn).
+    #[arg(long, default_value_t = 1000)]
+    pub ops_per_sec: u32,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
+    /// Write results here as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 const PROMPTS: &[&str] = &[
@@ -90,7 +106,7 @@ struct Sample {
 
 async fn stream_chat(
     client: &reqwest::Client,
-    args: &BenchArgs,
+    args: &ClientArgs,
     messages: Value,
     max_tokens: u32,
 ) -> anyhow::Result<Sample> {
@@ -185,7 +201,7 @@ struct StreamsResult {
     itl_p99_ms: f64,
 }
 
-async fn streams(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Value> {
+async fn streams(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result<Value> {
     let mut results = Vec::new();
     // Warm-up: load pages, spin up threads.
     stream_chat(client, args, json!([{"role": "user", "content": "Hi"}]), 8).await?;
@@ -262,7 +278,7 @@ fn history(tag: &str) -> Vec<Value> {
     msgs
 }
 
-async fn followup(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Value> {
+async fn followup(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result<Value> {
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for trial in 0..args.trials {
@@ -298,25 +314,28 @@ async fn followup(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<
     )
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
         // Fresh connections: llama-server closes idle keep-alive ones unannounced.
         .pool_max_idle_per_host(0)
-        .build()?;
-    let result = match args.scenario {
-        Scenario::Streams => streams(&client, &args).await?,
-        Scenario::Followup => followup(&client, &args).await?,
-        Scenario::Store => {
-            spindle_router::store::bench::store_bench(
-                &args.redis_url,
-                args.ops_per_sec,
-                args.seconds,
-            )
-            .await
+        .build()?)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (name, out, result) = match &args.scenario {
+        Scenario::Streams(a) => ("streams", &a.out, streams(&client()?, a).await?),
+        Scenario::Followup(a) => ("followup", &a.out, followup(&client()?, a).await?),
+        Scenario::Store(a) => {
+            let r =
+                spindle_router::store::bench::store_bench(&a.redis_url, a.ops_per_sec, a.seconds)
+                    .await;
+            ("store", &a.out, r)
         }
+        Scenario::Affinity(a) => ("affinity", &a.out, cluster_bench::affinity(a).await?),
+        Scenario::Overhead(a) => ("overhead", &a.out, cluster_bench::overhead(a).await?),
     };
-    if let Some(out) = &args.out {
-        let doc = json!({"scenario": args.scenario, "url": args.url, "results": result});
+    if let Some(out) = out {
+        let doc = json!({"scenario": name, "results": result});
         std::fs::write(out, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!("[bench] wrote {}", out.display());

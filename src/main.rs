@@ -7,6 +7,7 @@
 //! - `spindle bench`: drive a running server and report throughput and latency.
 
 mod bench;
+mod cluster_bench;
 mod inprocess;
 mod server;
 

@@ -6,9 +6,10 @@
 
 use crate::inprocess::InProcess;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use spindle_router::{HttpWorker, ResponseStore, RouterConfig};
+use spindle_router::{ClusterConfig, ClusterGenerator, ResponseStore, RouterConfig};
 use spindle_worker::{Worker, WorkerConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct RouterArgs {
     pub listen: Listen,
     #[command(flatten)]
     pub router: RouterConfig,
+    #[command(flatten)]
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +99,10 @@ async fn run_until_signal(
     worker: Option<Worker>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    // Without TCP_NODELAY, Nagle and delayed ACKs hold small SSE frames ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     shutdown_signal().await;
     let Some(worker) = worker else {
@@ -152,7 +159,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let metrics = metrics_recorder()?;
-    let generator = Arc::new(HttpWorker::new(args.router.worker_url.clone()));
+    // Without --workers/--workers-dns, the one --worker-url is the cluster.
+    let mut cluster = args.cluster.clone();
+    if cluster.workers.is_empty() && cluster.workers_dns.is_none() {
+        cluster.workers = vec![args.router.worker_url.clone()];
+    }
+    cluster.validate().map_err(anyhow::Error::msg)?;
+    let generator = ClusterGenerator::start(cluster).await?;
+    let generator = Arc::new(generator.with_models(vec![args.router.model_name.clone()]));
     let store = response_store(&args.router).await?;
     let app = spindle_router::app(generator, store, &args.router).route(
         "/metrics",

@@ -123,7 +123,7 @@ impl ClusterConfig {
         if self.vnodes == 0 {
             return Err("--vnodes must be at least 1".into());
         }
-        if !(self.load_factor >= 1.0) {
+        if self.load_factor.is_nan() || self.load_factor < 1.0 {
             return Err("--load-factor must be at least 1.0".into());
         }
         if self.health_interval.is_zero() {
