@@ -9,6 +9,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use spindle_router::store::StoreError;
 use spindle_router::{ClusterConfig, ClusterGenerator, ResponseStore, RouterConfig};
 use spindle_worker::{Worker, WorkerConfig};
 use std::net::SocketAddr;
@@ -127,13 +128,24 @@ async fn run_until_signal(
     Ok(())
 }
 
-/// `--store memory|redis`.
+/// `--store memory|redis`. An unreachable Redis is waited for (a router
+/// started before its Redis comes up when Redis returns); a bad setting fails.
 async fn response_store(config: &RouterConfig) -> anyhow::Result<Arc<dyn ResponseStore>> {
-    let store = spindle_router::store::from_config(config)
-        .await
-        .context("cannot open the response store")?;
-    tracing::info!(store = ?config.store, "response store ready");
-    Ok(store)
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match spindle_router::store::from_config(config).await {
+            Ok(store) => {
+                tracing::info!(store = ?config.store, "response store ready");
+                return Ok(store);
+            }
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!("response store unavailable ({why}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("cannot open the response store"),
+        }
+    }
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
