@@ -119,11 +119,18 @@ impl ClusterGenerator {
         this.probe_now().await;
         let mut tasks = Vec::new();
         let weak = Arc::downgrade(&this.inner);
-        let every = this.inner.cfg.health_interval;
-        tasks.push(tokio::spawn(probe_loop(weak.clone(), every)));
-        if this.inner.cfg.workers_dns.is_some() {
-            let every = this.inner.cfg.dns_interval;
-            tasks.push(tokio::spawn(dns_loop(weak, every)));
+        let cfg = &this.inner.cfg;
+        tasks.push(tokio::spawn(every(
+            weak.clone(),
+            cfg.health_interval,
+            |i| async move { probe_all(&i).await },
+        )));
+        if cfg.workers_dns.is_some() {
+            tasks.push(tokio::spawn(every(
+                weak,
+                cfg.dns_interval,
+                |i| async move { resolve(&i).await },
+            )));
         }
         *this._tasks.0.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         Ok(this)
@@ -292,25 +299,20 @@ impl Inner {
     }
 }
 
-async fn probe_loop(inner: Weak<Inner>, every: Duration) {
+/// Run `job` every `every` (first run one period from now) until the
+/// generator is dropped.
+async fn every<F, Fut>(inner: Weak<Inner>, every: Duration, job: F)
+where
+    F: Fn(Arc<Inner>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        probe_all(&inner).await;
-    }
-}
-
-async fn dns_loop(inner: Weak<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        resolve(&inner).await;
+        job(inner).await;
     }
 }
 
