@@ -16,16 +16,21 @@ use spindle_router::Generator;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-fn paths() -> Option<(PathBuf, PathBuf)> {
+/// The release binary (built by scripts/test before `cargo test`; `SPINDLE_BIN`
+/// overrides) and the small model. Missing either is a failure, not a skip.
+fn paths() -> (PathBuf, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/release/spindle");
+    let bin = std::env::var_os("SPINDLE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/spindle"));
     let model = root.join("../shared/models/stories260K.gguf");
-    if bin.exists() && model.exists() {
-        Some((bin, model))
-    } else {
-        eprintln!("SKIP: needs {} and {}", bin.display(), model.display());
-        None
-    }
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release` first (scripts/test does)",
+        bin.display()
+    );
+    assert!(model.exists(), "{} is missing", model.display());
+    (bin, model)
 }
 
 struct Proc {
@@ -105,7 +110,7 @@ fn cfg(urls: &[&str]) -> ClusterConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_mid_stream_migrates_to_identical_output() {
-    let Some((bin, model)) = paths() else { return };
+    let (bin, model) = paths();
     // Reference: uninterrupted on one worker.
     let mut a = spawn_worker(&bin, &model).await;
     let gen = ClusterGenerator::new(cfg(&[&a.url])).unwrap();
@@ -180,7 +185,7 @@ async fn killed_worker_mid_stream_migrates_to_identical_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_frees_the_real_worker() {
-    let Some((bin, model)) = paths() else { return };
+    let (bin, model) = paths();
     let w = spawn_worker(&bin, &model).await;
     let gen = ClusterGenerator::new(cfg(&[&w.url])).unwrap();
     gen.probe_now().await;
