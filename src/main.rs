@@ -13,6 +13,11 @@ mod server;
 
 use clap::{Parser, Subcommand};
 
+// glibc malloc's arena locks showed up as ~10% of the router's CPU under
+// load (many small JSON/SSE allocations across threads); mimalloc avoids them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "spindle",
