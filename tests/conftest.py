@@ -95,3 +95,18 @@ def server_url(spindle) -> str:
 def worker_url(spindle) -> str:
     """A standalone `spindle worker` with SmolLM2."""
     return spindle(["worker", "--port", "0", "--model", str(SMOLLM), "--threads", "2"]).url
+
+
+@pytest.fixture(scope="module")
+def api(server_url):
+    """The official openai client on `spindle serve`."""
+    from router_support import client
+
+    return client(server_url)
+
+
+@pytest.fixture(scope="module")
+def model(server_url) -> str:
+    from router_support import model_name
+
+    return model_name(server_url)

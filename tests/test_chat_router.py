@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router_support import client, model_name
 
-
-@pytest.fixture(scope="module")
-def api(server_url):
-    return client(server_url)
-
-
-@pytest.fixture(scope="module")
-def model(server_url):
-    return model_name(server_url)
 
 
 def test_models_list(api, model):

@@ -10,8 +10,6 @@ import pytest
 from router_support import (
     Http,
     GEN,
-    client,
-    model_name,
     sse_get,
     sse_post,
     validate_event,
@@ -19,16 +17,6 @@ from router_support import (
 )
 
 TERMINAL = {"completed", "incomplete", "failed", "cancelled"}
-
-
-@pytest.fixture(scope="module")
-def api(server_url):
-    return client(server_url)
-
-
-@pytest.fixture(scope="module")
-def model(server_url):
-    return model_name(server_url)
 
 
 def raw_json(server_url: str, method: str, path: str, body: dict | None = None) -> dict:

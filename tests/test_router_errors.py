@@ -5,17 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from router_support import GEN, Http, assert_error_body, client, model_name
-
-
-@pytest.fixture(scope="module")
-def api(server_url):
-    return client(server_url)
-
-
-@pytest.fixture(scope="module")
-def model(server_url):
-    return model_name(server_url)
+from router_support import GEN, Http, assert_error_body
 
 
 @pytest.fixture(scope="module")
