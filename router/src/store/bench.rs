@@ -11,7 +11,8 @@ use super::redis::{RedisOptions, RedisStore};
 use super::{ResponseRecord, ResponseStore};
 use crate::types::{new_id, ResponseObject, ResponseStatus};
 
-fn sample_response(id: &str) -> ResponseObject {
+/// A minimal in-progress response object (also used by the store tests).
+pub(crate) fn sample_response(id: &str) -> ResponseObject {
     serde_json::from_value(json!({
         "id": id, "object": "response", "created_at": 0, "completed_at": null,
         "status": "in_progress", "error": null, "incomplete_details": null,

@@ -373,22 +373,10 @@ impl ResponseStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{ResponseObject, ResponseStatus};
+    use crate::types::ResponseStatus;
 
     fn rec(id: &str) -> ResponseRecord {
-        let mut r: ResponseObject = serde_json::from_value(serde_json::json!({
-            "id": id, "object": "response", "created_at": 0, "completed_at": null,
-            "status": "in_progress", "error": null, "incomplete_details": null,
-            "instructions": null, "model": "m", "output": [], "previous_response_id": null,
-            "conversation": null, "tools": [], "tool_choice": "auto", "parallel_tool_calls": true,
-            "temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-            "top_logprobs": 0, "truncation": "disabled", "text": {"format": {"type": "text"}},
-            "reasoning": null, "max_output_tokens": null, "max_tool_calls": null, "store": true,
-            "background": false, "service_tier": "default", "metadata": {},
-            "safety_identifier": null, "user": null, "prompt_cache_key": null, "usage": null
-        }))
-        .expect("valid object");
-        r.id = id.into();
+        let r = crate::store::bench::sample_response(id);
         ResponseRecord {
             response: r,
             input_items: vec![],
