@@ -205,6 +205,16 @@ struct TurnResult {
     output_tokens: u64,
 }
 
+/// The response if its status is 2xx, else an error carrying status and body
+/// (the body says why a server refused, which `error_for_status` drops).
+async fn success(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    bail!("{status}: {}", resp.text().await.unwrap_or_default())
+}
+
 /// One streamed `/v1/responses` turn: response id and measurements.
 async fn responses_turn(
     client: &reqwest::Client,
@@ -218,13 +228,7 @@ async fn responses_turn(
         .json(&body)
         .send()
         .await?;
-    if !resp.status().is_success() {
-        bail!(
-            "{}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
+    let resp = success(resp).await?;
     let mut bytes = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut ttft = None;
@@ -427,13 +431,7 @@ async fn chat_once(client: &reqwest::Client, url: &str, tokens: u32) -> anyhow::
         }))
         .send()
         .await?;
-    if !resp.status().is_success() {
-        bail!(
-            "{}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
+    let resp = success(resp).await?;
     let mut body = resp.bytes_stream();
     let mut tail = Vec::new();
     while let Some(c) = body.next().await {
