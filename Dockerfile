@@ -1,6 +1,6 @@
 # Spindle image: one binary for every role (spindle serve | router | worker).
 FROM rust:1-bookworm AS build
-RUN apt-get update -qq && apt-get install -y -qq cmake clang libclang-dev && rm -rf /var/lib/apt/lists/*
+RUN apt-get update -qq && apt-get install -y -qq cmake clang libclang-dev patch && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked && cp target/release/spindle /spindle

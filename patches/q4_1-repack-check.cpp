@@ -1,8 +1,10 @@
-// Check for ggml-cpu-q4_1-repack.patch: one Q4_1 mul_mat through the
+// Check for ggml-q4_1-repack.patch: one Q4_1 mul_mat through the
 // repacked buffer (CPU_REPACK) and through a plain CPU buffer (stock
 // vec_dot), each against a double-precision product of the dequantized
 // weights; prints both errors and both times for several batch sizes M.
-// Build against a patched llama.cpp tree with its shared libraries built:
+// Build against a llama.cpp tree (the one in llama-cpp-sys-2) with the patch
+// applied (patch -p1 < ggml-q4_1-repack.patch) and its shared libraries built
+// (cmake -B build -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF; target ggml):
 //   L=path/to/llama.cpp; g++ -O2 -std=c++17 q4_1-repack-check.cpp -I$L/ggml/include \
 //     -L$L/build/bin -lggml -lggml-base -lggml-cpu -Wl,-rpath,$L/build/bin -o q41check
 #include "ggml.h"
