@@ -36,6 +36,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "SPINDLE_GPU_LAYERS", default_value_t = 999)]
     pub gpu_layers: u32,
 
+    /// Keep weights as the file stores them instead of repacking them for
+    /// ggml's batched CPU kernels (slower; the weights stay in the page cache).
+    #[arg(long, env = "SPINDLE_NO_REPACK")]
+    pub no_repack: bool,
+
     /// On SIGTERM, how long in-flight requests may run before the process exits.
     #[arg(long, env = "SPINDLE_DRAIN_TIMEOUT", value_parser = humantime_secs, default_value = "30")]
     pub drain_timeout: Duration,
@@ -58,6 +63,13 @@ impl WorkerConfig {
     pub fn threads(&self) -> i32 {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as i32))
+    }
+
+    pub fn load_options(&self) -> crate::model::LoadOptions {
+        crate::model::LoadOptions {
+            gpu_layers: self.gpu_layers,
+            repack: !self.no_repack,
+        }
     }
 
     pub fn engine(&self) -> crate::engine::EngineConfig {

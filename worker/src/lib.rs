@@ -38,8 +38,8 @@ impl Worker {
     pub async fn start(config: &WorkerConfig) -> anyhow::Result<Self> {
         let path = model_source::resolve(config.model.as_deref()).await?;
         tracing::info!(path = %path.display(), "loading model");
-        let gpu_layers = config.gpu_layers;
-        let model = tokio::task::spawn_blocking(move || Model::load(&path, gpu_layers)).await??;
+        let options = config.load_options();
+        let model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
         let engine = Engine::start(Arc::new(model), config.engine())?;
         tracing::info!(
             model = %engine.model.name,

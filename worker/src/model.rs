@@ -12,7 +12,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use spindle_proto::ChatMessage;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// llama.cpp's backend may be initialised once per process.
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
@@ -23,6 +23,20 @@ pub fn backend() -> &'static LlamaBackend {
         // `init` fails only when called twice, which the OnceLock rules out.
         LlamaBackend::init().expect("llama.cpp backend initialises once")
     })
+}
+
+static LOADING: Mutex<()> = Mutex::new(());
+
+extern "C" {
+    /// Added by patches/ggml-q4_1-repack.patch: whether ggml may repack the
+    /// weights of models loaded from now on (llama-cpp-2 does not expose
+    /// llama.cpp's `use_extra_bufts`).
+    fn spindle_ggml_cpu_set_repack(enabled: bool);
+}
+
+fn set_repack(enabled: bool) {
+    // SAFETY: stores one atomic flag; no pointers or preconditions.
+    unsafe { spindle_ggml_cpu_set_repack(enabled) }
 }
 
 pub struct Model {
@@ -46,13 +60,39 @@ pub enum LoadError {
     Template(String, crate::template::TemplateError),
 }
 
+/// How llama.cpp places the weights.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Layers offloaded to the GPU (builds with a GPU backend).
+    pub gpu_layers: u32,
+    /// Let ggml repack weights at load for its batched CPU kernels (Q4_0,
+    /// Q4_1 with patches/, IQ4_NL, Q4_K): faster, but the repacked copy
+    /// lives in anonymous memory instead of the file's page cache.
+    pub repack: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            gpu_layers: 0,
+            repack: true,
+        }
+    }
+}
+
 impl Model {
-    /// Load a GGUF file (checked first), offloading `n_gpu_layers` layers when built with a GPU backend.
-    pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Self, LoadError> {
+    /// Load a GGUF file (checked first).
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Self, LoadError> {
         check_gguf(path)?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
-        let llama = LlamaModel::load_from_file(backend(), path, &params)
-            .map_err(|_| LoadError::Llama(path.display().to_string()))?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
+        let llama = {
+            // The repack switch is process-wide: one load at a time sets it.
+            let _one_load = LOADING.lock().unwrap_or_else(|e| e.into_inner());
+            set_repack(options.repack);
+            let loaded = LlamaModel::load_from_file(backend(), path, &params);
+            set_repack(true);
+            loaded.map_err(|_| LoadError::Llama(path.display().to_string()))?
+        };
         let name = path
             .file_name()
             .and_then(|n| n.to_str())

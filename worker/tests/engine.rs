@@ -31,6 +31,7 @@ fn config() -> WorkerConfig {
         max_waiting: 64,
         threads: Some(2),
         gpu_layers: 0,
+        no_repack: false,
         drain_timeout: Duration::from_secs(5),
     }
 }
@@ -289,7 +290,8 @@ fn smollm2_template_markers_only_come_from_the_template() {
         "{}/../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf",
         env!("CARGO_MANIFEST_DIR")
     );
-    let model = spindle_worker::model::Model::load(std::path::Path::new(&path), 0).expect("loads");
+    let model = spindle_worker::model::Model::load(std::path::Path::new(&path), Default::default())
+        .expect("loads");
     let vocab = model.llama.vocab();
     let special = |text: &str| {
         let t = vocab.tokenize(text.as_bytes(), false, true);
