@@ -567,9 +567,7 @@ async fn start_smg(smg: &PathBuf, worker: &str) -> (Option<(Proc, String)>, Stri
 /// Router overhead against a fast fake worker. Prints a table; returns the numbers.
 pub async fn overhead(args: &ClusterBenchArgs) -> anyhow::Result<Value> {
     let fake = FakeWorker::spawn(args.fake_tokens, Duration::ZERO).await?;
-    let gen = ClusterGenerator::start(ClusterConfig::with_workers([fake.url.clone()]))
-        .await?
-        .with_models(vec!["fake".into()]);
+    let gen = ClusterGenerator::start(ClusterConfig::with_workers([fake.url.clone()])).await?;
     let (router_url, server) = serve_router(gen).await?;
     let mut rows = Vec::new();
     let direct = measure(&fake.url, args).await?;

@@ -4,11 +4,13 @@
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
+use spindle_proto::openai::ModelCard;
 use spindle_proto::{GenerateEvent, GenerateRequest};
 use spindle_router::{GenerateError, Generator};
 use spindle_worker::engine::SubmitError;
 use spindle_worker::error::WorkerError;
 use spindle_worker::Worker;
+use std::sync::atomic::Ordering;
 
 pub struct InProcess {
     worker: Worker,
@@ -46,7 +48,19 @@ impl Generator for InProcess {
         Box::pin(std::future::ready(result))
     }
 
-    fn models(&self) -> Vec<String> {
-        vec![self.worker.model_name().to_owned()]
+    fn models(&self) -> Vec<ModelCard> {
+        self.worker
+            .model_names()
+            .iter()
+            .map(|n| ModelCard::new(n.clone(), "spindle", 1))
+            .collect()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.worker.engine.stats.draining.load(Ordering::SeqCst) {
+            Err("the worker is draining".into())
+        } else {
+            Ok(())
+        }
     }
 }

@@ -4,7 +4,11 @@
 //!   (the single-node default);
 //! - `spindle router`: the public API in front of remote workers;
 //! - `spindle worker`: one engine behind its HTTP API;
+//! - `spindle download`: fetch a model into the cache (an init container's job);
 //! - `spindle bench`: drive a running server and report throughput and latency.
+//!
+//! `--check` parses and validates a command's flags and exits: charts and
+//! compose files are tested with it, so they cannot drift from the binary.
 
 mod bench;
 mod cluster_bench;
@@ -25,6 +29,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "OpenAI-compatible LLM serving: router, worker, single node"
 )]
 struct Cli {
+    /// Parse and validate the flags (and environment), print "ok" and exit
+    /// without loading models or binding ports.
+    #[arg(long, global = true)]
+    check: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,12 +45,35 @@ enum Command {
     Router(server::RouterArgs),
     /// Run a worker: the model engine behind its HTTP API.
     Worker(server::WorkerArgs),
+    /// Fetch a model into $SPINDLE_CACHE_DIR (default model, hf:…, or check a path) and print its path.
+    Download(server::DownloadArgs),
     /// Benchmark a running server (or run the side-by-side scenarios).
     Bench(bench::BenchArgs),
 }
 
+/// `--check`: what can be known about the flags without doing anything.
+fn check(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => args.validate(),
+        Command::Router(args) => args.validate(),
+        Command::Worker(_) | Command::Download(_) | Command::Bench(_) => Ok(()),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return match check(&cli.command) {
+            Ok(()) => {
+                println!("ok");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -65,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => server::serve(args).await,
             Command::Router(args) => server::router(args).await,
             Command::Worker(args) => server::worker(args).await,
+            Command::Download(args) => server::download(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

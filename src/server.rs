@@ -1,21 +1,26 @@
 //! Running the servers: listening, metrics, and graceful shutdown.
 //!
-//! On SIGTERM (or Ctrl-C) a worker stops admitting (`/ready` turns 503, new
-//! requests get 503), lets in-flight requests finish for up to
-//! `--drain-timeout`, then exits 0.
+//! On SIGTERM (or Ctrl-C) a server drains: `/ready` turns 503 and new
+//! generations are refused at once, the listener closes, in-flight requests
+//! (streams, background generations, engine sequences) finish for up to
+//! `--drain-timeout`, and the process exits 0. A router marks whatever is
+//! still running at the deadline `failed` in the store, so nothing stays
+//! `in_progress`.
 
 use crate::inprocess::InProcess;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use spindle_router::cluster::config::parse_duration;
 use spindle_router::store::StoreError;
-use spindle_router::{ClusterConfig, ClusterGenerator, ResponseStore, RouterConfig};
+use spindle_router::{ClusterConfig, ClusterGenerator, Lifecycle, ResponseStore, RouterConfig};
 use spindle_worker::{Worker, WorkerConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 /// Where a server listens.
 #[derive(Args, Debug, Clone)]
@@ -46,6 +51,10 @@ pub struct RouterArgs {
     pub router: RouterConfig,
     #[command(flatten)]
     pub cluster: ClusterConfig,
+    /// On SIGTERM, how long in-flight streams and background generations may
+    /// run before the process exits (what is left is marked failed).
+    #[arg(long, env = "SPINDLE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -56,8 +65,47 @@ pub struct WorkerArgs {
     pub worker: WorkerConfig,
 }
 
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// The model to fetch into $SPINDLE_CACHE_DIR: hf:OWNER/REPO/FILE.gguf, a
+    /// path (checked), or nothing for the default model. Prints its path.
+    #[arg(long, env = "SPINDLE_MODEL")]
+    pub model: Option<String>,
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.router.validate().map_err(anyhow::Error::msg)
+    }
+}
+
+impl RouterArgs {
+    /// The cluster to route over: `--workers`/`--workers-dns`, else `--worker-url`.
+    fn cluster(&self) -> ClusterConfig {
+        let mut cluster = self.cluster.clone();
+        if cluster.workers.is_empty() && cluster.workers_dns.is_empty() {
+            cluster.workers = vec![self.router.worker_url.clone()];
+        }
+        cluster
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.router.validate().map_err(anyhow::Error::msg)?;
+        self.cluster().validate().map_err(anyhow::Error::msg)
+    }
+}
+
 fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new();
+    let buckets = spindle_router::telemetry::BUCKETS
+        .iter()
+        .chain(spindle_worker::metrics::BUCKETS);
+    for (name, bounds) in buckets {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).to_owned()), bounds)
+            .with_context(|| format!("bad buckets for {name}"))?;
+    }
+    builder
         .install_recorder()
         .context("cannot install the metrics recorder")
 }
@@ -93,37 +141,73 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Serve `app` until a shutdown signal; then drain `worker` (if any) within `timeout`.
+/// What a server drains on SIGTERM.
+struct Drain {
+    timeout: Duration,
+    worker: Option<Worker>,
+    router: Option<(Arc<Lifecycle>, Arc<dyn ResponseStore>)>,
+}
+
+/// Serve `app` until a shutdown signal, then drain within `drain.timeout`.
 async fn run_until_signal(
     listener: TcpListener,
     app: axum::Router,
-    worker: Option<Worker>,
-    timeout: Duration,
+    drain: Drain,
 ) -> anyhow::Result<()> {
     // Without TCP_NODELAY, Nagle and delayed ACKs hold small SSE frames ~40 ms.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
     shutdown_signal().await;
-    let Some(worker) = worker else {
-        tracing::info!("shutting down");
-        server.abort();
-        return Ok(());
-    };
-    worker.engine.start_draining();
-    let deadline = Instant::now() + timeout;
-    tracing::info!(in_flight = worker.engine.in_flight(), "draining");
-    while worker.engine.in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = Instant::now() + drain.timeout;
+    if let Some(w) = &drain.worker {
+        w.engine.start_draining();
     }
-    let left = worker.engine.in_flight();
-    if left > 0 {
-        tracing::warn!(left, "drain timeout: cutting remaining requests");
+    if let Some((lifecycle, _)) = &drain.router {
+        lifecycle.start_draining();
+    }
+    tracing::info!(
+        generations = drain.router.as_ref().map(|(l, _)| l.active()),
+        sequences = drain.worker.as_ref().map(|w| w.engine.in_flight()),
+        timeout = ?drain.timeout,
+        "draining"
+    );
+    // Stop accepting; open connections finish their requests.
+    let _ = stop_tx.send(());
+    if let Some((lifecycle, _)) = &drain.router {
+        lifecycle.wait_idle(deadline).await;
+    }
+    if let Some(w) = &drain.worker {
+        while w.engine.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // Let the last bytes of finished streams reach their clients.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    server.abort();
+    let flush = deadline.max(Instant::now() + Duration::from_millis(200));
+    let closed = tokio::time::timeout_at(flush, &mut server).await.is_ok();
+    if let Some((lifecycle, store)) = &drain.router {
+        let failed = lifecycle.fail_unfinished(store.as_ref()).await;
+        if failed > 0 {
+            tracing::warn!(failed, "drain timeout: marked unfinished responses failed");
+        }
+    }
+    if let Some(w) = &drain.worker {
+        let left = w.engine.in_flight();
+        if left > 0 {
+            tracing::warn!(left, "drain timeout: cutting remaining requests");
+        }
+    }
+    if !closed {
+        server.abort();
+    }
     tracing::info!("drained; exiting");
     Ok(())
 }
@@ -148,45 +232,81 @@ async fn response_store(config: &RouterConfig) -> anyhow::Result<Arc<dyn Respons
     }
 }
 
-pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let metrics = metrics_recorder()?;
-    let worker = Worker::start(&args.worker).await?;
-    let app = spindle_worker::api::router(worker.clone(), Some(metrics));
-    let listener = bind(&args.listen).await?;
-    run_until_signal(listener, app, Some(worker), args.worker.drain_timeout).await
-}
-
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let metrics = metrics_recorder()?;
-    let worker = Worker::start(&args.worker).await?;
-    let store = response_store(&args.router).await?;
-    let generator = Arc::new(InProcess::new(worker.clone()));
-    let app = spindle_router::app(generator, store, &args.router).merge(
-        // The worker's operational endpoints, on the same port.
-        spindle_worker::api::ops_router(worker.clone(), Some(metrics)),
-    );
-    let listener = bind(&args.listen).await?;
-    run_until_signal(listener, app, Some(worker), args.worker.drain_timeout).await
-}
-
-pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
-    let metrics = metrics_recorder()?;
-    // Without --workers/--workers-dns, the one --worker-url is the cluster.
-    let mut cluster = args.cluster.clone();
-    if cluster.workers.is_empty() && cluster.workers_dns.is_none() {
-        cluster.workers = vec![args.router.worker_url.clone()];
-    }
-    cluster.validate().map_err(anyhow::Error::msg)?;
-    let generator = ClusterGenerator::start(cluster).await?;
-    let generator = Arc::new(generator.with_models(vec![args.router.model_name.clone()]));
-    let store = response_store(&args.router).await?;
-    let app = spindle_router::app(generator, store, &args.router).route(
+fn metrics_route(metrics: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let m = metrics.clone();
             async move { m.render() }
         }),
-    );
+    )
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let metrics = metrics_recorder()?;
+    let worker = Worker::start(&args.worker).await?;
+    let app = spindle_worker::api::router(worker.clone(), Some(metrics));
     let listener = bind(&args.listen).await?;
-    run_until_signal(listener, app, None, Duration::ZERO).await
+    let drain = Drain {
+        timeout: args.worker.drain_timeout,
+        worker: Some(worker),
+        router: None,
+    };
+    run_until_signal(listener, app, drain).await
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let metrics = metrics_recorder()?;
+    let worker = Worker::start(&args.worker).await?;
+    let store = response_store(&args.router).await?;
+    let generator = Arc::new(InProcess::new(worker.clone()));
+    let lifecycle = Arc::new(Lifecycle::default());
+    let app = spindle_router::app_with_lifecycle(
+        generator,
+        store.clone(),
+        &args.router,
+        lifecycle.clone(),
+    )
+    // The worker's /load and /metrics on the same port (the router answers /health, /ready).
+    .merge(spindle_worker::api::stats_router(
+        worker.clone(),
+        Some(metrics),
+    ));
+    let listener = bind(&args.listen).await?;
+    let drain = Drain {
+        timeout: args.worker.drain_timeout,
+        worker: Some(worker),
+        router: Some((lifecycle, store)),
+    };
+    run_until_signal(listener, app, drain).await
+}
+
+pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let metrics = metrics_recorder()?;
+    let generator = Arc::new(ClusterGenerator::start(args.cluster()).await?);
+    let store = response_store(&args.router).await?;
+    let lifecycle = Arc::new(Lifecycle::default());
+    let app = spindle_router::app_with_lifecycle(
+        generator,
+        store.clone(),
+        &args.router,
+        lifecycle.clone(),
+    )
+    .merge(metrics_route(metrics));
+    let listener = bind(&args.listen).await?;
+    let drain = Drain {
+        timeout: args.drain_timeout,
+        worker: None,
+        router: Some((lifecycle, store)),
+    };
+    run_until_signal(listener, app, drain).await
+}
+
+/// `spindle download`: resolve (and fetch) a model, print its path.
+pub async fn download(args: DownloadArgs) -> anyhow::Result<()> {
+    let path = spindle_worker::model_source::resolve(args.model.as_deref()).await?;
+    println!("{}", path.display());
+    Ok(())
 }

@@ -79,6 +79,10 @@ pub struct GenerateRequest {
     /// Caller's id; `POST /v1/generate/{id}/cancel` cancels it. Generated when absent.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The served model name the caller asked for. A worker that does not
+    /// serve it answers 404; `None` means "whatever this worker serves".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(flatten)]
     pub input: PromptInput,
     /// Text generated earlier for this same request (failover migration): it is

@@ -198,6 +198,7 @@ impl ChatCompletionRequest {
         }
         Ok(GenerateRequest {
             request_id: Some(request_id),
+            model: self.model.clone().filter(|m| !m.is_empty()),
             input: PromptInput::Messages(messages),
             continuation: None,
             sampling: self.sampling.to_params()?,
@@ -233,6 +234,7 @@ impl CompletionRequest {
         sampling.max_tokens.get_or_insert(16);
         Ok(GenerateRequest {
             request_id: Some(request_id),
+            model: self.model.clone().filter(|m| !m.is_empty()),
             input: PromptInput::Prompt(self.prompt.clone()),
             continuation: None,
             sampling,
@@ -295,6 +297,54 @@ pub struct ErrorObject {
     pub kind: String,
     pub param: Option<String>,
     pub code: Option<String>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    #[serde(default = "model_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub owned_by: String,
+    /// Ready workers serving it (the router's listing; a worker omits it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+fn model_object() -> String {
+    "model".into()
+}
+
+impl ModelCard {
+    /// A model card; `workers` is how many ready workers serve it.
+    pub fn new(id: String, owned_by: &str, workers: usize) -> Self {
+        Self {
+            id,
+            object: model_object(),
+            created: 0,
+            owned_by: owned_by.to_owned(),
+            workers: Some(workers),
+        }
+    }
+}
+
+/// The body of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+impl ModelList {
+    pub fn new(data: Vec<ModelCard>) -> Self {
+        Self {
+            object: "list".into(),
+            data,
+        }
+    }
 }
 
 #[cfg(test)]

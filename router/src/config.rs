@@ -10,9 +10,6 @@ pub struct RouterConfig {
         default_value = "http://127.0.0.1:8081"
     )]
     pub worker_url: String,
-    /// Model name the API accepts and reports (any name the generator lists is accepted too).
-    #[arg(long, env = "SPINDLE_MODEL_NAME", default_value = "spindle")]
-    pub model_name: String,
     /// Largest accepted request body, in bytes; larger bodies get 413.
     #[arg(long, env = "SPINDLE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -64,7 +61,6 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             worker_url: "http://127.0.0.1:8081".into(),
-            model_name: "spindle".into(),
             max_body_bytes: 8 * 1024 * 1024,
             store_max_records: 100_000,
             store_ttl_secs: 30 * 24 * 3600,
@@ -73,5 +69,30 @@ impl Default for RouterConfig {
             redis_timeout_ms: 1000,
             api_keys: Vec::new(),
         }
+    }
+}
+
+impl RouterConfig {
+    /// Checks the values that clap cannot (also what `spindle --check` runs).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.store == StoreKind::Redis
+            && self.redis_url.as_deref().unwrap_or("").trim().is_empty()
+        {
+            return Err("--store redis needs --redis-url (or SPINDLE_REDIS_URL)".into());
+        }
+        if let Some(url) = &self.redis_url {
+            for seed in url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
+                    return Err(format!(
+                        "--redis-url: {:?} is not a redis:// or rediss:// URL",
+                        seed.split('@').next_back().unwrap_or(seed)
+                    ));
+                }
+            }
+        }
+        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err("--api-keys: empty key (check SPINDLE_API_KEYS for stray commas)".into());
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
+use spindle_proto::openai::ModelCard;
 use spindle_proto::{GenerateEvent, GenerateRequest};
 
 use crate::error::ApiError;
@@ -58,8 +59,13 @@ pub trait Generator: Send + Sync + 'static {
         &self,
         req: GenerateRequest,
     ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>>;
-    /// Models served, for `GET /v1/models`.
-    fn models(&self) -> Vec<String>;
+    /// Models served, for `GET /v1/models` and request validation.
+    fn models(&self) -> Vec<ModelCard>;
+    /// Whether every served model can take requests now; `Err` says what is
+    /// missing (`GET /ready` answers 503 with it).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A [`Generator`] backed by one worker over HTTP.
@@ -67,7 +73,6 @@ pub trait Generator: Send + Sync + 'static {
 pub struct HttpWorker {
     base_url: String,
     client: reqwest::Client,
-    models: Vec<String>,
 }
 
 impl HttpWorker {
@@ -80,14 +85,7 @@ impl HttpWorker {
         Self {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             client,
-            models: Vec::new(),
         }
-    }
-
-    /// Also list (and accept) these model names.
-    pub fn with_models(mut self, models: Vec<String>) -> Self {
-        self.models = models;
-        self
     }
 }
 
@@ -236,7 +234,8 @@ impl Generator for HttpWorker {
         })
     }
 
-    fn models(&self) -> Vec<String> {
-        self.models.clone()
+    /// One worker's models are learned by the cluster's probes, not here.
+    fn models(&self) -> Vec<ModelCard> {
+        Vec::new()
     }
 }

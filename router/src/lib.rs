@@ -11,8 +11,10 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod generator;
+pub mod lifecycle;
 pub mod sse;
 pub mod store;
+pub mod telemetry;
 pub mod types;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub use cluster::{ClusterConfig, ClusterGenerator};
 pub use config::{RouterConfig, StoreKind};
 pub use error::ApiError;
 pub use generator::{GenerateError, Generator, HttpWorker};
+pub use lifecycle::Lifecycle;
 pub use store::{MemoryStore, RedisStore, ResponseStore};
 
 async fn not_found() -> ApiError {
@@ -41,19 +44,34 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
-/// The public API as an axum router (the binary adds host/port and health routes).
+/// The public API as an axum router, with a life cycle of its own (tests,
+/// benchmarks); see [`app_with_lifecycle`].
 pub fn app(
     generator: Arc<dyn Generator>,
     store: Arc<dyn ResponseStore>,
     config: &RouterConfig,
 ) -> axum::Router {
-    use api::{chat, conversations, models, responses};
+    app_with_lifecycle(generator, store, config, Arc::default())
+}
+
+/// The public API plus `/health` and `/ready`. The binary adds `/metrics`
+/// and drains through `lifecycle` on SIGTERM. The generator and store are
+/// wrapped here, so every route is measured the same way.
+pub fn app_with_lifecycle(
+    generator: Arc<dyn Generator>,
+    store: Arc<dyn ResponseStore>,
+    config: &RouterConfig,
+    lifecycle: Arc<Lifecycle>,
+) -> axum::Router {
+    use api::{chat, conversations, models, ops, responses};
+    metrics::gauge!("spindle_router_draining").set(if lifecycle.is_draining() { 1.0 } else { 0.0 });
     let state = Arc::new(api::AppState {
-        generator,
-        store,
+        generator: Arc::new(telemetry::MeteredGenerator::new(generator)),
+        store: Arc::new(store::metered::MeteredStore::new(store)),
         config: config.clone(),
+        lifecycle: lifecycle.clone(),
     });
-    axum::Router::new()
+    let api = axum::Router::new()
         .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",
@@ -89,6 +107,15 @@ pub fn app(
             state.clone(),
             api::authenticate,
         ))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            lifecycle,
+            lifecycle::refuse_while_draining,
+        ))
+        .layer(axum::middleware::from_fn(telemetry::track_requests))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    // Probes: no API key, no per-request metrics or logs.
+    let ops = axum::Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready));
+    ops.merge(api).with_state(state)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::{json, Value};
+use spindle_proto::openai::ModelCard;
 use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage};
 use spindle_router::{app, GenerateError, Generator, MemoryStore, RouterConfig};
 
@@ -122,8 +123,8 @@ impl Generator for FakeGen {
         })
     }
 
-    fn models(&self) -> Vec<String> {
-        vec!["fake-model".into()]
+    fn models(&self) -> Vec<ModelCard> {
+        vec![ModelCard::new("spindle".into(), "spindle", 1)]
     }
 }
 
@@ -414,7 +415,7 @@ async fn message_input_roles_and_tools_render() {
     let (st, r) = s
         .post(
             "/v1/responses",
-            json!({"model": "fake-model", "input": [
+            json!({"model": "spindle", "input": [
                 {"role": "developer", "content": "be brief"},
                 {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
                 {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
@@ -425,7 +426,7 @@ async fn message_input_roles_and_tools_render() {
         )
         .await;
     assert_eq!(st, 200, "{r}");
-    assert_eq!(r["model"], "fake-model");
+    assert_eq!(r["model"], "spindle");
     let m = s.last_messages();
     assert_eq!(m[0], ("system".into(), "be brief".into()));
     assert_eq!(m[1], ("user".into(), "weather?".into()));
@@ -1230,9 +1231,13 @@ async fn completions_and_models() {
         .iter()
         .map(|m| m["id"].clone())
         .collect();
-    assert_eq!(ids, vec![json!("spindle"), json!("fake-model")]);
-    let (st, _) = s.get("/v1/models/fake-model").await;
+    assert_eq!(ids, vec![json!("spindle")]);
+    assert_eq!(m["data"][0]["owned_by"], "spindle");
+    assert_eq!(m["data"][0]["workers"], 1);
+    let (st, _) = s.get("/v1/models/spindle").await;
     assert_eq!(st, 200);
+    let (st, _) = s.get("/v1/models/fake-model").await;
+    assert_eq!(st, 404);
 }
 
 #[test]

@@ -13,6 +13,7 @@ use spindle_router::{GenerateError, Generator};
 fn req(key: &str) -> GenerateRequest {
     GenerateRequest {
         request_id: None,
+        model: None,
         input: PromptInput::Messages(vec![ChatMessage {
             role: "user".into(),
             content: "hello there".into(),
@@ -344,7 +345,7 @@ async fn dns_membership_finds_workers_and_forgets_them() {
     let port = f[0].addr.port();
     let gen = ClusterGenerator::start(ClusterConfig {
         workers: Vec::new(),
-        workers_dns: Some(format!("localhost:{port}")),
+        workers_dns: vec![format!("localhost:{port}")],
         dns_interval: Duration::from_millis(100),
         ..config(&[])
     })
@@ -354,4 +355,64 @@ async fn dns_membership_finds_workers_and_forgets_them() {
     assert!(ring.contains(&f[0].url), "{ring:?} / {:?}", gen.members());
     let (text, _) = collect(&gen, req("k")).await;
     assert_eq!(text, expected(2));
+}
+
+#[tokio::test]
+async fn one_ring_per_model() {
+    let f = fakes(3, 3, 0).await;
+    for (fake, model) in f.iter().zip(["alpha", "alpha", "beta"]) {
+        fake.ctl.model.set(model.into()).unwrap();
+    }
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1], &f[2]])).unwrap();
+    gen.probe_now().await;
+    let models: Vec<(String, Option<usize>)> = gen
+        .models()
+        .into_iter()
+        .map(|m| (m.id, m.workers))
+        .collect();
+    assert_eq!(
+        models,
+        vec![("alpha".into(), Some(2)), ("beta".into(), Some(1))]
+    );
+    assert!(gen.ready().is_ok());
+    for i in 0..20 {
+        let before: Vec<u64> = f.iter().map(served).collect();
+        let mut r = req(&format!("conv:{i}"));
+        r.model = Some(if i % 2 == 0 { "alpha" } else { "beta" }.into());
+        let (text, last) = collect(&gen, r).await;
+        assert_eq!(text, expected(3));
+        assert!(matches!(last, GenerateEvent::Done { .. }), "{last:?}");
+        let hit: Vec<usize> = (0..3).filter(|&k| served(&f[k]) > before[k]).collect();
+        let want: &[usize] = if i % 2 == 0 { &[0, 1] } else { &[2] };
+        assert!(
+            hit.len() == 1 && want.contains(&hit[0]),
+            "request {i} went to {hit:?}"
+        );
+    }
+    // Two models served: a request must say which; an unknown one has no pool.
+    let mut r = req("k");
+    r.model = None;
+    assert!(matches!(
+        gen.generate(r).await,
+        Err(GenerateError::Unavailable { .. })
+    ));
+    let mut r = req("k");
+    r.model = Some("gamma".into());
+    assert!(matches!(
+        gen.generate(r).await,
+        Err(GenerateError::Unavailable { .. })
+    ));
+    // The only beta worker goes away: beta is listed with no workers and the
+    // cluster is not ready, while alpha still serves.
+    f[2].kill();
+    gen.probe_now().await;
+    let beta = gen.models().into_iter().find(|m| m.id == "beta").unwrap();
+    assert_eq!(beta.workers, Some(0));
+    assert!(gen.ready().unwrap_err().contains("beta"));
+    let mut r = req("k");
+    r.model = Some("alpha".into());
+    assert!(matches!(
+        collect(&gen, r).await.1,
+        GenerateEvent::Done { .. }
+    ));
 }

@@ -80,6 +80,7 @@ const MAX_TOKENS: u32 = 160;
 fn req() -> GenerateRequest {
     GenerateRequest {
         request_id: None,
+        model: None,
         input: PromptInput::Prompt("Once upon a time, there was a little girl named Lily.".into()),
         continuation: None,
         sampling: SamplingParams {

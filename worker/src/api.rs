@@ -24,7 +24,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use spindle_proto::openai::{
-    finish_reason, ChatCompletionRequest, CompletionRequest, CompletionUsage,
+    finish_reason, ChatCompletionRequest, CompletionRequest, CompletionUsage, ModelCard, ModelList,
 };
 use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport};
 use std::convert::Infallible;
@@ -73,12 +73,22 @@ pub fn router(worker: Worker, metrics: Option<PrometheusHandle>) -> Router {
         .merge(ops_router(worker, metrics))
 }
 
-/// Only the operational routes (`/health`, `/ready`, `/load`, `/metrics`),
-/// for a process that serves the public API from elsewhere (`spindle serve`).
+/// The operational routes (`/health`, `/ready`, `/load`, `/metrics`).
 pub fn ops_router(worker: Worker, metrics: Option<PrometheusHandle>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
+        .with_state(AppState {
+            worker: worker.clone(),
+            metrics: metrics.clone(),
+        })
+        .merge(stats_router(worker, metrics))
+}
+
+/// Only `/load` and `/metrics`, for a process whose router answers
+/// `/health` and `/ready` itself (`spindle serve`).
+pub fn stats_router(worker: Worker, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
         .route("/load", get(load))
         .route("/metrics", get(render_metrics))
         .with_state(AppState { worker, metrics })
@@ -114,7 +124,7 @@ fn now_secs() -> u64 {
 
 fn check_model(st: &AppState, model: Option<&str>) -> Result<(), WorkerError> {
     match model {
-        Some(m) if !m.is_empty() && m != st.worker.model_name() => {
+        Some(m) if !m.is_empty() && !st.worker.serves(m) => {
             Err(WorkerError::UnknownModel(m.to_owned()))
         }
         _ => Ok(()),
@@ -272,10 +282,14 @@ async fn completions(
     ))
 }
 
-async fn models(State(st): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"object": "list", "data": [{
-        "id": st.worker.model_name(), "object": "model", "created": 0, "owned_by": "spindle",
-    }]}))
+async fn models(State(st): State<AppState>) -> Json<ModelList> {
+    Json(ModelList::new(
+        st.worker
+            .model_names()
+            .iter()
+            .map(|name| ModelCard::new(name.clone(), "spindle", 1))
+            .collect(),
+    ))
 }
 
 async fn ready(State(st): State<AppState>) -> (StatusCode, &'static str) {

@@ -10,6 +10,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "SPINDLE_MODEL")]
     pub model: Option<String>,
 
+    /// Names clients use for the model (comma-separated; the first is the one
+    /// reported). Default: the model file's name without `.gguf`.
+    #[arg(long, env = "SPINDLE_SERVED_MODEL_NAME", value_delimiter = ',')]
+    pub served_model_name: Vec<String>,
+
     /// Context of each sequence in tokens (prompt plus output). KV memory is
     /// ctx-size × max-seqs cells.
     #[arg(long, env = "SPINDLE_CTX_SIZE", default_value_t = 2048)]
@@ -60,6 +65,20 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 }
 
 impl WorkerConfig {
+    /// `--served-model-name`'s names, else `file_name`; never empty.
+    pub fn served_names(&self, file_name: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for n in self.served_model_name.iter().map(|n| n.trim()) {
+            if !n.is_empty() && !names.iter().any(|k| k == n) {
+                names.push(n.to_owned());
+            }
+        }
+        if names.is_empty() {
+            names.push(file_name.to_owned());
+        }
+        names
+    }
+
     pub fn threads(&self) -> i32 {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as i32))

@@ -16,6 +16,7 @@
 //! recently used one), and when another slot, busy or idle, holds a clearly longer prefix,
 //! that slot's stream is copied over and trimmed.
 
+use crate::metrics::{Rejection, WorkerMetrics};
 use crate::model::{backend, Model};
 use crate::sampler::Sampler;
 use crate::text::{Release, TextStream};
@@ -92,6 +93,7 @@ pub struct Engine {
     pub stats: Arc<EngineStats>,
     pub model: Arc<Model>,
     pub config: Arc<EngineConfig>,
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 /// A request ready for the engine.
@@ -103,13 +105,22 @@ pub struct Job {
 
 impl Engine {
     /// Build the context on a new thread and start the step loop there.
-    pub fn start(model: Arc<Model>, config: EngineConfig) -> anyhow::Result<Self> {
+    pub fn start(
+        model: Arc<Model>,
+        config: EngineConfig,
+        metrics: Arc<WorkerMetrics>,
+    ) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         {
-            let (model, stats, config) = (model.clone(), stats.clone(), config.clone());
+            let (model, stats, config, metrics) = (
+                model.clone(),
+                stats.clone(),
+                config.clone(),
+                metrics.clone(),
+            );
             std::thread::Builder::new()
                 .name("spindle-engine".into())
                 .spawn(move || {
@@ -121,7 +132,7 @@ impl Engine {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    StepLoop::new(&model, ctx, &config, stats).run(rx);
+                    StepLoop::new(&model, ctx, &config, stats, metrics).run(rx);
                 })?;
         }
         ready_rx
@@ -132,12 +143,26 @@ impl Engine {
             stats,
             model,
             config,
+            metrics,
         })
     }
 
     /// Queue a job; its events arrive on the returned receiver. Dropping the
     /// receiver cancels the job at the next step.
     pub fn submit(&self, job: Job) -> Result<UnboundedReceiver<GenerateEvent>, SubmitError> {
+        let result = self.try_submit(job);
+        if let Err(e) = &result {
+            self.metrics.rejected(match e {
+                SubmitError::QueueFull | SubmitError::Stopped => Rejection::QueueFull,
+                SubmitError::Draining => Rejection::Draining,
+                SubmitError::PromptTooLong { .. } => Rejection::TooLong,
+                SubmitError::EmptyPrompt => Rejection::Invalid,
+            });
+        }
+        result
+    }
+
+    fn try_submit(&self, job: Job) -> Result<UnboundedReceiver<GenerateEvent>, SubmitError> {
         if self.stats.draining.load(Ordering::SeqCst) {
             return Err(SubmitError::Draining);
         }
@@ -279,7 +304,7 @@ impl Seq {
             .is_ok()
     }
 
-    fn finish(&mut self, reason: FinishReason) {
+    fn finish(&mut self, reason: FinishReason, metrics: &WorkerMetrics) {
         let tail = self.text.finish();
         if reason != FinishReason::Cancelled {
             self.send_text(tail);
@@ -300,12 +325,14 @@ impl Seq {
             },
             timings,
         });
-        metrics::counter!("spindle_worker_requests_total", "finish_reason" => reason.as_str())
-            .increment(1);
-        metrics::counter!("spindle_worker_prompt_tokens_total").increment(self.prompt_len as u64);
-        metrics::counter!("spindle_worker_cached_tokens_total")
+        metrics.finished(reason);
+        metrics.prompt_tokens.increment(self.prompt_len as u64);
+        metrics
+            .cached_tokens
             .increment(u64::from(self.cached_tokens));
-        metrics::histogram!("spindle_worker_ttft_seconds").record(timings.ttft_ms / 1000.0);
+        if self.first_token.is_some() {
+            metrics.ttft.record(timings.ttft_ms / 1000.0);
+        }
     }
 }
 
@@ -331,6 +358,7 @@ struct StepLoop<'m> {
     batch: LlamaBatch<'static>,
     config: EngineConfig,
     stats: Arc<EngineStats>,
+    metrics: Arc<WorkerMetrics>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     slots: Vec<Slot>,
@@ -350,6 +378,7 @@ impl<'m> StepLoop<'m> {
         ctx: LlamaContext<'m>,
         config: &EngineConfig,
         stats: Arc<EngineStats>,
+        metrics: Arc<WorkerMetrics>,
     ) -> Self {
         let n_batch = config.max_batch_tokens.max(config.max_seqs) as usize;
         Self {
@@ -358,6 +387,7 @@ impl<'m> StepLoop<'m> {
             batch: LlamaBatch::new(n_batch, 1),
             config: config.clone(),
             stats,
+            metrics,
             waiting: VecDeque::new(),
             running: Vec::new(),
             slots: (0..config.max_seqs).map(|_| Slot::default()).collect(),
@@ -405,7 +435,7 @@ impl<'m> StepLoop<'m> {
             if gone(&self.waiting[i], &self.cancelled) {
                 if let Some(mut s) = self.waiting.remove(i) {
                     self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-                    s.finish(FinishReason::Cancelled);
+                    s.finish(FinishReason::Cancelled, &self.metrics);
                 }
             } else {
                 i += 1;
@@ -415,7 +445,7 @@ impl<'m> StepLoop<'m> {
         while i < self.running.len() {
             if gone(&self.running[i], &self.cancelled) {
                 let mut s = self.running.swap_remove(i);
-                s.finish(FinishReason::Cancelled);
+                s.finish(FinishReason::Cancelled, &self.metrics);
                 self.release(&s);
             } else {
                 i += 1;
@@ -494,13 +524,17 @@ impl<'m> StepLoop<'m> {
                     // Cross-stream copies are whole-stream; trim the tail after.
                     let _ = self.ctx.kv_cache_seq_cp(src as i32, id, None, None);
                     self.slots[src].last_used = self.tick;
-                    metrics::counter!("spindle_worker_prefix_copies_total").increment(1);
+                    self.metrics.prefix_copies.increment(1);
                     n
                 }
                 None => own,
             };
             let _ = self.ctx.kv_cache_seq_rm(id, Some(reuse as u32), None);
             let slot = &mut self.slots[target];
+            if reuse < slot.cached.len() {
+                // Part or all of an idle slot's cached prefix is overwritten.
+                self.metrics.cache_evictions.increment(1);
+            }
             slot.busy = true;
             slot.cached.clear();
             slot.last_used = self.tick;
@@ -509,6 +543,12 @@ impl<'m> StepLoop<'m> {
             // were never "prompt", so only count what the caller sent.
             if s.first_step.is_none() {
                 s.cached_tokens = reuse.min(s.prompt_len) as u32;
+                self.metrics
+                    .cache_query_tokens
+                    .increment(s.prompt_len as u64);
+                self.metrics
+                    .cache_hit_tokens
+                    .increment(u64::from(s.cached_tokens));
             }
             s.n_past = reuse;
             self.running.push(s);
@@ -529,8 +569,10 @@ impl<'m> StepLoop<'m> {
             let started = Instant::now();
             match self.ctx.decode(&mut self.batch) {
                 Ok(()) => {
-                    metrics::histogram!("spindle_worker_step_seconds")
+                    self.metrics
+                        .step_seconds
                         .record(started.elapsed().as_secs_f64());
+                    self.record_batch();
                     break;
                 }
                 Err(DecodeError::NoKvCacheSlot) => {
@@ -564,7 +606,7 @@ impl<'m> StepLoop<'m> {
             };
             if let Some(reason) = finished {
                 let mut s = self.running.swap_remove(i);
-                s.finish(reason);
+                s.finish(reason, &self.metrics);
                 if reason == FinishReason::Cancelled {
                     self.release(&s);
                 } else {
@@ -575,6 +617,21 @@ impl<'m> StepLoop<'m> {
             }
         }
         generated
+    }
+
+    /// Batch size and its split into prompt (prefill) and decode tokens.
+    fn record_batch(&self) {
+        let (mut decode, mut prefill) = (0u64, 0u64);
+        for s in &self.running {
+            if s.is_decoding() {
+                decode += s.in_batch as u64;
+            } else {
+                prefill += s.in_batch as u64;
+            }
+        }
+        self.metrics.decode_tokens.increment(decode);
+        self.metrics.prefill_tokens.increment(prefill);
+        self.metrics.batch_tokens.record((decode + prefill) as f64);
     }
 
     /// Decode tokens get the budget first (one per decoding sequence), then
@@ -626,7 +683,7 @@ impl<'m> StepLoop<'m> {
             return false;
         };
         let mut s = self.running.swap_remove(i);
-        s.finish(FinishReason::Length);
+        s.finish(FinishReason::Length, &self.metrics);
         self.release(&s);
         !self.running.is_empty()
     }
@@ -693,11 +750,15 @@ impl<'m> StepLoop<'m> {
                 .count() as u32,
             Ordering::Relaxed,
         );
-        metrics::counter!("spindle_worker_generated_tokens_total").increment(u64::from(generated));
-        metrics::gauge!("spindle_worker_running").set(self.running.len() as f64);
-        metrics::gauge!("spindle_worker_waiting").set(self.waiting.len() as f64);
-        metrics::gauge!("spindle_worker_kv_used_cells")
-            .set((running_cells + self.cached_cells()) as f64);
+        let m = &self.metrics;
+        let used = (running_cells + self.cached_cells()) as f64;
+        let total = f64::from(self.config.ctx_size) * self.slots.len() as f64;
+        m.generated_tokens.increment(u64::from(generated));
+        m.running.set(self.running.len() as f64);
+        m.waiting.set(self.waiting.len() as f64);
+        m.kv_used_cells.set(used);
+        m.kv_usage_ratio
+            .set(if total > 0.0 { used / total } else { 0.0 });
     }
 }
 

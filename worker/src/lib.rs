@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod model_source;
 pub mod sampler;
@@ -19,6 +20,7 @@ pub mod text;
 use engine::{Engine, Job};
 use error::WorkerError;
 use futures::Stream;
+use metrics::{Rejection, WorkerMetrics};
 use model::Model;
 use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport, PromptInput};
 use std::sync::atomic::Ordering;
@@ -31,6 +33,9 @@ pub use config::WorkerConfig;
 #[derive(Clone)]
 pub struct Worker {
     pub engine: Engine,
+    /// Names clients use for the model: `--served-model-name` (first one
+    /// reported), else the file name.
+    names: Arc<Vec<String>>,
 }
 
 impl Worker {
@@ -40,19 +45,40 @@ impl Worker {
         tracing::info!(path = %path.display(), "loading model");
         let options = config.load_options();
         let model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
-        let engine = Engine::start(Arc::new(model), config.engine())?;
+        let names = config.served_names(&model.name);
+        let engine_config = config.engine();
+        let metrics = Arc::new(WorkerMetrics::new(
+            &names[0],
+            engine_config.max_seqs,
+            engine_config.max_waiting,
+        ));
+        let engine = Engine::start(Arc::new(model), engine_config, metrics)?;
         tracing::info!(
-            model = %engine.model.name,
+            model = %names[0],
             ctx = config.ctx_size,
             max_seqs = config.max_seqs,
             threads = config.threads(),
             "engine ready"
         );
-        Ok(Self { engine })
+        Ok(Self {
+            engine,
+            names: Arc::new(names),
+        })
     }
 
+    /// The name the worker reports (the first served name).
     pub fn model_name(&self) -> &str {
-        &self.engine.model.name
+        &self.names[0]
+    }
+
+    /// Every name the model is served under.
+    pub fn model_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether `name` is one of the served names.
+    pub fn serves(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
     }
 
     /// Tokenize and submit a request; its events follow on the stream.
@@ -61,6 +87,27 @@ impl Worker {
         &self,
         req: GenerateRequest,
     ) -> Result<impl Stream<Item = GenerateEvent> + Send + Unpin + 'static, WorkerError> {
+        let result = self.submit(req);
+        if matches!(
+            result,
+            Err(WorkerError::InvalidRequest { .. } | WorkerError::UnknownModel(_))
+        ) {
+            self.engine.metrics.rejected(Rejection::Invalid);
+        }
+        result
+    }
+
+    fn submit(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<impl Stream<Item = GenerateEvent> + Send + Unpin + 'static, WorkerError> {
+        // A router that routes by model says which one it meant: refuse
+        // rather than answer with another model.
+        if let Some(m) = req.model.as_deref().filter(|m| !m.is_empty()) {
+            if !self.serves(m) {
+                return Err(WorkerError::UnknownModel(m.to_owned()));
+            }
+        }
         let model = &self.engine.model;
         let mut tokens = match &req.input {
             PromptInput::Messages(m) if m.is_empty() => {

@@ -75,8 +75,8 @@ pub fn cache_dir() -> PathBuf {
 
 /// Resolve a `--model` value (or the default when `None`) to a checked local GGUF path.
 pub async fn resolve(spec: Option<&str>) -> Result<PathBuf, ModelError> {
-    let path = match spec {
-        None => default_model().await?,
+    let path = match spec.map(str::trim) {
+        None | Some("") => default_model().await?,
         Some(s) if s.starts_with("hf:") => hf_download(s).await?,
         Some(s) => PathBuf::from(s),
     };
@@ -187,7 +187,7 @@ async fn hf_download(spec: &str) -> Result<PathBuf, ModelError> {
         return Ok(dest);
     }
     let url = format!("https://huggingface.co/{owner}/{repo}/resolve/main/{file}");
-    let client = http_client()?;
+    let client = hf_client()?;
     // For LFS files the hub sends the sha256 as the linked ETag.
     let head = client.head(&url).send().await.ok();
     let sha = head.and_then(|r| {
@@ -202,8 +202,32 @@ async fn hf_download(spec: &str) -> Result<PathBuf, ModelError> {
 }
 
 fn http_client() -> Result<reqwest::Client, ModelError> {
+    client_with(reqwest::header::HeaderMap::new())
+}
+
+/// The hub's client: `HF_TOKEN` (gated and private repos) as a bearer token.
+/// reqwest drops it on redirects to other hosts (the hub's file CDN).
+fn hf_client() -> Result<reqwest::Client, ModelError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| ModelError::Download {
+                url: String::new(),
+                why: "HF_TOKEN is not a valid header value".into(),
+            })?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    client_with(headers)
+}
+
+fn client_with(headers: reqwest::header::HeaderMap) -> Result<reqwest::Client, ModelError> {
     reqwest::Client::builder()
         .user_agent(concat!("spindle/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers)
         .build()
         .map_err(|e| ModelError::Download {
             url: String::new(),

@@ -25,6 +25,7 @@ fn model_path() -> String {
 fn config() -> WorkerConfig {
     WorkerConfig {
         model: Some(model_path()),
+        served_model_name: Vec::new(),
         ctx_size: 1024,
         max_seqs: 8,
         max_batch_tokens: 256,
@@ -51,6 +52,7 @@ fn greedy(max_tokens: u32) -> SamplingParams {
 fn prompt_req(prompt: &str, sampling: SamplingParams) -> GenerateRequest {
     GenerateRequest {
         request_id: None,
+        model: None,
         input: PromptInput::Prompt(prompt.into()),
         continuation: None,
         sampling,

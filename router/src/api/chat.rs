@@ -8,7 +8,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures::stream::{BoxStream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -20,6 +20,7 @@ use super::SharedState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::sse::{data_event, done_event, sse_response};
+use crate::telemetry::ModelTag;
 use crate::types::{new_id, now_secs};
 
 /// `stop`: a string or a list of strings.
@@ -320,8 +321,10 @@ async fn run(
     kind: Kind,
     input: PromptInput,
     p: CommonParams,
+    tag: &ModelTag,
 ) -> ApiResult<Response> {
     let model = st.resolve_model(p.model.as_deref())?;
+    tag.set(&model);
     let sampling = sampling(&p)?;
     let id = match kind {
         Kind::Chat => new_id("chatcmpl"),
@@ -330,6 +333,7 @@ async fn run(
     let created = now_secs();
     let gen = GenerateRequest {
         request_id: Some(id.clone()),
+        model: Some(model.clone()),
         input,
         continuation: None,
         sampling,
@@ -436,15 +440,18 @@ async fn run(
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(st): State<SharedState>,
+    Extension(tag): Extension<ModelTag>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let messages = chat_messages(&req.messages)?;
-    run(st, Kind::Chat, PromptInput::Messages(messages), req.common).await
+    let input = PromptInput::Messages(messages);
+    run(st, Kind::Chat, input, req.common, &tag).await
 }
 
 /// `POST /v1/completions`.
 pub async fn completions(
     State(st): State<SharedState>,
+    Extension(tag): Extension<ModelTag>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> ApiResult<Response> {
     let prompt = match &req.prompt {
@@ -465,5 +472,12 @@ pub async fn completions(
             Some("prompt"),
         ));
     }
-    run(st, Kind::Text, PromptInput::Prompt(prompt), req.common).await
+    run(
+        st,
+        Kind::Text,
+        PromptInput::Prompt(prompt),
+        req.common,
+        &tag,
+    )
+    .await
 }

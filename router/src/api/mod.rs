@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod conversations;
 pub mod models;
+pub mod ops;
 pub mod responses;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use crate::config::RouterConfig;
 use crate::error::ApiError;
 use crate::generator::Generator;
+use crate::lifecycle::Lifecycle;
 use crate::store::{ResponseStore, ANONYMOUS_TENANT};
 
 /// State shared by every handler.
@@ -22,35 +24,57 @@ pub struct AppState {
     pub generator: Arc<dyn Generator>,
     pub store: Arc<dyn ResponseStore>,
     pub config: RouterConfig,
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// Shared state handle.
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// Model names the API accepts: the configured name, then the generator's.
+    /// Names of the models served now (from the generator: the workers' listings).
     pub fn model_names(&self) -> Vec<String> {
-        let mut names = vec![self.config.model_name.clone()];
-        for m in self.generator.models() {
-            if !names.contains(&m) {
-                names.push(m);
-            }
-        }
-        names
+        self.generator.models().into_iter().map(|m| m.id).collect()
     }
 
-    /// The model to report: the requested one when it is served, the
-    /// configured one when none is given; unknown names are a 404.
+    /// The model a request is for: the requested one when it is served; with
+    /// none requested, the only model served. Unknown names are a 404 that
+    /// lists the served ones.
     pub fn resolve_model(&self, requested: Option<&str>) -> Result<String, ApiError> {
-        match requested {
-            None | Some("") => Ok(self.config.model_name.clone()),
-            Some(m) if self.model_names().iter().any(|n| n == m) => Ok(m.to_owned()),
+        let names = self.model_names();
+        match requested.filter(|m| !m.is_empty()) {
+            Some(m) if names.iter().any(|n| n == m) => Ok(m.to_owned()),
             Some(m) => Err(ApiError::NotFound {
-                message: format!("The model '{m}' does not exist or you do not have access to it."),
+                message: format!(
+                    "The model '{m}' does not exist or you do not have access to it. Served models: {}.",
+                    served_list(&names)
+                ),
                 param: Some("model".into()),
                 code: Some("model_not_found".into()),
             }),
+            None => match names.as_slice() {
+                [only] => Ok(only.clone()),
+                [] => Err(ApiError::Unavailable {
+                    message: "No model is being served yet: no worker is ready.".into(),
+                    retry_after: 1,
+                }),
+                _ => Err(ApiError::InvalidRequest {
+                    message: format!(
+                        "'model' is required: this server serves {}.",
+                        served_list(&names)
+                    ),
+                    param: Some("model".into()),
+                    code: Some("missing_required_parameter".into()),
+                }),
+            },
         }
+    }
+}
+
+fn served_list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none yet".into()
+    } else {
+        names.join(", ")
     }
 }
 

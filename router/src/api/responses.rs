@@ -25,8 +25,10 @@ use super::{SharedState, Tenant};
 use crate::cluster::key::{cache_key_from, routing_key, KeySources};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::lifecycle::ActiveGuard;
 use crate::sse::{done_event, sse_response, typed_event};
 use crate::store::{chained_response_id, ResponseRecord};
+use crate::telemetry::ModelTag;
 use crate::types::{
     items_to_messages, list_page, new_id, normalize_input, now_secs, output_message,
     output_text_part, ConversationRef, CreateResponseRequest, IncompleteDetails, ListQuery,
@@ -56,8 +58,10 @@ async fn prepare(
     tenant: &str,
     session: Option<&str>,
     req: CreateResponseRequest,
+    tag: &ModelTag,
 ) -> ApiResult<Prepared> {
     let model = st.resolve_model(req.model.as_deref())?;
+    tag.set(&model);
     let store = req.store.unwrap_or(true);
     let background = req.background.unwrap_or(false);
     if background && !store {
@@ -177,6 +181,7 @@ async fn prepare(
     let frequency_penalty = req.frequency_penalty.unwrap_or(0.0);
     let mut gen = GenerateRequest {
         request_id: Some(id.clone()),
+        model: Some(model.clone()),
         input: PromptInput::Messages(messages),
         continuation: None,
         sampling: SamplingParams {
@@ -302,6 +307,8 @@ struct Driver {
     log_events: bool,
     live: Option<mpsc::UnboundedSender<Value>>,
     seq: u64,
+    /// Registered with the life cycle until the driver ends (drain waits on it).
+    _active: ActiveGuard,
 }
 
 enum Outcome {
@@ -523,6 +530,7 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
 pub async fn create(
     State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
+    Extension(tag): Extension<ModelTag>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateResponseRequest>,
 ) -> ApiResult<Response> {
@@ -531,7 +539,7 @@ pub async fn create(
         record,
         gen,
         stream,
-    } = prepare(&st, &tenant, session_id(&headers), req).await?;
+    } = prepare(&st, &tenant, session_id(&headers), req, &tag).await?;
     let input_items = record.input_items.clone();
     // Foreground: start generating before anything is stored or streamed, so a
     // worker refusal is an HTTP error the SDKs understand (and retry on 503).
@@ -550,6 +558,7 @@ pub async fn create(
             .subscribe(&id)
             .await?
             .ok_or_else(|| ApiError::Internal("stored response vanished".into()))?;
+        let active = st.lifecycle.begin(&tenant, &response);
         let driver = Driver {
             st: st.clone(),
             resp: response.clone(),
@@ -558,6 +567,7 @@ pub async fn create(
             log_events: true,
             live: None,
             seq: 0,
+            _active: active,
         };
         tokio::spawn(driver.run(start, CancelSource::Store(rx)));
         if stream {
@@ -568,6 +578,7 @@ pub async fn create(
     let (guard, cancel_rx) = oneshot::channel::<()>();
     if stream {
         let (tx, rx) = mpsc::unbounded_channel();
+        let active = st.lifecycle.begin(&tenant, &response);
         let driver = Driver {
             st: st.clone(),
             resp: response,
@@ -576,6 +587,7 @@ pub async fn create(
             log_events: false,
             live: Some(tx),
             seq: 0,
+            _active: active,
         };
         tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
         let events = UnboundedReceiverStream::new(rx)
@@ -586,6 +598,7 @@ pub async fn create(
             .chain(futures::stream::once(async { done_event() }));
         return Ok(sse_response(events));
     }
+    let active = st.lifecycle.begin(&tenant, &response);
     let driver = Driver {
         st: st.clone(),
         resp: response,
@@ -594,6 +607,7 @@ pub async fn create(
         log_events: false,
         live: None,
         seq: 0,
+        _active: active,
     };
     let handle = tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
     let result = handle

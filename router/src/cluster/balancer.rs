@@ -1,22 +1,27 @@
-//! [`ClusterGenerator`]: a [`Generator`] over many workers — consistent-hash
-//! affinity with bounded load, health probing, ejection, retry and migration.
+//! [`ClusterGenerator`]: a [`Generator`] over many workers — one consistent-hash
+//! ring per served model, with bounded load, ejection, retry and migration.
+//! Finding and probing workers lives in `probe`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport};
+use spindle_proto::openai::ModelCard;
+use spindle_proto::{GenerateEvent, GenerateRequest};
 
 use super::config::{ClusterConfig, Policy};
 use super::key::routing_key;
-use super::member::{Breaker, InflightGuard, Member, MemberStatus};
+use super::member::{Member, MemberStatus};
+use super::probe::{every, probe_all, resolve};
 use super::ring::HashRing;
+use super::run::Run;
 use crate::generator::{GenerateError, Generator};
 
-/// Counters, also exported as `spindle_router_*_total` metrics.
+/// Counters of routing decisions past the ring owner (also exported as
+/// `spindle_router_routing_decisions_total{reason}`).
 #[derive(Debug, Default)]
 pub struct ClusterStats {
     /// Requests sent past their ring owner because it was over the load bound.
@@ -27,23 +32,42 @@ pub struct ClusterStats {
     pub migrations: AtomicU64,
 }
 
-/// The routable workers and the ring over them.
-struct View {
+/// The routable workers of one model and the ring over them.
+struct Pool {
     ring: HashRing,
     members: HashMap<String, Arc<Member>>,
     /// Sorted by URL.
     order: Vec<Arc<Member>>,
 }
 
-struct Inner {
-    cfg: ClusterConfig,
-    client: reqwest::Client,
-    /// Every known worker (static, or the last DNS answer).
-    members: RwLock<Vec<Arc<Member>>>,
+impl Pool {
+    fn new(order: Vec<Arc<Member>>, vnodes: usize) -> Self {
+        Self {
+            ring: HashRing::new(order.iter().map(|m| m.url.clone()), vnodes),
+            members: order.iter().map(|m| (m.url.clone(), m.clone())).collect(),
+            order,
+        }
+    }
+}
+
+/// What requests are routed over: a pool per model.
+struct View {
+    pools: BTreeMap<String, Pool>,
+    /// Every routable worker, sorted by URL, with the models it serves: the
+    /// view is rebuilt only when this changes.
+    signature: Vec<(String, Vec<String>)>,
+    /// Every model any known worker lists (ready or not), with its owner.
+    known: BTreeMap<String, String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ClusterConfig,
+    pub(crate) client: reqwest::Client,
+    /// Every known worker (static, or the last DNS answers).
+    pub(crate) members: RwLock<Vec<Arc<Member>>>,
     view: RwLock<Arc<View>>,
     rr: AtomicUsize,
-    stats: ClusterStats,
-    models: RwLock<Vec<String>>,
+    pub(crate) stats: ClusterStats,
 }
 
 /// A [`Generator`] that spreads requests over a cluster of workers.
@@ -77,7 +101,7 @@ fn normalize_url(u: &str) -> String {
 impl ClusterGenerator {
     /// Builds the cluster without probing: static workers are known but not
     /// routable until [`ClusterGenerator::probe_now`] (or the loops of
-    /// [`ClusterGenerator::start`]) find them ready.
+    /// [`ClusterGenerator::start`]) find them ready and learn their models.
     pub fn new(config: ClusterConfig) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let client = reqwest::Client::builder()
@@ -90,20 +114,19 @@ impl ClusterGenerator {
             .filter(|w| !w.trim().is_empty())
             .map(|w| normalize_url(w))
             .filter(|u| seen.insert(u.clone()))
-            .map(Member::new)
+            .map(|u| Member::new(u, None))
             .collect();
         let inner = Arc::new(Inner {
             view: RwLock::new(Arc::new(View {
-                ring: HashRing::new(Vec::new(), config.vnodes),
-                members: HashMap::new(),
-                order: Vec::new(),
+                pools: BTreeMap::new(),
+                signature: Vec::new(),
+                known: BTreeMap::new(),
             })),
             cfg: config,
             client,
             members: RwLock::new(members),
             rr: AtomicUsize::new(0),
             stats: ClusterStats::default(),
-            models: RwLock::new(Vec::new()),
         });
         Ok(Self {
             inner,
@@ -125,7 +148,7 @@ impl ClusterGenerator {
             cfg.health_interval,
             |i| async move { probe_all(&i).await },
         )));
-        if cfg.workers_dns.is_some() {
+        if !cfg.workers_dns.is_empty() {
             tasks.push(tokio::spawn(every(
                 weak,
                 cfg.dns_interval,
@@ -136,13 +159,7 @@ impl ClusterGenerator {
         Ok(this)
     }
 
-    /// Also list (and accept) these model names.
-    pub fn with_models(self, models: Vec<String>) -> Self {
-        *self.inner.models.write().unwrap_or_else(|p| p.into_inner()) = models;
-        self
-    }
-
-    /// Probe `/ready` and `/load` of every worker now and update the ring.
+    /// Probe `/ready`, `/load` and `/v1/models` of every worker now and update the rings.
     pub async fn probe_now(&self) {
         probe_all(&self.inner).await;
     }
@@ -158,29 +175,33 @@ impl ClusterGenerator {
         let members = self.inner.members.read().unwrap_or_else(|p| p.into_inner());
         members
             .iter()
-            .map(|m| m.status(view.members.contains_key(&m.url)))
+            .map(|m| m.status(view.signature.iter().any(|(u, _)| *u == m.url)))
             .collect()
     }
 
-    /// URLs on the ring now, sorted.
+    /// URLs of every routable worker (on some model's ring), sorted.
     pub fn ring_members(&self) -> Vec<String> {
-        self.inner
-            .view()
-            .order
-            .iter()
-            .map(|m| m.url.clone())
-            .collect()
+        let view = self.inner.view();
+        view.signature.iter().map(|(u, _)| u.clone()).collect()
     }
 
-    /// The worker that owns `key` on the current ring (before load bounds).
+    /// The worker that owns `key` on `model`'s ring (before load bounds);
+    /// `None` for the model means the only one served.
+    pub fn owner_of(&self, model: Option<&str>, key: &str) -> Option<String> {
+        let view = self.inner.view();
+        view.pool(model)?.ring.get(key).map(str::to_owned)
+    }
+
+    /// [`ClusterGenerator::owner_of`] when one model is served.
     pub fn owner(&self, key: &str) -> Option<String> {
-        self.inner.view().ring.get(key).map(str::to_owned)
+        self.owner_of(None, key)
     }
 
     /// The workers a request would try, in order (load bounds applied).
     pub fn route(&self, req: &GenerateRequest) -> Vec<String> {
         self.inner
             .pick(req, false)
+            .0
             .iter()
             .map(|m| m.url.clone())
             .collect()
@@ -195,408 +216,155 @@ impl ClusterGenerator {
     }
 }
 
+impl View {
+    /// `model`'s pool; with no model named, the pool of the only model served.
+    fn pool(&self, model: Option<&str>) -> Option<&Pool> {
+        match model.filter(|m| !m.is_empty()) {
+            Some(m) => self.pools.get(m),
+            None if self.known.len() == 1 => self.pools.values().next(),
+            None => None,
+        }
+    }
+}
+
 impl Inner {
     fn view(&self) -> Arc<View> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Rebuilds the ring when the set of routable workers changed.
-    fn refresh_view(&self) {
+    /// Rebuilds the pools when the routable workers or their models changed,
+    /// and publishes the per-worker and per-model gauges.
+    pub(crate) fn refresh_view(&self) {
         let members = self
             .members
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut routable: Vec<Arc<Member>> = members.into_iter().filter(|m| m.routable()).collect();
-        routable.sort_by(|a, b| a.url.cmp(&b.url));
+        let mut known = BTreeMap::new();
+        let mut routable: Vec<(Arc<Member>, Vec<String>)> = Vec::new();
+        for m in &members {
+            m.publish();
+            let models: Vec<String> = {
+                let h = m.lock();
+                for card in &h.models {
+                    known
+                        .entry(card.id.clone())
+                        .or_insert_with(|| card.owned_by.clone());
+                }
+                h.models.iter().map(|c| c.id.clone()).collect()
+            };
+            if m.routable() {
+                routable.push((m.clone(), models));
+            }
+        }
+        routable.sort_by(|a, b| a.0.url.cmp(&b.0.url));
+        let signature: Vec<(String, Vec<String>)> = routable
+            .iter()
+            .map(|(m, models)| (m.url.clone(), models.clone()))
+            .collect();
         let mut cur = self.view.write().unwrap_or_else(|p| p.into_inner());
-        let same = cur.order.len() == routable.len()
-            && cur
-                .order
-                .iter()
-                .zip(&routable)
-                .all(|(a, b)| Arc::ptr_eq(a, b));
-        if same {
+        if cur.signature == signature && cur.known == known {
             return;
         }
+        let mut by_model: BTreeMap<String, Vec<Arc<Member>>> = BTreeMap::new();
+        for (m, models) in &routable {
+            for model in models {
+                by_model.entry(model.clone()).or_default().push(m.clone());
+            }
+        }
         tracing::info!(
-            workers = ?routable.iter().map(|m| m.url.as_str()).collect::<Vec<_>>(),
-            "worker ring changed"
+            pools = ?by_model.iter().map(|(k, v)| (k.as_str(), v.iter().map(|m| m.url.as_str()).collect::<Vec<_>>())).collect::<Vec<_>>(),
+            "worker rings changed"
         );
         metrics::gauge!("spindle_router_ring_workers").set(routable.len() as f64);
+        // Models gone from every worker report 0 too, so alerts see them drop.
+        for model in cur.known.keys().chain(known.keys()) {
+            let n = by_model.get(model).map_or(0, Vec::len);
+            metrics::gauge!("spindle_router_model_ready_workers", "model" => model.clone())
+                .set(n as f64);
+        }
+        // A new model's gauges exist (at 0) before its first request.
+        for model in known.keys().filter(|m| !cur.known.contains_key(*m)) {
+            let m = || model.clone();
+            metrics::gauge!("spindle_router_inflight_streams", "model" => m()).increment(0.0);
+            metrics::gauge!("spindle_router_background_responses", "model" => m()).increment(0.0);
+        }
         *cur = Arc::new(View {
-            ring: HashRing::new(routable.iter().map(|m| m.url.clone()), self.cfg.vnodes),
-            members: routable
-                .iter()
-                .map(|m| (m.url.clone(), m.clone()))
+            pools: by_model
+                .into_iter()
+                .map(|(model, order)| (model, Pool::new(order, self.cfg.vnodes)))
                 .collect(),
-            order: routable,
+            signature,
+            known,
         });
     }
 
-    fn eject(&self, m: &Member) {
+    pub(crate) fn eject(&self, m: &Member) {
         if m.eject(self.cfg.breaker_cooldown) {
             self.refresh_view();
         }
     }
 
     /// Worker says it cannot take work now (503: draining or overloaded).
-    fn mark_unready(&self, m: &Member) {
+    pub(crate) fn mark_unready(&self, m: &Member) {
         m.lock().ready = false;
         self.refresh_view();
     }
 
-    /// The workers to try for `req`, best first.
-    fn pick(&self, req: &GenerateRequest, count: bool) -> Vec<Arc<Member>> {
+    /// The workers of the request's model to try, best first, and whether the
+    /// ring owner was skipped for load.
+    fn pick(&self, req: &GenerateRequest, count: bool) -> (Vec<Arc<Member>>, bool) {
         let view = self.view();
-        let n = view.order.len();
+        let Some(pool) = view.pool(req.model.as_deref()) else {
+            return (Vec::new(), false);
+        };
+        let n = pool.order.len();
         if n == 0 {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         match self.cfg.policy {
             Policy::RoundRobin => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
-                (0..n)
-                    .map(|i| view.order[(start + i) % n].clone())
-                    .collect()
+                let v = (0..n)
+                    .map(|i| pool.order[(start + i) % n].clone())
+                    .collect();
+                (v, false)
             }
             Policy::LeastLoad => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
                 let mut v: Vec<(u32, Arc<Member>)> = (0..n)
                     .map(|i| {
-                        let m = &view.order[(start + i) % n];
+                        let m = &pool.order[(start + i) % n];
                         (m.load(), m.clone())
                     })
                     .collect();
                 v.sort_by_key(|(l, _)| *l); // stable: ties keep the rotation
-                v.into_iter().map(|(_, m)| m).collect()
+                (v.into_iter().map(|(_, m)| m).collect(), false)
             }
             Policy::ConsistentHash => {
                 let key = routing_key(req);
-                let mut cands: Vec<Arc<Member>> = view
+                let mut cands: Vec<Arc<Member>> = pool
                     .ring
                     .candidates(&key)
                     .into_iter()
-                    .filter_map(|u| view.members.get(u).cloned())
+                    .filter_map(|u| pool.members.get(u).cloned())
                     .collect();
                 let loads: Vec<u32> = cands.iter().map(|m| m.load()).collect();
                 let mean = loads.iter().map(|&l| f64::from(l)).sum::<f64>() / n as f64;
                 let bound = self.cfg.load_factor * mean + 1.0;
+                let mut spilled = false;
                 if let Some(first_ok) = loads.iter().position(|&l| f64::from(l) <= bound) {
                     if first_ok > 0 {
                         // Spill: the owner (and maybe its successors) are over the bound;
                         // they stay at the end as fallbacks.
                         cands.rotate_left(first_ok);
+                        spilled = true;
                         if count {
                             self.stats.spills.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("spindle_router_spills_total").increment(1);
                         }
                     }
                 }
-                cands
-            }
-        }
-    }
-}
-
-/// Run `job` every `every` (first run one period from now) until the
-/// generator is dropped.
-async fn every<F, Fut>(inner: Weak<Inner>, every: Duration, job: F)
-where
-    F: Fn(Arc<Inner>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        job(inner).await;
-    }
-}
-
-/// Re-resolves `--workers-dns`, adding new workers (probed before they join the
-/// ring) and forgetting the ones gone from the answer.
-async fn resolve(inner: &Arc<Inner>) {
-    let Some(name) = inner.cfg.workers_dns.clone() else {
-        return;
-    };
-    let addrs = match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host(name.as_str()),
-    )
-    .await
-    {
-        Ok(Ok(a)) => a.collect::<Vec<_>>(),
-        Ok(Err(e)) => {
-            tracing::warn!(%name, "worker DNS lookup failed, keeping the last answer: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%name, "worker DNS lookup timed out, keeping the last answer");
-            return;
-        }
-    };
-    let urls: HashSet<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let added: Vec<Arc<Member>> = {
-        let mut members = inner.members.write().unwrap_or_else(|p| p.into_inner());
-        let before = members.len();
-        members.retain(|m| urls.contains(&m.url));
-        let removed = before - members.len();
-        let known: HashSet<String> = members.iter().map(|m| m.url.clone()).collect();
-        let added: Vec<Arc<Member>> = urls
-            .iter()
-            .filter(|u| !known.contains(*u))
-            .map(|u| Member::new(u.clone()))
-            .collect();
-        members.extend(added.iter().cloned());
-        if removed > 0 || !added.is_empty() {
-            tracing::info!(%name, added = added.len(), removed, "worker set changed");
-        }
-        added
-    };
-    futures::future::join_all(added.iter().map(|m| probe(inner, m))).await;
-    inner.refresh_view();
-}
-
-async fn probe_all(inner: &Arc<Inner>) {
-    let members = inner
-        .members
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    futures::future::join_all(members.iter().map(|m| probe(inner, m))).await;
-    inner.refresh_view();
-}
-
-/// One health check: `GET /ready` then `GET /load`.
-async fn probe(inner: &Inner, m: &Arc<Member>) {
-    let timeout = inner
-        .cfg
-        .health_interval
-        .clamp(Duration::from_millis(200), Duration::from_secs(2));
-    let ready = inner
-        .client
-        .get(format!("{}/ready", m.url))
-        .timeout(timeout)
-        .send()
-        .await;
-    let ready = match ready {
-        Ok(r) if r.status().is_success() => Some(true),
-        // Loaded but not taking work (draining, or still loading the model).
-        Ok(r) if r.status().as_u16() == 503 => Some(false),
-        Ok(_) | Err(_) => None,
-    };
-    let Some(mut ready) = ready else {
-        let eject = {
-            let mut h = m.lock();
-            h.probe_failures += 1;
-            h.probe_failures >= inner.cfg.eject_after
-        };
-        if eject {
-            m.eject(inner.cfg.breaker_cooldown);
-        }
-        return;
-    };
-    let own = m.inflight();
-    let load = async {
-        let r = inner
-            .client
-            .get(format!("{}/load", m.url))
-            .timeout(timeout)
-            .send()
-            .await
-            .ok()?;
-        r.json::<LoadReport>().await.ok()
-    }
-    .await;
-    let mut h = m.lock();
-    h.probe_failures = 0;
-    if let Some(l) = &load {
-        h.external_load = (l.running + l.waiting).saturating_sub(own);
-        ready &= !l.draining;
-    }
-    h.last_load = load;
-    h.ready = ready;
-    if let Breaker::Open { until, cooldown } = h.breaker {
-        if ready && Instant::now() >= until {
-            tracing::info!(worker = %m.url, "worker back on trial (half-open)");
-            h.breaker = Breaker::HalfOpen { cooldown };
-        }
-    }
-}
-
-/// Error codes that mean "the worker failed", not "the request is bad".
-fn worker_failed(code: &str) -> bool {
-    matches!(
-        code,
-        "worker_stream_error" | "worker_timeout" | "bad_worker_response"
-    )
-}
-
-/// A request in progress: the legs opened so far and what they produced.
-struct Run {
-    inner: Arc<Inner>,
-    req: GenerateRequest,
-    candidates: Vec<Arc<Member>>,
-    next: usize,
-    leg: Option<(BoxStream<'static, GenerateEvent>, InflightGuard)>,
-    /// Text already sent to the caller by earlier legs of this request.
-    text: String,
-    /// Tokens already sent to the caller.
-    produced: u32,
-    /// `produced` when the current leg started.
-    leg_base: u32,
-    retries_left: u32,
-    migrations_left: u32,
-    finished: bool,
-}
-
-enum Opened {
-    Ok,
-    /// The request itself is bad: no other worker will take it either.
-    Rejected(GenerateError),
-    /// No worker left to try.
-    Exhausted(GenerateError),
-}
-
-impl Run {
-    /// The request as the next leg sends it: after tokens were sent, with the
-    /// text so far as continuation and `max_tokens` reduced accordingly.
-    fn leg_request(&self) -> GenerateRequest {
-        let mut req = self.req.clone();
-        if self.produced > 0 {
-            let mut cont = req.continuation.take().unwrap_or_default();
-            cont.push_str(&self.text);
-            req.continuation = Some(cont);
-            if let Some(m) = req.sampling.max_tokens.as_mut() {
-                *m = m.saturating_sub(self.produced).max(1);
-            }
-        }
-        req
-    }
-
-    /// Opens a leg on the next candidate that accepts; `attempts` bounds how many are tried.
-    async fn open_leg(&mut self, mut attempts: u32) -> Opened {
-        let mut last = GenerateError::Unavailable {
-            message: "no worker is available".into(),
-            retry_after: 1,
-        };
-        while attempts > 0 && self.next < self.candidates.len() {
-            let m = self.candidates[self.next].clone();
-            self.next += 1;
-            if !m.routable() {
-                continue;
-            }
-            attempts -= 1;
-            let guard = m.start_stream();
-            match m.http.generate(self.leg_request()).await {
-                Ok(stream) => {
-                    m.record_success();
-                    self.leg = Some((stream, guard));
-                    self.leg_base = self.produced;
-                    return Opened::Ok;
-                }
-                Err(e @ GenerateError::BadRequest(_)) => return Opened::Rejected(e),
-                Err(e) => {
-                    tracing::warn!(worker = %m.url, "worker failed to start a request: {e}");
-                    match &e {
-                        GenerateError::Unavailable { .. } => self.inner.mark_unready(&m),
-                        _ => self.inner.eject(&m),
-                    }
-                    last = e;
-                }
-            }
-        }
-        Opened::Exhausted(last)
-    }
-
-    /// The next event for the caller; `None` after the last one.
-    async fn step(&mut self) -> Option<GenerateEvent> {
-        if self.finished {
-            return None;
-        }
-        loop {
-            if self.leg.is_none() {
-                let migrating = self.produced > 0;
-                let opened = self.open_leg(self.candidates.len() as u32).await;
-                match opened {
-                    Opened::Ok => {
-                        if migrating {
-                            self.inner.stats.migrations.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("spindle_router_migrations_total").increment(1);
-                        } else {
-                            self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("spindle_router_retries_total").increment(1);
-                        }
-                    }
-                    Opened::Rejected(e) | Opened::Exhausted(e) => {
-                        self.finished = true;
-                        return Some(GenerateEvent::Error {
-                            code: "worker_unavailable".into(),
-                            message: format!("the worker failed and no other could continue: {e}"),
-                        });
-                    }
-                }
-            }
-            let (stream, guard) = self.leg.as_mut()?;
-            let ev = stream.next().await.unwrap_or_else(|| GenerateEvent::Error {
-                code: "worker_stream_error".into(),
-                message: "worker stream ended before completion".into(),
-            });
-            match ev {
-                GenerateEvent::Delta {
-                    ref token_ids,
-                    ref text,
-                } => {
-                    self.produced += token_ids.len() as u32;
-                    self.text.push_str(text);
-                    return Some(ev);
-                }
-                GenerateEvent::Done {
-                    finish_reason,
-                    mut usage,
-                    timings,
-                } => {
-                    self.finished = true;
-                    self.leg = None;
-                    if self.leg_base > 0 {
-                        // The last leg's prompt included the continuation.
-                        usage.completion_tokens += self.leg_base;
-                        usage.prompt_tokens = usage.prompt_tokens.saturating_sub(self.leg_base);
-                        usage.cached_tokens = usage.cached_tokens.min(usage.prompt_tokens);
-                    }
-                    return Some(GenerateEvent::Done {
-                        finish_reason,
-                        usage,
-                        timings,
-                    });
-                }
-                GenerateEvent::Error { code, message } => {
-                    if !worker_failed(&code) {
-                        self.finished = true;
-                        return Some(GenerateEvent::Error { code, message });
-                    }
-                    let m = guard.member().clone();
-                    tracing::warn!(worker = %m.url, produced = self.produced, "worker stream failed: {message}");
-                    self.leg = None;
-                    self.inner.eject(&m);
-                    let can = if self.produced == 0 {
-                        self.retries_left
-                            .checked_sub(1)
-                            .map(|r| self.retries_left = r)
-                    } else {
-                        self.migrations_left
-                            .checked_sub(1)
-                            .map(|r| self.migrations_left = r)
-                    };
-                    if can.is_none() {
-                        self.finished = true;
-                        return Some(GenerateEvent::Error { code, message });
-                    }
-                    // Loop: open the next leg.
-                }
+                (cands, spilled)
             }
         }
     }
@@ -611,41 +379,15 @@ impl Generator for ClusterGenerator {
         Box::pin(async move {
             req.request_id
                 .get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string());
-            let candidates = inner.pick(&req, true);
+            let (candidates, spilled) = inner.pick(&req, true);
             if candidates.is_empty() {
+                let model = req.model.as_deref().unwrap_or("the model");
                 return Err(GenerateError::Unavailable {
-                    message: "no worker is ready".into(),
+                    message: format!("no worker serving {model} is ready"),
                     retry_after: 1,
                 });
             }
-            let cfg = &inner.cfg;
-            let mut run = Run {
-                retries_left: cfg.max_retries,
-                migrations_left: cfg.max_migrations,
-                inner: inner.clone(),
-                req,
-                candidates,
-                next: 0,
-                leg: None,
-                text: String::new(),
-                produced: 0,
-                leg_base: 0,
-                finished: false,
-            };
-            let attempts = run.retries_left + 1;
-            match run.open_leg(attempts).await {
-                Opened::Ok => {}
-                Opened::Rejected(e) | Opened::Exhausted(e) => return Err(e),
-            }
-            // Retries used up while opening count against the budget.
-            let retried = run.next.saturating_sub(1) as u64;
-            if retried > 0 {
-                inner.stats.retries.fetch_add(retried, Ordering::Relaxed);
-                metrics::counter!("spindle_router_retries_total").increment(retried);
-            }
-            run.retries_left = run
-                .retries_left
-                .saturating_sub(run.next.saturating_sub(1) as u32);
+            let run = Run::open(inner, req, candidates, spilled).await?;
             let stream = futures::stream::unfold(run, |mut run| async move {
                 let ev = run.step().await?;
                 Some((ev, run))
@@ -654,11 +396,32 @@ impl Generator for ClusterGenerator {
         })
     }
 
-    fn models(&self) -> Vec<String> {
-        self.inner
-            .models
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn models(&self) -> Vec<ModelCard> {
+        let view = self.inner.view();
+        view.known
+            .iter()
+            .map(|(id, owner)| {
+                let workers = view.pools.get(id).map_or(0, |p| p.order.len());
+                ModelCard::new(id.clone(), owner, workers)
+            })
+            .collect()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        let view = self.inner.view();
+        if view.known.is_empty() {
+            return Err("no worker has reported a model yet".into());
+        }
+        let missing: Vec<&str> = view
+            .known
+            .keys()
+            .filter(|m| !view.pools.contains_key(*m))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no ready worker for {}", missing.join(", ")))
+        }
     }
 }

@@ -52,10 +52,12 @@ pub struct ClusterConfig {
     /// Static worker base URLs, comma separated (e.g. http://10.0.0.5:8081,http://10.0.0.6:8081).
     #[arg(long, env = "SPINDLE_WORKERS", value_delimiter = ',')]
     pub workers: Vec<String>,
-    /// Discover workers by DNS: NAME:PORT, re-resolved periodically; every A/AAAA
-    /// record is one worker (a Kubernetes headless Service gives one per pod).
-    #[arg(long, env = "SPINDLE_WORKERS_DNS")]
-    pub workers_dns: Option<String>,
+    /// Discover workers by DNS: NAME:PORT, comma-separated for several pools,
+    /// re-resolved periodically; every A/AAAA record is one worker (a
+    /// Kubernetes headless Service gives one per pod). Each worker's models
+    /// come from its /v1/models.
+    #[arg(long, env = "SPINDLE_WORKERS_DNS", value_delimiter = ',')]
+    pub workers_dns: Vec<String>,
     /// How often `--workers-dns` is re-resolved.
     #[arg(long, env = "SPINDLE_DNS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub dns_interval: Duration,
@@ -92,7 +94,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             workers: Vec::new(),
-            workers_dns: None,
+            workers_dns: Vec::new(),
             dns_interval: Duration::from_secs(5),
             policy: Policy::ConsistentHash,
             vnodes: 160,
@@ -117,7 +119,7 @@ impl ClusterConfig {
 
     /// Checks the values that clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.workers.iter().all(|w| w.trim().is_empty()) && self.workers_dns.is_none() {
+        if self.workers.iter().all(|w| w.trim().is_empty()) && self.workers_dns.is_empty() {
             return Err("no workers: give --workers URL,URL or --workers-dns NAME:PORT".into());
         }
         if self.vnodes == 0 {
@@ -129,7 +131,7 @@ impl ClusterConfig {
         if self.health_interval.is_zero() {
             return Err("--health-interval must be positive".into());
         }
-        if let Some(d) = &self.workers_dns {
+        for d in &self.workers_dns {
             if d.rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
@@ -176,6 +178,11 @@ mod tests {
         assert!(c.validate().is_ok());
         let c = Cli::parse_from(["x", "--workers-dns", "workers.default.svc:8081"]).c;
         assert!(c.validate().is_ok());
+        let c = Cli::parse_from(["x", "--workers-dns", "a.svc:8081,b.svc:8081"]).c;
+        assert_eq!(c.workers_dns, vec!["a.svc:8081", "b.svc:8081"]);
+        assert!(c.validate().is_ok());
+        let c = Cli::parse_from(["x", "--workers-dns", "a.svc:8081,b.svc"]).c;
+        assert!(c.validate().is_err());
         assert!(ClusterConfig::default().validate().is_err());
     }
 }

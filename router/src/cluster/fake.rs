@@ -17,6 +17,7 @@ use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use spindle_proto::{
+    openai::{ModelCard, ModelList},
     FinishReason, GenerateEvent, GenerateRequest, LoadReport, PromptInput, Timings, Usage,
 };
 
@@ -43,6 +44,8 @@ pub struct FakeControl {
     pub requests: AtomicU64,
     /// Cancel calls received.
     pub cancels: AtomicU64,
+    /// The model `/v1/models` lists (`fake` when unset).
+    pub model: std::sync::OnceLock<String>,
 }
 
 /// A fake worker serving on a random local port until killed or dropped.
@@ -152,10 +155,9 @@ async fn load(State(ctl): State<Arc<FakeControl>>) -> Response {
     .into_response()
 }
 
-async fn models() -> Json<Value> {
-    Json(
-        json!({"object":"list","data":[{"id":"fake","object":"model","created":0,"owned_by":"spindle"}]}),
-    )
+async fn models(State(ctl): State<Arc<FakeControl>>) -> Json<ModelList> {
+    let id = ctl.model.get().map_or("fake", String::as_str).to_owned();
+    Json(ModelList::new(vec![ModelCard::new(id, "spindle", 1)]))
 }
 
 async fn cancel(State(ctl): State<Arc<FakeControl>>, Path(id): Path<String>) -> Json<Value> {
@@ -223,6 +225,15 @@ async fn generate(
     State(ctl): State<Arc<FakeControl>>,
     Json(req): Json<GenerateRequest>,
 ) -> Response {
+    let served = ctl.model.get().map_or("fake", String::as_str);
+    if req.model.as_deref().is_some_and(|m| m != served) {
+        // Like a real worker: a request for another model was misrouted.
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": "model not served here", "type": "not_found_error"}})),
+        )
+            .into_response();
+    }
     let status = ctl.generate_status.load(Ordering::Relaxed);
     if status != 0 {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -109,6 +109,7 @@ mod tests {
     fn req(input: PromptInput, cache_key: Option<&str>) -> GenerateRequest {
         GenerateRequest {
             request_id: None,
+            model: None,
             input,
             continuation: None,
             sampling: SamplingParams::default(),

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use spindle_proto::openai::ModelCard;
 use spindle_proto::LoadReport;
 
 use crate::generator::HttpWorker;
@@ -30,12 +31,19 @@ pub(crate) struct Health {
     /// Load the worker reported beyond this router's own streams.
     pub external_load: u32,
     pub last_load: Option<LoadReport>,
+    /// What its last `/v1/models` listed (kept while probes fail).
+    pub models: Vec<ModelCard>,
 }
 
 /// A worker known to the cluster.
 #[derive(Debug)]
 pub struct Member {
     pub url: String,
+    /// `host:port`: the `worker` label of router metrics, which is also the
+    /// `instance` label Prometheus gives the worker's own metrics.
+    pub label: String,
+    /// The `--workers-dns` name that found it (`None`: a static worker).
+    pub(crate) source: Option<String>,
     pub(crate) http: HttpWorker,
     inflight: AtomicU32,
     pub(crate) health: Mutex<Health>,
@@ -51,13 +59,22 @@ pub struct MemberStatus {
     pub in_ring: bool,
     pub inflight: u32,
     pub load: u32,
+    pub models: Vec<String>,
 }
 
 impl Member {
-    pub(crate) fn new(url: String) -> Arc<Self> {
+    pub(crate) fn new(url: String, source: Option<String>) -> Arc<Self> {
+        let label = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .to_owned();
+        // The series exists from the start: "no ejections", not "no data".
+        metrics::counter!("spindle_router_ejections_total", "worker" => label.clone()).increment(0);
         Arc::new(Self {
             http: HttpWorker::new(url.clone()),
             url,
+            label,
+            source,
             inflight: AtomicU32::new(0),
             health: Mutex::new(Health {
                 ready: false,
@@ -65,6 +82,7 @@ impl Member {
                 probe_failures: 0,
                 external_load: 0,
                 last_load: None,
+                models: Vec::new(),
             }),
         })
     }
@@ -87,6 +105,23 @@ impl Member {
     pub fn routable(&self) -> bool {
         let h = self.lock();
         h.ready && !matches!(h.breaker, Breaker::Open { .. })
+    }
+
+    /// Publishes `spindle_router_worker_up` and `_circuit_state` for this worker.
+    pub(crate) fn publish(&self) {
+        let (up, state) = {
+            let h = self.lock();
+            let state = match h.breaker {
+                Breaker::Closed => 0.0,
+                Breaker::HalfOpen { .. } => 1.0,
+                Breaker::Open { .. } => 2.0,
+            };
+            let up = h.ready && !matches!(h.breaker, Breaker::Open { .. });
+            (if up { 1.0 } else { 0.0 }, state)
+        };
+        metrics::gauge!("spindle_router_worker_up", "worker" => self.label.clone()).set(up);
+        metrics::gauge!("spindle_router_worker_circuit_state", "worker" => self.label.clone())
+            .set(state);
     }
 
     pub(crate) fn start_stream(self: &Arc<Self>) -> InflightGuard {
@@ -117,7 +152,8 @@ impl Member {
             cooldown,
         };
         tracing::warn!(worker = %self.url, ?cooldown, "worker ejected");
-        metrics::counter!("spindle_router_ejections_total").increment(1);
+        metrics::counter!("spindle_router_ejections_total", "worker" => self.label.clone())
+            .increment(1);
         true
     }
 
@@ -135,6 +171,7 @@ impl Member {
             in_ring,
             inflight,
             load: inflight + h.external_load,
+            models: h.models.iter().map(|m| m.id.clone()).collect(),
         }
     }
 }

@@ -12,7 +12,9 @@ pub mod config;
 pub mod fake;
 pub mod key;
 mod member;
+mod probe;
 pub mod ring;
+mod run;
 
 pub use balancer::{ClusterGenerator, ClusterStats};
 pub use config::{ClusterConfig, Policy};

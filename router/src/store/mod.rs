@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -191,4 +192,9 @@ pub trait ResponseStore: Send + Sync + 'static {
         id: &str,
         item_id: &str,
     ) -> StoreResult<Option<bool>>;
+
+    /// Whether the backend answers now (`GET /ready` asks).
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

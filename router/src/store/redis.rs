@@ -870,6 +870,14 @@ impl ResponseStore for RedisStore {
         Ok(Inner::record(self.inner.raw_rec(id).await?)?.filter(|r| r.owner == tenant))
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        let i = &self.inner;
+        let mut c = i.conn();
+        i.run(redis::cmd("PING").query_async::<String>(&mut c))
+            .await
+            .map(drop)
+    }
+
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {
         let i = &self.inner;
         let mut c = i.conn();

@@ -307,8 +307,12 @@ impl Generator for EchoGen {
         })
     }
 
-    fn models(&self) -> Vec<String> {
-        vec!["fake-model".into()]
+    fn models(&self) -> Vec<spindle_proto::openai::ModelCard> {
+        vec![spindle_proto::openai::ModelCard::new(
+            "fake-model".into(),
+            "spindle",
+            1,
+        )]
     }
 }
 
