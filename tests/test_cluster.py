@@ -30,7 +30,7 @@ def served(workers) -> list[int]:
 def test_router_sticks_chains_and_survives_a_dead_worker(spindle):
     workers = [spindle(["worker", "--port", "0", "--model", str(STORIES), "--threads", "1"]) for _ in range(2)]
     router = spindle(["router", "--port", "0", "--workers", ",".join(w.url for w in workers),
-                      "--model-name", "stories260K", "--health-interval", "200ms"])
+                      "--health-interval", "200ms"])
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
     # A chain of turns: after the first, every turn reuses cached prefix tokens,

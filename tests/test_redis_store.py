@@ -15,37 +15,7 @@ import urllib.error
 
 import pytest
 
-from conftest import STORIES
-
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port != 6379:
-            return port
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    port = free_port()
-    d = tempfile.mkdtemp(prefix="spindle-redis-py-")
-    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--daemonize", "no", "--dir", d],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield proc, port
-    proc.kill()
-    proc.wait()
-    shutil.rmtree(d, ignore_errors=True)
-
+from conftest import STORIES, free_port
 
 @pytest.fixture(scope="module")
 def stories_worker(spindle) -> str:
