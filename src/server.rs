@@ -1,11 +1,11 @@
 //! Running the servers: listening, metrics, and graceful shutdown.
 //!
 //! On SIGTERM (or Ctrl-C) a server drains: `/ready` turns 503 and new
-//! generations are refused at once, the listener closes, in-flight requests
-//! (streams, background generations, engine sequences) finish for up to
-//! `--drain-timeout`, and the process exits 0. A router marks whatever is
-//! still running at the deadline `failed` in the store, so nothing stays
-//! `in_progress`.
+//! generations get 503 at once (the listener stays open, so probes and
+//! clients see why), in-flight requests (streams, background generations,
+//! engine sequences) finish for up to `--drain-timeout`, then connections
+//! close and the process exits 0. A router marks whatever is still running
+//! at the deadline `failed` in the store, so nothing stays `in_progress`.
 
 use crate::inprocess::InProcess;
 use anyhow::Context;
@@ -180,8 +180,6 @@ async fn run_until_signal(
         timeout = ?drain.timeout,
         "draining"
     );
-    // Stop accepting; open connections finish their requests.
-    let _ = stop_tx.send(());
     if let Some((lifecycle, _)) = &drain.router {
         lifecycle.wait_idle(deadline).await;
     }
@@ -190,8 +188,10 @@ async fn run_until_signal(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Let the last bytes of finished streams reach their clients.
-    let flush = deadline.max(Instant::now() + Duration::from_millis(200));
+    // Stop accepting; open connections finish their responses (the last
+    // bytes of finished streams) within a short grace.
+    let _ = stop_tx.send(());
+    let flush = deadline.max(Instant::now() + Duration::from_secs(2));
     let closed = tokio::time::timeout_at(flush, &mut server).await.is_ok();
     if let Some((lifecycle, store)) = &drain.router {
         let failed = lifecycle.fail_unfinished(store.as_ref()).await;

@@ -113,6 +113,12 @@ def test_sigterm_drains_streams_and_leaves_nothing_in_progress(spindle, redis_se
     while next(events).type != "response.output_text.delta":
         pass
     router.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    status, body = get(f"{router.url}/ready")
+    assert (status, body.get("reason")) == (503, "draining")
+    with pytest.raises(openai.APIStatusError) as e:
+        client.responses.create(model="SmolLM2-135M-Instruct.Q4_1", input="late", max_output_tokens=2)
+    assert e.value.status_code == 503
     kinds = [e.type for e in events]
     assert kinds[-1] in ("response.completed", "response.incomplete"), kinds[-5:]
     assert kinds.count("response.output_text.delta") > 10
