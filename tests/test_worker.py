@@ -130,7 +130,7 @@ def test_ops_endpoints(worker_url):
     "body,param",
     [
         (b"{not json", None),
-        ({"messages": "hello"}, None),
+        ({"messages": "hello"}, "messages"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-7"}, "model"),

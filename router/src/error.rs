@@ -22,6 +22,10 @@ pub enum ApiError {
         param: Option<String>,
         code: Option<String>,
     },
+    /// The requested model is not served (404, `invalid_request_error`,
+    /// `model_not_found`, as OpenAI answers).
+    #[error("{0}")]
+    UnknownModel(String),
     /// Missing or wrong API key (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -74,7 +78,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::UnknownModel(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Route { status, .. } => *status,
@@ -87,9 +91,10 @@ impl ApiError {
     /// OpenAI error `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } | Self::PayloadTooLarge | Self::Unauthorized(_) => {
-                "invalid_request_error"
-            }
+            Self::InvalidRequest { .. }
+            | Self::UnknownModel(_)
+            | Self::PayloadTooLarge
+            | Self::Unauthorized(_) => "invalid_request_error",
             Self::NotFound { .. } | Self::Route { .. } => "not_found_error",
             Self::Unavailable { .. } | Self::BadGateway(_) | Self::Internal(_) => "server_error",
         }
@@ -99,6 +104,7 @@ impl ApiError {
     pub fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { param, .. } | Self::NotFound { param, .. } => param.as_deref(),
+            Self::UnknownModel(_) => Some("model"),
             _ => None,
         }
     }
@@ -107,6 +113,7 @@ impl ApiError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { code, .. } | Self::NotFound { code, .. } => code.as_deref(),
+            Self::UnknownModel(_) => Some("model_not_found"),
             Self::PayloadTooLarge => Some("request_too_large"),
             Self::Unauthorized(_) => Some("invalid_api_key"),
             Self::Route { .. } => None,
@@ -149,3 +156,14 @@ impl IntoResponse for ApiError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A request the protocol's validation refused (400, naming the parameter).
+impl From<spindle_proto::openai::InvalidParam> for ApiError {
+    fn from(p: spindle_proto::openai::InvalidParam) -> Self {
+        ApiError::InvalidRequest {
+            message: p.message,
+            param: p.param,
+            code: p.code.map(str::to_owned),
+        }
+    }
+}

@@ -31,45 +31,10 @@ where
     }
 }
 
-/// Parse a JSON document into `T`, turning serde errors into 400s with `param`.
+/// Parse a JSON document into `T` (the protocol's one body parser: errors
+/// name the offending field), as a 400 [`ApiError`].
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            "the request body is empty; send a JSON object",
-            None,
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = match serde_path_to_error::deserialize(&mut de) {
-        Ok(v) => v,
-        Err(err) => {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            return Err(if inner.is_syntax() || inner.is_eof() {
-                ApiError::invalid(
-                    format!("We could not parse the JSON body of your request: {inner}"),
-                    None,
-                )
-            } else {
-                let param = (path != ".").then_some(path);
-                ApiError::InvalidRequest {
-                    message: match &param {
-                        Some(p) => format!("Invalid value for '{p}': {inner}"),
-                        None => format!("Invalid request body: {inner}"),
-                    },
-                    param,
-                    code: Some("invalid_type".into()),
-                }
-            });
-        }
-    };
-    de.end().map_err(|e| {
-        ApiError::invalid(
-            format!("We could not parse the JSON body of your request: {e}"),
-            None,
-        )
-    })?;
-    Ok(value)
+    spindle_proto::openai::parse_body(bytes).map_err(ApiError::from)
 }
 
 /// Query parameters with OpenAI-shaped rejections.

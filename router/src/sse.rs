@@ -15,11 +15,6 @@ pub fn typed_event(ev: &Value) -> Event {
     Event::default().event(ty).data(ev.to_string())
 }
 
-/// A data-only event (Chat Completions chunks).
-pub fn data_event(ev: &Value) -> Event {
-    Event::default().data(ev.to_string())
-}
-
 /// The closing `data: [DONE]`.
 pub fn done_event() -> Event {
     Event::default().data("[DONE]")

@@ -24,7 +24,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use spindle_proto::openai::{
-    finish_reason, ChatCompletionRequest, CompletionRequest, CompletionUsage, ModelCard, ModelList,
+    parse_body, ChatCompletionRequest, Completer, CompletionRequest, Endpoint, ModelCard, ModelList,
 };
 use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport};
 use std::convert::Infallible;
@@ -46,9 +46,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 WorkerError::invalid(rej.body_text(), None)
             }
         })?;
-        serde_json::from_slice(&body)
-            .map(Self)
-            .map_err(|e| WorkerError::invalid(format!("invalid JSON body: {e}"), None))
+        Ok(Self(parse_body(&body)?))
     }
 }
 
@@ -131,83 +129,45 @@ fn check_model(st: &AppState, model: Option<&str>) -> Result<(), WorkerError> {
     }
 }
 
-/// What one finished request produced.
-struct Collected {
-    text: String,
-    finish: &'static str,
-    usage: CompletionUsage,
-}
-
-async fn collect(
-    mut events: impl Stream<Item = GenerateEvent> + Unpin,
-) -> Result<Collected, WorkerError> {
-    let mut text = String::new();
-    while let Some(e) = events.next().await {
-        match e {
-            GenerateEvent::Delta { text: t, .. } => text.push_str(&t),
-            GenerateEvent::Done {
-                finish_reason: r,
-                usage,
-                ..
-            } => {
-                return Ok(Collected {
-                    text,
-                    finish: finish_reason(r),
-                    usage: usage.into(),
-                })
+/// A whole completion, or its SSE stream: the protocol's [`Completer`]
+/// shapes both, so the router's endpoints answer the same.
+async fn complete(
+    events: impl Stream<Item = GenerateEvent> + Send + Unpin + 'static,
+    mut completer: Completer,
+    stream: bool,
+) -> Result<Response, WorkerError> {
+    if !stream {
+        let mut events = events;
+        while let Some(ev) = events.next().await {
+            match completer.collect(ev) {
+                None => continue,
+                Some(Ok(done)) => return Ok(Json(done).into_response()),
+                Some(Err(failed)) => return Err(WorkerError::Engine(failed.message)),
             }
-            GenerateEvent::Error { message, .. } => return Err(WorkerError::Engine(message)),
         }
+        return Err(WorkerError::Submit(crate::engine::SubmitError::Stopped));
     }
-    Err(WorkerError::Submit(crate::engine::SubmitError::Stopped))
-}
-
-/// An OpenAI SSE stream: `data: {chunk}` per event, then `data: [DONE]`.
-fn sse_stream<F>(
-    events: impl Stream<Item = GenerateEvent> + Send + 'static,
-    include_usage: bool,
-    chunk: F,
-) -> Response
-where
-    F: Fn(Option<&str>, Option<&'static str>, Option<CompletionUsage>) -> serde_json::Value
-        + Send
-        + Sync
-        + 'static,
-{
-    let first = futures::stream::once(futures::future::ready(chunk(Some(""), None, None)));
-    let body = events.filter_map(move |e| {
-        let out = match e {
-            GenerateEvent::Delta { text, .. } if text.is_empty() => None,
-            GenerateEvent::Delta { text, .. } => Some(vec![chunk(Some(&text), None, None)]),
-            GenerateEvent::Done {
-                finish_reason: r,
-                usage,
-                ..
-            } => {
-                let mut v = vec![chunk(None, Some(finish_reason(r)), None)];
-                if include_usage {
-                    v.push(chunk(None, None, Some(usage.into())));
-                }
-                Some(v)
+    let first = futures::stream::iter(completer.start());
+    let body = events
+        .scan(false, move |done, ev| {
+            if *done {
+                return futures::future::ready(None);
             }
-            GenerateEvent::Error { message, code } => {
-                Some(vec![json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}})])
-            }
-        };
-        futures::future::ready(out)
-    });
-    let stream = first
-        .map(|c| vec![c])
+            let (items, last) = completer.stream(ev);
+            *done = last;
+            futures::future::ready(Some(futures::stream::iter(items)))
+        })
+        .flatten();
+    let frames = first
         .chain(body)
-        .flat_map(futures::stream::iter)
-        .map(|v| Event::default().data(v.to_string()))
+        .map(|item| Event::default().data(serde_json::to_string(&item).unwrap_or_default()))
         .chain(futures::stream::once(futures::future::ready(
             Event::default().data("[DONE]"),
         )))
         .map(Ok::<_, Infallible>);
-    Sse::new(stream)
+    Ok(Sse::new(frames)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 async fn chat_completions(
@@ -218,35 +178,8 @@ async fn chat_completions(
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let events = st.worker.generate(req.to_generate(id.clone())?)?;
     let model = st.worker.model_name().to_owned();
-    let created = now_secs();
-    if !req.stream {
-        let c = collect(events).await?;
-        return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text, "refusal": null},
-                         "logprobs": null, "finish_reason": c.finish}],
-            "usage": c.usage, "system_fingerprint": null,
-        }))
-        .into_response());
-    }
-    Ok(sse_stream(
-        events,
-        req.include_usage(),
-        move |text, finish, usage| {
-            let choices = if usage.is_some() {
-                json!([])
-            } else {
-                let delta = match text {
-                    Some("") => json!({"role": "assistant", "content": ""}),
-                    Some(t) => json!({"content": t}),
-                    None => json!({}),
-                };
-                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
-            };
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-               "system_fingerprint": null, "choices": choices, "usage": usage})
-        },
-    ))
+    let completer = Completer::new(Endpoint::Chat, id, now_secs(), model, req.include_usage());
+    complete(events, completer, req.stream).await
 }
 
 async fn completions(
@@ -257,29 +190,9 @@ async fn completions(
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let events = st.worker.generate(req.to_generate(id.clone())?)?;
     let model = st.worker.model_name().to_owned();
-    let created = now_secs();
-    if !req.stream {
-        let c = collect(events).await?;
-        return Ok(Json(json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": c.text, "logprobs": null, "finish_reason": c.finish}],
-            "usage": c.usage,
-        }))
-        .into_response());
-    }
-    Ok(sse_stream(
-        events,
-        req.include_usage(),
-        move |text, finish, usage| {
-            let choices = if usage.is_some() {
-                json!([])
-            } else {
-                json!([{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
-            };
-            json!({"id": id, "object": "text_completion", "created": created, "model": model,
-               "choices": choices, "usage": usage})
-        },
-    ))
+    let endpoint = Endpoint::Completions;
+    let completer = Completer::new(endpoint, id, now_secs(), model, req.include_usage());
+    complete(events, completer, req.stream).await
 }
 
 async fn models(State(st): State<AppState>) -> Json<ModelList> {

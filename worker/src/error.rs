@@ -14,10 +14,11 @@ pub enum WorkerError {
     InvalidRequest {
         message: String,
         param: Option<String>,
+        code: Option<&'static str>,
     },
     #[error("{0}")]
     Submit(#[from] SubmitError),
-    #[error("model {0:?} is not served here")]
+    #[error("The model '{0}' does not exist or is not served by this worker")]
     UnknownModel(String),
     #[error("{0}")]
     NotFound(String),
@@ -34,6 +35,7 @@ impl WorkerError {
         Self::InvalidRequest {
             message: message.into(),
             param: param.map(str::to_owned),
+            code: None,
         }
     }
 
@@ -47,11 +49,11 @@ impl WorkerError {
     ) {
         use SubmitError::*;
         match self {
-            Self::InvalidRequest { param, .. } => (
+            Self::InvalidRequest { param, code, .. } => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 param.clone(),
-                None,
+                *code,
             ),
             Self::Submit(QueueFull) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -108,7 +110,11 @@ impl WorkerError {
 
 impl From<InvalidParam> for WorkerError {
     fn from(p: InvalidParam) -> Self {
-        Self::invalid(p.message, Some(p.param))
+        Self::InvalidRequest {
+            message: p.message,
+            param: p.param,
+            code: p.code,
+        }
     }
 }
 

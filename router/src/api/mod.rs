@@ -43,14 +43,10 @@ impl AppState {
         let names = self.model_names();
         match requested.filter(|m| !m.is_empty()) {
             Some(m) if names.iter().any(|n| n == m) => Ok(m.to_owned()),
-            Some(m) => Err(ApiError::NotFound {
-                message: format!(
-                    "The model '{m}' does not exist or you do not have access to it. Served models: {}.",
-                    served_list(&names)
-                ),
-                param: Some("model".into()),
-                code: Some("model_not_found".into()),
-            }),
+            Some(m) => Err(ApiError::UnknownModel(format!(
+                "The model '{m}' does not exist or you do not have access to it. Served models: {}.",
+                served_list(&names)
+            ))),
             None => match names.as_slice() {
                 [only] => Ok(only.clone()),
                 [] => Err(ApiError::Unavailable {

@@ -24,9 +24,5 @@ pub async fn get(
         .into_iter()
         .find(|m| m.id == id)
         .map(Json)
-        .ok_or_else(|| ApiError::NotFound {
-            message: format!("The model '{id}' does not exist"),
-            param: Some("model".into()),
-            code: Some("model_not_found".into()),
-        })
+        .ok_or_else(|| ApiError::UnknownModel(format!("The model '{id}' does not exist")))
 }

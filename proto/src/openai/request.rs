@@ -1,0 +1,335 @@
+//! Chat Completions and Completions request bodies, and their one
+//! conversion to a [`GenerateRequest`].
+//!
+//! Message rendering: `developer` → `system`; an assistant message's
+//! `tool_calls` → `<tool_call>{"name","arguments","call_id"}</tool_call>`
+//! appended to its text; `tool` (and legacy `function`) messages → user
+//! messages `<tool_response call_id="…">…</tool_response>`. Any chat template
+//! renders these, with or without its own tool syntax.
+
+use serde::{Deserialize, Serialize};
+
+use super::sampling::SamplingFields;
+use super::{invalid, InvalidParam};
+use crate::{ChatMessage, GenerateRequest, PromptInput};
+
+/// Message content: a string or a list of typed parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// A function call an assistant message made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// One input message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<RequestMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// `prompt`: a string, or a list holding exactly one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `POST /v1/completions` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: Prompt,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// The legacy endpoint's default length (OpenAI's).
+pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
+/// The text of a message's content; only text parts are accepted.
+fn content_text(content: Option<&Content>, at: &str) -> Result<String, InvalidParam> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(t)) => Ok(t.clone()),
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (p.kind.as_str(), &p.text) {
+                    ("text" | "input_text" | "output_text", Some(t)) => text.push_str(t),
+                    ("text" | "input_text" | "output_text", None) => {
+                        let param = format!("{at}.content[{j}].text");
+                        return Err(invalid(&param, format!("'{param}' must be a string")));
+                    }
+                    (kind, _) => {
+                        return Err(invalid(
+                            format!("{at}.content[{j}].type"),
+                            format!("content part type '{kind}' is not supported by this model"),
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RenderedCall<'a> {
+    name: &'a str,
+    arguments: &'a str,
+    call_id: Option<&'a str>,
+}
+
+/// One request message as the template sees it.
+fn render(m: &RequestMessage, at: &str) -> Result<ChatMessage, InvalidParam> {
+    let mut content = content_text(m.content.as_ref(), at)?;
+    let role = match m.role.as_str() {
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => {
+            for call in m.tool_calls.iter().flatten() {
+                let rendered = RenderedCall {
+                    name: &call.function.name,
+                    arguments: &call.function.arguments,
+                    call_id: call.id.as_deref(),
+                };
+                let json = serde_json::to_string(&rendered).unwrap_or_default();
+                content.push_str(&format!("<tool_call>{json}</tool_call>"));
+            }
+            "assistant"
+        }
+        "tool" | "function" => {
+            // `function` is the legacy role, which named no call.
+            let call_id = match (m.role.as_str(), m.tool_call_id.as_deref()) {
+                (_, Some(id)) => id,
+                ("function", None) => "",
+                _ => {
+                    return Err(invalid(
+                        format!("{at}.tool_call_id"),
+                        "a 'tool' message needs 'tool_call_id'".to_owned(),
+                    ))
+                }
+            };
+            content = format!("<tool_response call_id=\"{call_id}\">{content}</tool_response>");
+            "user"
+        }
+        other => {
+            return Err(invalid(
+                format!("{at}.role"),
+                format!("invalid role '{other}'"),
+            ))
+        }
+    };
+    Ok(ChatMessage {
+        role: role.into(),
+        content,
+    })
+}
+
+impl ChatCompletionRequest {
+    /// Validates the request and renders its messages.
+    pub fn to_generate(&self, request_id: String) -> Result<GenerateRequest, InvalidParam> {
+        if self.messages.is_empty() {
+            return Err(invalid("messages", "'messages' must not be empty"));
+        }
+        let sampling = self.sampling.to_params(None)?;
+        let messages = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| render(m, &format!("messages[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GenerateRequest {
+            request_id: Some(request_id),
+            model: self.model.clone().filter(|m| !m.is_empty()),
+            input: PromptInput::Messages(messages),
+            continuation: None,
+            sampling,
+            cache_key: self.user.clone(),
+        })
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+impl CompletionRequest {
+    /// Validates the request; the length defaults to 16 tokens as OpenAI's does.
+    pub fn to_generate(&self, request_id: String) -> Result<GenerateRequest, InvalidParam> {
+        let prompt = match &self.prompt {
+            Prompt::One(p) => p.clone(),
+            Prompt::Many(v) if v.len() == 1 => v[0].clone(),
+            Prompt::Many(_) => {
+                return Err(invalid(
+                    "prompt",
+                    "'prompt' must be a string (or a list with exactly one string)",
+                ))
+            }
+        };
+        if prompt.is_empty() {
+            return Err(invalid("prompt", "'prompt' must not be empty"));
+        }
+        let sampling = self
+            .sampling
+            .to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+        Ok(GenerateRequest {
+            request_id: Some(request_id),
+            model: self.model.clone().filter(|m| !m.is_empty()),
+            input: PromptInput::Prompt(prompt),
+            continuation: None,
+            sampling,
+            cache_key: self.user.clone(),
+        })
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_request_converts() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"developer","content":"be terse"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"temperature":0,"max_tokens":5,"stop":"\n","top_k":3,"ignore_eos":true}"#,
+        )
+        .unwrap();
+        let g = r.to_generate("id1".into()).unwrap();
+        let PromptInput::Messages(m) = &g.input else {
+            panic!("messages expected")
+        };
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m[1].content, "hi");
+        assert_eq!(g.sampling.max_tokens, Some(5));
+        assert_eq!(g.sampling.stop, vec!["\n".to_string()]);
+        assert_eq!(g.sampling.top_k, 3);
+        assert!(g.sampling.ignore_eos);
+    }
+
+    #[test]
+    fn tool_calls_and_results_render_as_text() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"weather?"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Oslo\"}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"cold"}]}"#,
+        )
+        .unwrap();
+        let g = r.to_generate("i".into()).unwrap();
+        let PromptInput::Messages(m) = &g.input else {
+            panic!("messages expected")
+        };
+        assert_eq!(
+            m[1].content,
+            r#"<tool_call>{"name":"get","arguments":"{\"city\":\"Oslo\"}","call_id":"c1"}</tool_call>"#
+        );
+        assert_eq!(m[2].role, "user");
+        assert_eq!(
+            m[2].content,
+            r#"<tool_response call_id="c1">cold</tool_response>"#
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_param() {
+        let param = |body: &str| {
+            let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
+            r.to_generate("i".into()).unwrap_err().param
+        };
+        let p = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user","content":"x"}],"temperature":7}"#),
+            p("temperature")
+        );
+        assert_eq!(
+            param(r#"{"messages":[{"role":"wizard","content":"x"}]}"#),
+            p("messages[0].role")
+        );
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#),
+            p("messages[0].content[0].type")
+        );
+        assert_eq!(param(r#"{"messages":[]}"#), p("messages"));
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#),
+            p("stop")
+        );
+    }
+
+    #[test]
+    fn completions_default_to_16_tokens() {
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":["Once"]}"#).unwrap();
+        assert_eq!(
+            r.to_generate("i".into()).unwrap().sampling.max_tokens,
+            Some(16)
+        );
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":["a","b"]}"#).unwrap();
+        assert!(r.to_generate("i".into()).is_err());
+    }
+}

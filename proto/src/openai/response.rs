@@ -1,0 +1,421 @@
+//! Chat Completions and Completions responses: whole objects, stream chunks,
+//! usage, errors and the models list, and [`Completer`], which turns a
+//! generation's events into them (streamed or collected) the same way for
+//! the worker and the router.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FinishReason, GenerateEvent, Usage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: u32,
+}
+
+/// OpenAI `usage` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    pub prompt_tokens_details: PromptTokensDetails,
+    pub completion_tokens_details: CompletionTokensDetails,
+}
+
+impl From<Usage> for CompletionUsage {
+    fn from(u: Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: u.cached_tokens,
+            },
+            completion_tokens_details: CompletionTokensDetails {
+                reasoning_tokens: 0,
+            },
+        }
+    }
+}
+
+/// The OpenAI `finish_reason` string (a cancelled request ended early: "stop").
+pub fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// The assistant's message in a whole chat completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<()>,
+    pub finish_reason: String,
+}
+
+/// A whole `chat.completion`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<ChatChoice>,
+    pub usage: CompletionUsage,
+}
+
+/// What a chunk adds to the assistant message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<String>,
+}
+
+/// One `chat.completion.chunk` of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<ChunkChoice>,
+    /// Only on the last chunk, with `stream_options.include_usage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CompletionUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<String>,
+}
+
+/// A whole `text_completion`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<TextChoice>,
+    pub usage: CompletionUsage,
+}
+
+/// One `text_completion` chunk of a stream (same object name as the whole one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<TextChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CompletionUsage>,
+}
+
+/// The OpenAI error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+/// One `data:` payload of a completions stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StreamItem {
+    Chat(ChatCompletionChunk),
+    Text(TextCompletionChunk),
+    /// The generation failed mid-stream (then `[DONE]`).
+    Error(ErrorBody),
+}
+
+/// A whole (non-streamed) completion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Completion {
+    Chat(ChatCompletion),
+    Text(TextCompletion),
+}
+
+/// A generation that failed: the worker's code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationFailed {
+    pub code: String,
+    pub message: String,
+}
+
+/// Which endpoint a [`Completer`] answers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// Turns one generation's events into an endpoint's chunks or whole object.
+pub struct Completer {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    text: String,
+}
+
+impl Completer {
+    pub fn new(
+        endpoint: Endpoint,
+        id: String,
+        created: u64,
+        model: String,
+        include_usage: bool,
+    ) -> Self {
+        Self {
+            endpoint,
+            id,
+            created,
+            model,
+            include_usage,
+            text: String::new(),
+        }
+    }
+
+    fn chunk(&self, delta: Delta, text: &str, finish: Option<FinishReason>) -> StreamItem {
+        let finish_reason = finish.map(|r| finish_reason(r).to_owned());
+        match self.endpoint {
+            Endpoint::Chat => StreamItem::Chat(ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: None,
+                choices: vec![ChunkChoice {
+                    index: 0,
+                    delta,
+                    logprobs: None,
+                    finish_reason,
+                }],
+                usage: None,
+            }),
+            Endpoint::Completions => StreamItem::Text(TextCompletionChunk {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![TextChoice {
+                    index: 0,
+                    text: text.to_owned(),
+                    logprobs: None,
+                    finish_reason,
+                }],
+                usage: None,
+            }),
+        }
+    }
+
+    fn usage_chunk(&self, usage: CompletionUsage) -> StreamItem {
+        let mut item = self.chunk(Delta::default(), "", None);
+        match &mut item {
+            StreamItem::Chat(c) => {
+                c.choices.clear();
+                c.usage = Some(usage);
+            }
+            StreamItem::Text(c) => {
+                c.choices.clear();
+                c.usage = Some(usage);
+            }
+            StreamItem::Error(_) => {}
+        }
+        item
+    }
+
+    /// What a stream opens with: a chat stream announces the assistant role.
+    pub fn start(&self) -> Option<StreamItem> {
+        (self.endpoint == Endpoint::Chat).then(|| {
+            let delta = Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+            };
+            self.chunk(delta, "", None)
+        })
+    }
+
+    /// The stream items for one event, and whether it was the last.
+    pub fn stream(&self, ev: GenerateEvent) -> (Vec<StreamItem>, bool) {
+        match ev {
+            GenerateEvent::Delta { text, .. } if text.is_empty() => (Vec::new(), false),
+            GenerateEvent::Delta { text, .. } => {
+                let delta = Delta {
+                    role: None,
+                    content: Some(text.clone()),
+                };
+                (vec![self.chunk(delta, &text, None)], false)
+            }
+            GenerateEvent::Done {
+                finish_reason,
+                usage,
+                ..
+            } => {
+                let mut out = vec![self.chunk(Delta::default(), "", Some(finish_reason))];
+                if self.include_usage {
+                    out.push(self.usage_chunk(usage.into()));
+                }
+                (out, true)
+            }
+            GenerateEvent::Error { code, message } => (
+                vec![Self::error_item(&GenerationFailed { code, message })],
+                true,
+            ),
+        }
+    }
+
+    /// The item that reports a failed generation inside a stream.
+    pub fn error_item(failed: &GenerationFailed) -> StreamItem {
+        StreamItem::Error(ErrorBody {
+            error: ErrorObject {
+                message: format!("generation failed: {}", failed.message),
+                kind: "server_error".into(),
+                param: None,
+                code: Some(failed.code.clone()),
+            },
+        })
+    }
+
+    /// Collects a non-streamed response: `Some` once the generation ended.
+    pub fn collect(&mut self, ev: GenerateEvent) -> Option<Result<Completion, GenerationFailed>> {
+        match ev {
+            GenerateEvent::Delta { text, .. } => {
+                self.text.push_str(&text);
+                None
+            }
+            GenerateEvent::Done {
+                finish_reason: r,
+                usage,
+                ..
+            } => Some(Ok(self.whole(r, usage.into()))),
+            GenerateEvent::Error { code, message } => Some(Err(GenerationFailed { code, message })),
+        }
+    }
+
+    fn whole(&mut self, reason: FinishReason, usage: CompletionUsage) -> Completion {
+        let text = std::mem::take(&mut self.text);
+        let finish_reason = finish_reason(reason).to_owned();
+        match self.endpoint {
+            Endpoint::Chat => Completion::Chat(ChatCompletion {
+                id: self.id.clone(),
+                object: "chat.completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: None,
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant".into(),
+                        content: text,
+                        refusal: None,
+                    },
+                    logprobs: None,
+                    finish_reason,
+                }],
+                usage,
+            }),
+            Endpoint::Completions => Completion::Text(TextCompletion {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![TextChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason: Some(finish_reason),
+                }],
+                usage,
+            }),
+        }
+    }
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    #[serde(default = "model_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub owned_by: String,
+    /// Ready workers serving it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+fn model_object() -> String {
+    "model".into()
+}
+
+impl ModelCard {
+    /// A model card; `workers` is how many ready workers serve it.
+    pub fn new(id: String, owned_by: &str, workers: usize) -> Self {
+        Self {
+            id,
+            object: model_object(),
+            created: 0,
+            owned_by: owned_by.to_owned(),
+            workers: Some(workers),
+        }
+    }
+}
+
+/// The body of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+impl ModelList {
+    pub fn new(data: Vec<ModelCard>) -> Self {
+        Self {
+            object: "list".into(),
+            data,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The sampling fields both endpoints share (OpenAI's plus llama.cpp's
+//! `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`), validated once into
+//! [`SamplingParams`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{invalid, InvalidParam};
+use crate::SamplingParams;
+
+/// Most stop sequences a request may give (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Sampling fields shared by both endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingFields {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub stop: Option<Stop>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub n: Option<u32>,
+    /// Only `false`/absent is supported.
+    pub logprobs: Option<Value>,
+    /// Only `{"type": "text"}` is supported.
+    pub response_format: Option<Value>,
+    /// llama.cpp's extension: generate exactly `max_tokens`.
+    pub ignore_eos: Option<bool>,
+}
+
+fn in_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), InvalidParam> {
+    match v {
+        Some(x) if x.is_nan() || !(lo..=hi).contains(&x) => Err(invalid(
+            name,
+            format!("'{name}' must be between {lo} and {hi}, got {x}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl SamplingFields {
+    /// Validates every field and builds [`SamplingParams`]; `default_max`
+    /// applies when neither `max_tokens` nor `max_completion_tokens` is given.
+    pub fn to_params(&self, default_max: Option<u32>) -> Result<SamplingParams, InvalidParam> {
+        let d = SamplingParams::default();
+        in_range("temperature", self.temperature, 0.0, 2.0)?;
+        in_range("top_p", self.top_p, 0.0, 1.0)?;
+        in_range("min_p", self.min_p, 0.0, 1.0)?;
+        in_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        in_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        let repetition_penalty = self.repetition_penalty.unwrap_or(d.repetition_penalty);
+        if repetition_penalty.is_nan() || repetition_penalty <= 0.0 {
+            return Err(invalid(
+                "repetition_penalty",
+                "'repetition_penalty' must be positive",
+            ));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(invalid("n", "only n=1 is supported"));
+        }
+        if matches!(self.logprobs, Some(Value::Bool(true))) {
+            return Err(invalid("logprobs", "logprobs are not supported yet"));
+        }
+        if let Some(f) = &self.response_format {
+            match f.get("type").and_then(Value::as_str) {
+                Some("text") => {}
+                Some(kind) => {
+                    return Err(invalid(
+                        "response_format",
+                        format!("response_format type '{kind}' is not supported yet"),
+                    ))
+                }
+                None => {
+                    return Err(invalid(
+                        "response_format",
+                        "'response_format' must be an object with a 'type'",
+                    ))
+                }
+            }
+        }
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_tokens == Some(0) {
+            let name = if self.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            return Err(invalid(name, format!("'{name}' must be at least 1")));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) if v.len() > MAX_STOP => {
+                return Err(invalid(
+                    "stop",
+                    format!("at most {MAX_STOP} stop sequences are allowed"),
+                ))
+            }
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(invalid("stop", "stop sequences must not be empty"));
+        }
+        Ok(SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            seed: self.seed,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            repetition_penalty,
+            stop,
+            max_tokens: max_tokens.or(default_max),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        })
+    }
+}
