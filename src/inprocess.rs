@@ -31,7 +31,7 @@ fn to_generate_error(e: WorkerError) -> GenerateError {
             retry_after: 1,
         },
         WorkerError::Engine(m) => GenerateError::Upstream(m),
-        other => GenerateError::BadRequest(other.to_string()),
+        other => GenerateError::BadRequest(other.error_object()),
     }
 }
 
@@ -52,7 +52,10 @@ impl Generator for InProcess {
         self.worker
             .model_names()
             .iter()
-            .map(|n| ModelCard::new(n.clone(), "spindle", 1))
+            .map(|n| {
+                ModelCard::new(n.clone(), "spindle", 1)
+                    .with_max_model_len(self.worker.engine.config.ctx_size)
+            })
             .collect()
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::openai::ModelCard;
+use spindle_proto::openai::{ErrorBody, ErrorObject, ModelCard};
 use spindle_proto::{GenerateEvent, GenerateRequest};
 
 use crate::error::ApiError;
@@ -13,9 +13,10 @@ use crate::error::ApiError;
 /// Why a generation could not start.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GenerateError {
-    /// The worker rejected the request (its message is passed to the client as a 400).
-    #[error("{0}")]
-    BadRequest(String),
+    /// The worker rejected the request; its error (message, param, code) is
+    /// passed to the client as a 400.
+    #[error("{}", .0.message)]
+    BadRequest(ErrorObject),
     /// The worker is overloaded or draining; retry after `retry_after` seconds.
     #[error("{message}")]
     Unavailable { message: String, retry_after: u64 },
@@ -27,13 +28,25 @@ pub enum GenerateError {
     Upstream(String),
 }
 
+impl GenerateError {
+    /// The `error.code` of a background response that could not start.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::BadRequest(e) => e.code.as_deref().unwrap_or("invalid_request"),
+            Self::Unavailable { .. } => "service_unavailable",
+            Self::Connect(_) => "worker_unreachable",
+            Self::Upstream(_) => "server_error",
+        }
+    }
+}
+
 impl From<GenerateError> for ApiError {
     fn from(e: GenerateError) -> Self {
         match e {
-            GenerateError::BadRequest(message) => ApiError::InvalidRequest {
-                message,
-                param: None,
-                code: None,
+            GenerateError::BadRequest(e) => ApiError::InvalidRequest {
+                message: e.message,
+                param: e.param,
+                code: e.code,
             },
             GenerateError::Unavailable {
                 message,
@@ -119,15 +132,16 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn parse_error_body(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(|m| m.as_str())
-                .map(str::to_owned)
+/// The worker's OpenAI error body, or the start of whatever it sent instead.
+fn parse_error_body(body: &str) -> ErrorObject {
+    serde_json::from_str::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| ErrorObject {
+            message: body.chars().take(500).collect(),
+            kind: "invalid_request_error".into(),
+            param: None,
+            code: None,
         })
-        .unwrap_or_else(|| body.chars().take(500).collect())
 }
 
 impl Generator for HttpWorker {
@@ -158,14 +172,17 @@ impl Generator for HttpWorker {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
                 let body = resp.text().await.unwrap_or_default();
-                let message = parse_error_body(&body);
+                let error = parse_error_body(&body);
                 return Err(match status.as_u16() {
-                    400 | 422 => GenerateError::BadRequest(message),
+                    400 | 422 => GenerateError::BadRequest(error),
                     429 | 503 => GenerateError::Unavailable {
-                        message,
+                        message: error.message,
                         retry_after,
                     },
-                    _ => GenerateError::Upstream(format!("worker returned {status}: {message}")),
+                    _ => GenerateError::Upstream(format!(
+                        "worker returned {status}: {}",
+                        error.message
+                    )),
                 });
             }
             let guard = CancelOnDrop {

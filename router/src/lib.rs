@@ -6,6 +6,7 @@
 //! state between router replicas).
 
 pub mod api;
+pub mod chain;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::{json, Value};
-use spindle_proto::openai::ModelCard;
+use spindle_proto::openai::{ErrorObject, ModelCard};
 use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage};
 use spindle_router::{app, GenerateError, Generator, MemoryStore, RouterConfig};
 
@@ -53,9 +53,12 @@ impl Generator for FakeGen {
         let flag = DropFlag(self.dropped_early.clone(), false);
         Box::pin(async move {
             if last.contains("REJECT") {
-                return Err(GenerateError::BadRequest(
-                    "prompt is too long for the context".into(),
-                ));
+                return Err(GenerateError::BadRequest(ErrorObject {
+                    message: "prompt is too long for the context".into(),
+                    kind: "invalid_request_error".into(),
+                    param: Some("messages".into()),
+                    code: Some("context_length_exceeded".into()),
+                }));
             }
             if last.contains("BUSY") {
                 return Err(GenerateError::Unavailable {
@@ -1328,7 +1331,7 @@ async fn http_worker_parses_ndjson_and_errors() {
 
     let bad = fake_worker(400, r#"{"error":{"message":"too long","type":"invalid_request_error","param":null,"code":null}}"#).await;
     match HttpWorker::new(bad).generate(gen_req()).await {
-        Err(GenerateError::BadRequest(m)) => assert_eq!(m, "too long"),
+        Err(GenerateError::BadRequest(e)) => assert_eq!(e.message, "too long"),
         other => panic!("{:?}", other.err()),
     }
     let busy = fake_worker(

@@ -34,7 +34,7 @@ fn record(id: &str, owner: &str) -> ResponseRecord {
         response: response(id, "in_progress"),
         input_items: vec![json!({"id": "msg_1", "type": "message", "role": "user",
                                   "content": [{"type": "input_text", "text": "hi"}]})],
-        history: vec![],
+        context: vec![],
         chain_root: id.into(),
         owner: owner.into(),
         routing_key: String::new(),
@@ -464,8 +464,10 @@ async fn many_concurrent_chains_cluster() {
             .await
             .unwrap()
             .unwrap();
-        let texts: Vec<String> = rec
-            .history
+        let history = spindle_router::chain::items(&*store, &rec.chain_root, &rec.context)
+            .await
+            .unwrap();
+        let texts: Vec<String> = history
             .iter()
             .chain(rec.input_items.iter())
             .map(|i| i["content"][0]["text"].as_str().unwrap().to_owned())

@@ -200,7 +200,10 @@ async fn models(State(st): State<AppState>) -> Json<ModelList> {
         st.worker
             .model_names()
             .iter()
-            .map(|name| ModelCard::new(name.clone(), "spindle", 1))
+            .map(|name| {
+                ModelCard::new(name.clone(), "spindle", 1)
+                    .with_max_model_len(st.worker.engine.config.ctx_size)
+            })
             .collect(),
     ))
 }

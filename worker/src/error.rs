@@ -21,8 +21,6 @@ pub enum WorkerError {
     #[error("The model '{0}' does not exist or is not served by this worker")]
     UnknownModel(String),
     #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
     Template(#[from] crate::template::TemplateError),
     #[error("generation failed: {0}")]
     Engine(String),
@@ -97,7 +95,6 @@ impl WorkerError {
                 None,
                 Some("server_error"),
             ),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None, None),
             Self::Template(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
@@ -118,16 +115,25 @@ impl From<InvalidParam> for WorkerError {
     }
 }
 
+impl WorkerError {
+    /// The OpenAI error object, as the HTTP API sends it (and the in-process
+    /// generator of `spindle serve` passes on).
+    pub fn error_object(&self) -> ErrorObject {
+        let (_, kind, param, code) = self.parts();
+        ErrorObject {
+            message: self.to_string(),
+            kind: kind.into(),
+            param,
+            code: code.map(str::to_owned),
+        }
+    }
+}
+
 impl IntoResponse for WorkerError {
     fn into_response(self) -> Response {
-        let (status, kind, param, code) = self.parts();
+        let status = self.parts().0;
         let body = ErrorBody {
-            error: ErrorObject {
-                message: self.to_string(),
-                kind: kind.into(),
-                param,
-                code: code.map(str::to_owned),
-            },
+            error: self.error_object(),
         };
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -385,6 +385,10 @@ pub struct ModelCard {
     /// Ready workers serving it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Context window in tokens (prompt plus output) of one sequence, as
+    /// vLLM reports it; through the router, the smallest of its workers'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u32>,
 }
 
 fn model_object() -> String {
@@ -400,7 +404,14 @@ impl ModelCard {
             created: 0,
             owned_by: owned_by.to_owned(),
             workers: Some(workers),
+            max_model_len: None,
         }
+    }
+
+    /// The same card with its context window set.
+    pub fn with_max_model_len(mut self, tokens: u32) -> Self {
+        self.max_model_len = Some(tokens);
+        self
     }
 }
 

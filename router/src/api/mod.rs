@@ -36,6 +36,16 @@ impl AppState {
         self.generator.models().into_iter().map(|m| m.id).collect()
     }
 
+    /// Context window of `model` in tokens, as its workers report it.
+    pub fn context_tokens(&self, model: &str) -> u32 {
+        self.generator
+            .models()
+            .into_iter()
+            .find(|m| m.id == model)
+            .and_then(|m| m.max_model_len)
+            .unwrap_or(crate::chain::DEFAULT_CONTEXT_TOKENS)
+    }
+
     /// The model a request is for: the requested one when it is served; with
     /// none requested, the only model served. Unknown names are a 404 that
     /// lists the served ones.

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{SharedState, Tenant};
+use crate::chain::{self, ContextTurn, Truncation};
 use crate::cluster::key::{cache_key_from, routing_key, KeySources};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -124,44 +125,56 @@ async fn prepare(
     let input_items = normalize_input(req.input.as_ref())?;
 
     // Context before this input: the previous response's chain, or the conversation.
-    let (history, chain_root, id, chain_key) = {
-        if let Some(prev_id) = &req.previous_response_id {
-            // Same chain tag as the previous id: one Redis Cluster slot per chain.
-            let id = chained_response_id(prev_id);
-            let prev = st
-                .store
-                .get_response(tenant, prev_id)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::invalid_code(
-                        format!("Previous response with id '{prev_id}' not found."),
-                        Some("previous_response_id"),
-                        "previous_response_not_found",
-                    )
-                })?;
-            let mut h = prev.history;
-            h.extend(prev.input_items);
-            h.extend(prev.response.output);
-            // Follow-ups inherit the chain's routing key (O(1), no chain walk).
-            let key = Some(prev.routing_key)
-                .filter(|k| !k.is_empty())
-                .unwrap_or_else(|| format!("resp:{}", prev.chain_root));
-            (h, prev.chain_root, id, Some(key))
-        } else if let Some(conv) = &req.conversation {
-            let id = new_id("resp");
-            let items = st
-                .store
-                .conversation_items(tenant, conv.id())
-                .await?
-                .ok_or_else(|| ApiError::NotFound {
-                    message: format!("Conversation with id '{}' not found.", conv.id()),
-                    param: Some("conversation".into()),
-                    code: Some("conversation_not_found".into()),
-                })?;
-            (items, id.clone(), id, None)
-        } else {
-            let id = new_id("resp");
-            (Vec::new(), id.clone(), id, None)
+    let mode = if truncation == "auto" {
+        Truncation::Auto
+    } else {
+        Truncation::Disabled
+    };
+    let Context {
+        history,
+        window,
+        chain_root,
+        id,
+        chain_key,
+    } = if let Some(prev_id) = &req.previous_response_id {
+        let budget = chain::budget(mode, st.context_tokens(&model), req.max_output_tokens);
+        follow_up(st, tenant, prev_id, &input_items, budget, mode).await?
+    } else if let Some(conv) = &req.conversation {
+        let id = new_id("resp");
+        let items = st
+            .store
+            .conversation_items(tenant, conv.id())
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                message: format!("Conversation with id '{}' not found.", conv.id()),
+                param: Some("conversation".into()),
+                code: Some("conversation_not_found".into()),
+            })?;
+        // The conversation as it is now is this response's context, kept
+        // in its own chain's log so follow-ups see it too.
+        let mut window = Vec::new();
+        if !items.is_empty() {
+            let entry = serde_json::to_vec(&items)
+                .map_err(|e| ApiError::Internal(format!("serializing items: {e}")))?;
+            let bytes = entry.len() as u64;
+            let turn = st.store.append_turn(&id, entry).await?;
+            window.push(ContextTurn { turn, bytes });
+        }
+        Context {
+            history: items,
+            window,
+            chain_root: id.clone(),
+            id,
+            chain_key: None,
+        }
+    } else {
+        let id = new_id("resp");
+        Context {
+            history: Vec::new(),
+            window: Vec::new(),
+            chain_root: id.clone(),
+            id,
+            chain_key: None,
         }
     };
 
@@ -251,7 +264,7 @@ async fn prepare(
     let record = ResponseRecord {
         response: response.clone(),
         input_items,
-        history,
+        context: window,
         chain_root,
         owner: tenant.to_owned(),
         routing_key,
@@ -261,6 +274,81 @@ async fn prepare(
         record,
         gen,
         stream: req.stream.unwrap_or(false),
+    })
+}
+
+/// What a create request is generated after.
+struct Context {
+    /// Items before the input, oldest first.
+    history: Vec<Value>,
+    /// Where `history` lives in the chain's item log.
+    window: Vec<ContextTurn>,
+    chain_root: String,
+    /// The new response's id.
+    id: String,
+    /// The chain's routing key, inherited by a follow-up.
+    chain_key: Option<String>,
+}
+
+/// The context of a follow-up to `prev_id`: the previous turn is written
+/// once to the chain's item log while the rest of the window is read back,
+/// so the cost does not grow with the chain (see [`crate::chain`]).
+async fn follow_up(
+    st: &SharedState,
+    tenant: &str,
+    prev_id: &str,
+    input_items: &[Value],
+    budget: u64,
+    mode: Truncation,
+) -> ApiResult<Context> {
+    // Same chain tag as the previous id: one Redis Cluster slot per chain.
+    let id = chained_response_id(prev_id);
+    let prev = st
+        .store
+        .get_response(tenant, prev_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid_code(
+                format!("Previous response with id '{prev_id}' not found."),
+                Some("previous_response_id"),
+                "previous_response_not_found",
+            )
+        })?;
+    let encode = |v: &[Value]| {
+        serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("serializing items: {e}")))
+    };
+    let prev_items: Vec<Value> = prev
+        .input_items
+        .into_iter()
+        .chain(prev.response.output)
+        .collect();
+    let entry = encode(&prev_items)?;
+    let input_bytes = encode(input_items)?.len() as u64;
+    let last = ContextTurn {
+        turn: 0, // its index in the log, known once written below
+        bytes: entry.len() as u64,
+    };
+    let mut window = chain::window(&prev.context, last, input_bytes, budget, mode)?;
+    let earlier = &window[..window.len() - 1];
+    let (history, turn) = tokio::join!(
+        chain::items(&*st.store, &prev.chain_root, earlier),
+        st.store.append_turn(&prev.chain_root, entry),
+    );
+    let mut history = history?;
+    if let Some(last) = window.last_mut() {
+        last.turn = turn?;
+    }
+    history.extend(prev_items);
+    // Follow-ups inherit the chain's routing key (O(1), no chain walk).
+    let chain_key = Some(prev.routing_key)
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| format!("resp:{}", prev.chain_root));
+    Ok(Context {
+        history,
+        window,
+        chain_root: prev.chain_root,
+        id,
+        chain_key: Some(chain_key),
     })
 }
 
@@ -366,15 +454,7 @@ impl Driver {
         };
         let mut stream = match started {
             None => return self.cancelled_object().await,
-            Some(Err(e)) => {
-                let code = match &e {
-                    crate::generator::GenerateError::BadRequest(_) => "invalid_request",
-                    crate::generator::GenerateError::Unavailable { .. } => "service_unavailable",
-                    crate::generator::GenerateError::Connect(_) => "worker_unreachable",
-                    crate::generator::GenerateError::Upstream(_) => "server_error",
-                };
-                return self.fail(code.into(), e.to_string(), None).await;
-            }
+            Some(Err(e)) => return self.fail(e.code().into(), e.to_string(), None).await,
             Some(Ok(s)) => s,
         };
 

@@ -56,8 +56,9 @@ struct View {
     /// Every routable worker, sorted by URL, with the models it serves: the
     /// view is rebuilt only when this changes.
     signature: Vec<(String, Vec<String>)>,
-    /// Every model any known worker lists (ready or not), with its owner.
-    known: BTreeMap<String, String>,
+    /// Every model any known worker lists (ready or not): owner and the
+    /// smallest context window any of its workers reports.
+    known: BTreeMap<String, ModelCard>,
 }
 
 pub(crate) struct Inner {
@@ -249,7 +250,13 @@ impl Inner {
                 for card in &h.models {
                     known
                         .entry(card.id.clone())
-                        .or_insert_with(|| card.owned_by.clone());
+                        .and_modify(|k: &mut ModelCard| {
+                            k.max_model_len = match (k.max_model_len, card.max_model_len) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            }
+                        })
+                        .or_insert_with(|| card.clone());
                 }
                 h.models.iter().map(|c| c.id.clone()).collect()
             };
@@ -400,9 +407,12 @@ impl Generator for ClusterGenerator {
         let view = self.inner.view();
         view.known
             .iter()
-            .map(|(id, owner)| {
+            .map(|(id, card)| {
                 let workers = view.pools.get(id).map_or(0, |p| p.order.len());
-                ModelCard::new(id.clone(), owner, workers)
+                ModelCard {
+                    workers: Some(workers),
+                    ..card.clone()
+                }
             })
             .collect()
     }

@@ -124,7 +124,7 @@ pub async fn store_bench(redis_url: &str, ops_per_sec: u32, seconds: u32) -> Val
                         response: sample_response(&id),
                         input_items: vec![json!({"id": "msg_1", "type": "message", "role": "user",
                             "content": [{"type": "input_text", "text": "hello there"}]})],
-                        history: vec![],
+                        context: vec![],
                         chain_root: id.clone(),
                         owner: "bench".into(),
                         routing_key: String::new(),

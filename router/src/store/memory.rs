@@ -2,10 +2,12 @@
 //!
 //! One `std::sync::Mutex` guards all maps; it is never held across an `.await`
 //! (every method locks, works, unlocks synchronously). Records expire after the
-//! TTL and the oldest are evicted first once `max_records` is exceeded.
+//! TTL and the oldest are evicted first once `max_records` is exceeded. Chain
+//! item logs hold at most `max_records` entries in all: past that, the least
+//! recently extended chain goes first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -34,6 +36,23 @@ struct ConvEntry {
     items: Vec<Value>,
     expires: Instant,
     seq: u64,
+}
+
+/// A chain's item log; `entries[0]` is entry number `base` (older ones were trimmed).
+struct ChainLog {
+    base: u64,
+    entries: VecDeque<Arc<[u8]>>,
+    expires: Instant,
+    seq: u64,
+}
+
+impl Aged for ChainLog {
+    fn expires(&self) -> Instant {
+        self.expires
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 /// Insertion-ordered bounded map with TTL.
@@ -128,7 +147,48 @@ impl Bounded<ConvEntry> {
 struct Inner {
     responses: Bounded<RespEntry>,
     conversations: Bounded<ConvEntry>,
+    chains: Bounded<ChainLog>,
+    /// Entries in all chain logs.
+    chain_entries: usize,
     next_seq: u64,
+}
+
+impl Inner {
+    /// Trim chain logs to `max` entries in all: expired and least recently
+    /// extended chains first, then the front of the newest one.
+    fn trim_chains(&mut self, max: usize) {
+        let now = Instant::now();
+        while self.chain_entries > max
+            || self.chains.order.front().is_some_and(|(seq, id)| {
+                self.chains
+                    .map
+                    .get(id)
+                    .is_some_and(|c| c.seq == *seq && c.expires <= now)
+            })
+        {
+            let Some((seq, id)) = self.chains.order.pop_front() else {
+                break;
+            };
+            let live = self.chains.map.get(&id).is_some_and(|c| c.seq == seq);
+            if !live {
+                continue;
+            }
+            if self.chains.order.is_empty() {
+                // The only chain left: drop its oldest entries instead.
+                if let Some(c) = self.chains.map.get_mut(&id) {
+                    while self.chain_entries > max && c.entries.pop_front().is_some() {
+                        c.base += 1;
+                        self.chain_entries -= 1;
+                    }
+                }
+                self.chains.order.push_back((seq, id));
+                break;
+            }
+            if let Some(c) = self.chains.map.remove(&id) {
+                self.chain_entries -= c.entries.len();
+            }
+        }
+    }
 }
 
 /// The embedded [`ResponseStore`].
@@ -186,6 +246,45 @@ impl ResponseStore for MemoryStore {
         };
         g.responses.insert(id, entry, self.max_records);
         Ok(())
+    }
+
+    async fn append_turn(&self, chain_root: &str, items: Vec<u8>) -> StoreResult<u64> {
+        let expires = self.expiry();
+        let mut g = self.lock()?;
+        g.next_seq += 1;
+        let seq = g.next_seq;
+        let mut log = g.chains.map.remove(chain_root).unwrap_or(ChainLog {
+            base: 0,
+            entries: VecDeque::new(),
+            expires,
+            seq,
+        });
+        log.entries.push_back(items.into());
+        log.expires = expires;
+        log.seq = seq;
+        let index = log.base + log.entries.len() as u64 - 1;
+        g.chain_entries += 1;
+        g.chains.order.push_back((seq, chain_root.to_owned()));
+        g.chains.map.insert(chain_root.to_owned(), log);
+        g.trim_chains(self.max_records);
+        Ok(index)
+    }
+
+    async fn chain_turns(
+        &self,
+        chain_root: &str,
+        indexes: &[u64],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        let mut g = self.lock()?;
+        let log = g.chains.get_mut(chain_root);
+        Ok(indexes
+            .iter()
+            .map(|&n| {
+                let log = log.as_ref()?;
+                let at = usize::try_from(n.checked_sub(log.base)?).ok()?;
+                log.entries.get(at).map(|e| e.to_vec())
+            })
+            .collect())
     }
 
     async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>> {
@@ -380,11 +479,29 @@ mod tests {
         ResponseRecord {
             response: r,
             input_items: vec![],
-            history: vec![],
+            context: vec![],
             chain_root: id.into(),
             owner: "t".into(),
             routing_key: String::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn chain_logs_are_append_only_and_bounded() {
+        let s = MemoryStore::new(3, Duration::from_secs(60));
+        assert_eq!(s.append_turn("a", b"a0".to_vec()).await.unwrap(), 0);
+        assert_eq!(s.append_turn("a", b"a1".to_vec()).await.unwrap(), 1);
+        assert_eq!(s.append_turn("b", b"b0".to_vec()).await.unwrap(), 0);
+        let got = s.chain_turns("a", &[1, 0, 7]).await.unwrap();
+        assert_eq!(got, vec![Some(b"a1".to_vec()), Some(b"a0".to_vec()), None]);
+        // A fourth entry is over the bound: the least recently extended chain goes.
+        s.append_turn("b", b"b1".to_vec()).await.unwrap();
+        assert_eq!(s.chain_turns("a", &[0]).await.unwrap(), vec![None]);
+        // One chain alone over the bound loses its oldest entries, not its numbering.
+        s.append_turn("b", b"b2".to_vec()).await.unwrap();
+        assert_eq!(s.append_turn("b", b"b3".to_vec()).await.unwrap(), 3);
+        let got = s.chain_turns("b", &[0, 1, 3]).await.unwrap();
+        assert_eq!(got, vec![None, Some(b"b1".to_vec()), Some(b"b3".to_vec())]);
     }
 
     #[tokio::test]

@@ -20,8 +20,10 @@ pub struct MeteredStore {
 
 /// Every operation, so each error series exists (at 0) from the start and
 /// dashboards and alerts see "no errors" rather than "no data".
-const OPS: [&str; 17] = [
+const OPS: [&str; 19] = [
     "insert_response",
+    "append_turn",
+    "chain_turns",
     "get_response",
     "response_status",
     "delete_response",
@@ -64,6 +66,16 @@ async fn timed<T>(op: &'static str, f: impl Future<Output = StoreResult<T>>) -> 
 impl ResponseStore for MeteredStore {
     async fn insert_response(&self, rec: ResponseRecord) -> StoreResult<()> {
         timed("insert_response", self.inner.insert_response(rec)).await
+    }
+    async fn append_turn(&self, chain_root: &str, items: Vec<u8>) -> StoreResult<u64> {
+        timed("append_turn", self.inner.append_turn(chain_root, items)).await
+    }
+    async fn chain_turns(
+        &self,
+        chain_root: &str,
+        indexes: &[u64],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        timed("chain_turns", self.inner.chain_turns(chain_root, indexes)).await
     }
     async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>> {
         timed("get_response", self.inner.get_response(tenant, id)).await

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::chain::ContextTurn;
 use crate::types::{ResponseObject, ResponseStatus};
 
 pub use self::redis::RedisStore;
@@ -106,9 +107,11 @@ pub struct ResponseRecord {
     pub response: ResponseObject,
     /// This response's own input items (normalized, with ids).
     pub input_items: Vec<Value>,
-    /// Items before the input: the previous response's history + input + output
-    /// (the whole chain, oldest first). Instructions are never part of it.
-    pub history: Vec<Value>,
+    /// The earlier turns it was generated after, oldest first: entries of
+    /// its chain's item log, bounded by the model's context
+    /// ([`crate::chain`]). Instructions are never part of them.
+    #[serde(default)]
+    pub context: Vec<ContextTurn>,
     /// Id of the first response of the `previous_response_id` chain (itself when none).
     pub chain_root: String,
     /// The tenant that created it; other tenants never see it.
@@ -140,6 +143,16 @@ pub trait ResponseStore: Send + Sync + 'static {
     async fn insert_response(&self, rec: ResponseRecord) -> StoreResult<()>;
     /// The record, or `None` when unknown, deleted, expired or another tenant's.
     async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>>;
+    /// Append one turn's items (a JSON array) to the item log of the chain
+    /// rooted at `chain_root`, refreshing the log's TTL; returns the entry's index.
+    async fn append_turn(&self, chain_root: &str, items: Vec<u8>) -> StoreResult<u64>;
+    /// The entries of the chain's item log at `indexes`, in that order;
+    /// `None` for one that is gone (expired).
+    async fn chain_turns(
+        &self,
+        chain_root: &str,
+        indexes: &[u64],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>>;
     /// Only the status (cheap; polled while generating).
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>>;
     /// Delete a response and its events; false when unknown (or another tenant's).

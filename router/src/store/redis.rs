@@ -13,15 +13,17 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `spindle:{T}:resp:<id>` | hash | `response` (JSON), `status`, `completed_at`, `error` (JSON, set by cancel/reaper), `input_items`, `history` (JSON arrays), `chain_root`, `owner` (tenant), `routing_key` (the chain's worker-routing key), `ver` (change counter) |
+//! | `spindle:{T}:resp:<id>` | hash | `response` (JSON), `status`, `completed_at`, `error` (JSON, set by cancel/reaper), `input_items` (JSON array), `context` (JSON: the log entries of the earlier turns in its window, see [`crate::chain`]), `chain_root`, `owner` (tenant), `routing_key` (the chain's worker-routing key), `ver` (change counter) |
 //! | `spindle:{T}:resp:<id>:events` | stream | one entry per stream event, entry id `0-(sequence_number+1)`, field `e` = event JSON; `MAXLEN ~` capped |
-//! | `spindle:{T}:chain:<root id>` | set | ids of the chain's responses (TTL refresh of the whole chain on each new turn) |
+//! | `spindle:{T}:chain:<root id>:log` | list | the chain's item log: one entry per turn (its input and output items, JSON), written once; records point into it |
 //! | `spindle:{T}:conv:<id>` | hash | `conv` (JSON), `metadata` (JSON), `owner` |
 //! | `spindle:{T}:conv:<id>:items` | list | item JSON, oldest first |
 //! | `spindle:leases` | sorted set | ids of queued/in-progress responses, score = lease deadline (ms since epoch) |
 //!
-//! Every key has the store TTL (`--store-ttl`), refreshed when the chain or
-//! conversation gets a new turn.
+//! Every key has the store TTL (`--store-ttl`) from its creation; a chain's
+//! log and a conversation's items have theirs refreshed on each new turn.
+//! Nothing costs more per turn as a chain grows: a turn writes its record and
+//! one log entry and reads only the entries of its context window.
 //!
 //! # Consistency
 //!
@@ -221,28 +223,22 @@ pub const LOST_MESSAGE: &str = "generation lost: router replica stopped";
 
 const ACTIVE: &str = "local function active(s) return s == 'queued' or s == 'in_progress' end\n";
 
-/// KEYS: rec, events, chain. ARGV: ttl_ms, id, response, input_items,
-/// history, chain_root, owner, status, completed_at, resp key prefix, routing_key.
+/// KEYS: rec, events. ARGV: ttl_ms, response, input_items, context,
+/// chain_root, owner, status, completed_at, routing_key.
 const INSERT: &str = r#"
-local ttl = tonumber(ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'response', ARGV[3], 'input_items', ARGV[4], 'history', ARGV[5],
-  'chain_root', ARGV[6], 'owner', ARGV[7], 'status', ARGV[8], 'completed_at', ARGV[9], 'ver', 0,
-  'routing_key', ARGV[11])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ttl)
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  if m ~= ARGV[2] then
-    local k = ARGV[10] .. m
-    if redis.call('PEXPIRE', k, ttl) == 0 then
-      redis.call('SREM', KEYS[3], m)
-    else
-      redis.call('PEXPIRE', k .. ':events', ttl)
-    end
-  end
-end
+redis.call('HSET', KEYS[1], 'response', ARGV[2], 'input_items', ARGV[3], 'context', ARGV[4],
+  'chain_root', ARGV[5], 'owner', ARGV[6], 'status', ARGV[7], 'completed_at', ARGV[8], 'ver', 0,
+  'routing_key', ARGV[9])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
+"#;
+
+/// KEYS: chain log. ARGV: ttl_ms, entry. The entry's index.
+const APPEND_TURN: &str = r#"
+local n = redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return n - 1
 "#;
 
 /// KEYS: rec, events. ARGV: owner ('' = any), status, completed_at ('' =
@@ -301,12 +297,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('XRANGE', KEYS[2], ARGV[1], '+')
 "#;
 
-/// KEYS: rec, events. ARGV: owner, id, chain key prefix. 1 deleted, 0 unknown.
+/// KEYS: rec, events. ARGV: owner. 1 deleted, 0 unknown.
 const DELETE: &str = r#"
-local r = redis.call('HMGET', KEYS[1], 'owner', 'chain_root')
-if (not r[1]) or r[1] ~= ARGV[1] then return 0 end
+local o = redis.call('HGET', KEYS[1], 'owner')
+if (not o) or o ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
-if r[2] then redis.call('SREM', ARGV[3] .. r[2], ARGV[2]) end
 return 1
 "#;
 
@@ -377,6 +372,7 @@ struct Scripts {
     append: Script,
     events: Script,
     delete: Script,
+    append_turn: Script,
     conv_insert: Script,
     conv_update: Script,
     conv_delete: Script,
@@ -391,6 +387,7 @@ impl Scripts {
         let own = |s: &str| Script::new(&format!("{OWNED}{s}"));
         Self {
             insert: Script::new(INSERT),
+            append_turn: Script::new(APPEND_TURN),
             transition: act(TRANSITION),
             append: act(APPEND),
             events: Script::new(EVENTS),
@@ -463,11 +460,12 @@ impl Inner {
     fn events_key(&self, id: &str) -> String {
         format!("{}:events", self.rec_key(id))
     }
-    fn resp_prefix(&self, id: &str) -> String {
-        format!("{}:{{{}}}:resp:", self.opts.prefix, chain_tag(id))
-    }
-    fn chain_prefix(&self, id: &str) -> String {
-        format!("{}:{{{}}}:chain:", self.opts.prefix, chain_tag(id))
+    fn chain_log_key(&self, root: &str) -> String {
+        format!(
+            "{}:{{{}}}:chain:{root}:log",
+            self.opts.prefix,
+            chain_tag(root)
+        )
     }
     fn conv_key(&self, id: &str) -> String {
         format!("{}:{{{}}}:conv:{id}", self.opts.prefix, chain_tag(id))
@@ -521,7 +519,7 @@ impl Inner {
                 .arg(&[
                     "response",
                     "input_items",
-                    "history",
+                    "context",
                     "chain_root",
                     "owner",
                     "status",
@@ -555,7 +553,7 @@ impl Inner {
     }
 
     fn record(raw: RawRec) -> StoreResult<Option<ResponseRecord>> {
-        let [resp, input, history, root, owner, status, completed, error, routing_key] =
+        let [resp, input, context, root, owner, status, completed, error, routing_key] =
             <[Option<String>; 9]>::try_from(raw)
                 .map_err(|_| StoreError::Backend("short HMGET reply".into()))?;
         let Some(resp) = resp else { return Ok(None) };
@@ -567,7 +565,7 @@ impl Inner {
                 error.as_deref(),
             )?,
             input_items: de(input.as_deref().unwrap_or("[]"))?,
-            history: de(history.as_deref().unwrap_or("[]"))?,
+            context: de(context.as_deref().unwrap_or("[]"))?,
             chain_root: root.unwrap_or_default(),
             owner: owner.unwrap_or_default(),
             routing_key: routing_key.unwrap_or_default(),
@@ -821,16 +819,10 @@ impl ResponseStore for RedisStore {
         let mut inv = i.scripts.insert.prepare_invoke();
         inv.key(i.rec_key(&id))
             .key(i.events_key(&id))
-            .key(format!(
-                "{}{}",
-                i.chain_prefix(&rec.chain_root),
-                rec.chain_root
-            ))
             .arg(i.ttl_ms())
-            .arg(&id)
             .arg(ser(&rec.response)?)
             .arg(ser(&rec.input_items)?)
-            .arg(ser(&rec.history)?)
+            .arg(ser(&rec.context)?)
             .arg(&rec.chain_root)
             .arg(&rec.owner)
             .arg(status_str(rec.response.status))
@@ -840,7 +832,6 @@ impl ResponseStore for RedisStore {
                     .map(|c| c.to_string())
                     .unwrap_or_default(),
             )
-            .arg(i.resp_prefix(&id))
             .arg(&rec.routing_key);
         let mut c = i.conn();
         if !active {
@@ -864,6 +855,32 @@ impl ResponseStore for RedisStore {
             }
         }
         a.and(b)
+    }
+
+    async fn append_turn(&self, chain_root: &str, items: Vec<u8>) -> StoreResult<u64> {
+        let i = &self.inner;
+        let mut inv = i.scripts.append_turn.prepare_invoke();
+        inv.key(i.chain_log_key(chain_root))
+            .arg(i.ttl_ms())
+            .arg(items);
+        let mut c = i.conn();
+        i.run(inv.invoke_async::<u64>(&mut c)).await
+    }
+
+    async fn chain_turns(
+        &self,
+        chain_root: &str,
+        indexes: &[u64],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        let i = &self.inner;
+        let key = i.chain_log_key(chain_root);
+        let mut pipe = Pipeline::new();
+        for &n in indexes {
+            pipe.cmd("LINDEX").arg(&key).arg(n);
+        }
+        let mut c = i.conn();
+        i.run(pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut c))
+            .await
     }
 
     async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>> {
@@ -895,11 +912,7 @@ impl ResponseStore for RedisStore {
     async fn delete_response(&self, tenant: &str, id: &str) -> StoreResult<bool> {
         let i = &self.inner;
         let mut inv = i.scripts.delete.prepare_invoke();
-        inv.key(i.rec_key(id))
-            .key(i.events_key(id))
-            .arg(tenant)
-            .arg(id)
-            .arg(i.chain_prefix(id));
+        inv.key(i.rec_key(id)).key(i.events_key(id)).arg(tenant);
         let mut c = i.conn();
         let n: i64 = i.run(inv.invoke_async(&mut c)).await?;
         if n == 1 {

@@ -19,8 +19,6 @@ use spindle_router::{GenerateError, Generator, RedisStore, ResponseStore, Router
 
 pub const REDIS_SERVER: &str = "redis-server";
 
-/// True when redis-server is installed (tests skip otherwise).
-
 /// A free port whose cluster bus port (+10000) is free too.
 pub fn free_port() -> u16 {
     loop {
