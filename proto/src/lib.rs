@@ -152,7 +152,63 @@ pub enum GenerateEvent {
         timings: Timings,
     },
     /// Last line of a failed stream.
-    Error { code: String, message: String },
+    Error { code: FailureCode, message: String },
+}
+
+/// Why a generation failed: the `code` of [`GenerateEvent::Error`], and the
+/// `error.code` clients see. The worker sends `ServerError`; the router's
+/// HTTP client reports a broken worker with the `Worker*` codes, which are
+/// the ones its balancer retries or migrates on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The engine failed.
+    ServerError,
+    /// The worker's stream broke or ended before its last event.
+    WorkerStreamError,
+    /// The worker sent nothing for too long.
+    WorkerTimeout,
+    /// The worker sent a line that is not a generation event.
+    BadWorkerResponse,
+    /// A worker failed and no other could take the request over.
+    WorkerUnavailable,
+    /// The worker cancelled the generation itself.
+    GenerationCancelled,
+    /// The router stopped mid-generation (its drain deadline passed).
+    ServerShutdown,
+    /// A code from a newer worker this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FailureCode {
+    /// True when the worker failed rather than the request: another worker
+    /// may take the request over.
+    pub fn is_worker_failure(self) -> bool {
+        matches!(
+            self,
+            Self::WorkerStreamError | Self::WorkerTimeout | Self::BadWorkerResponse
+        )
+    }
+
+    /// The code as clients see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerError | Self::Unknown => "server_error",
+            Self::WorkerStreamError => "worker_stream_error",
+            Self::WorkerTimeout => "worker_timeout",
+            Self::BadWorkerResponse => "bad_worker_response",
+            Self::WorkerUnavailable => "worker_unavailable",
+            Self::GenerationCancelled => "generation_cancelled",
+            Self::ServerShutdown => "server_shutdown",
+        }
+    }
 }
 
 /// The body of `GET /load`: what a router needs to balance work.
@@ -177,6 +233,30 @@ pub struct LoadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_codes_are_typed_on_the_wire() {
+        let ev = GenerateEvent::Error {
+            code: FailureCode::WorkerTimeout,
+            message: "m".into(),
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(line.contains(r#""code":"worker_timeout""#), "{line}");
+        assert_eq!(serde_json::from_str::<GenerateEvent>(&line).unwrap(), ev);
+        // A newer worker's code still parses, as a server error.
+        let newer: GenerateEvent =
+            serde_json::from_str(r#"{"type":"error","code":"gpu_on_fire","message":"m"}"#).unwrap();
+        assert!(matches!(
+            newer,
+            GenerateEvent::Error {
+                code: FailureCode::Unknown,
+                ..
+            }
+        ));
+        assert_eq!(FailureCode::Unknown.as_str(), "server_error");
+        assert!(FailureCode::WorkerStreamError.is_worker_failure());
+        assert!(!FailureCode::ServerError.is_worker_failure());
+    }
 
     #[test]
     fn request_accepts_each_input_kind() {

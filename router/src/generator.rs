@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use spindle_proto::openai::{ErrorBody, ErrorObject, ModelCard};
-use spindle_proto::{GenerateEvent, GenerateRequest};
+use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 
 use crate::error::ApiError;
 
@@ -206,7 +206,7 @@ impl Generator for HttpWorker {
                                 }
                                 let ev = serde_json::from_slice::<GenerateEvent>(line)
                                     .unwrap_or_else(|e| GenerateEvent::Error {
-                                        code: "bad_worker_response".into(),
+                                        code: FailureCode::BadWorkerResponse,
                                         message: format!("unreadable line from worker: {e}"),
                                     });
                                 let last = !matches!(ev, GenerateEvent::Delta { .. });
@@ -219,7 +219,7 @@ impl Generator for HttpWorker {
                                 Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
                                 Ok(Some(Err(e))) => {
                                     let ev = GenerateEvent::Error {
-                                        code: "worker_stream_error".into(),
+                                        code: FailureCode::WorkerStreamError,
                                         message: format!("worker stream broke: {e}"),
                                     };
                                     return Some((ev, (bytes, buf, guard, true)));
@@ -230,7 +230,7 @@ impl Generator for HttpWorker {
                                         continue;
                                     }
                                     let ev = GenerateEvent::Error {
-                                        code: "worker_stream_error".into(),
+                                        code: FailureCode::WorkerStreamError,
                                         message: "worker stream ended before completion".into(),
                                     };
                                     guard.disarm();
@@ -238,7 +238,7 @@ impl Generator for HttpWorker {
                                 }
                                 Err(_) => {
                                     let ev = GenerateEvent::Error {
-                                        code: "worker_timeout".into(),
+                                        code: FailureCode::WorkerTimeout,
                                         message: "worker sent nothing for too long".into(),
                                     };
                                     return Some((ev, (bytes, buf, guard, true)));

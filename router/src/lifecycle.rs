@@ -129,7 +129,7 @@ impl Lifecycle {
             response.status = ResponseStatus::Failed;
             response.completed_at = Some(crate::types::now_secs());
             response.error = Some(ResponseErrorInfo {
-                code: "server_shutdown".into(),
+                code: spindle_proto::FailureCode::ServerShutdown.as_str().into(),
                 message: "the router shut down before this response finished".into(),
             });
             match store.update_if_active(response).await {

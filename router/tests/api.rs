@@ -10,7 +10,9 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::{json, Value};
 use spindle_proto::openai::{ErrorObject, ModelCard};
-use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage};
+use spindle_proto::{
+    FailureCode, FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage,
+};
 use spindle_router::{app, GenerateError, Generator, MemoryStore, RouterConfig};
 
 // ---------------------------------------------------------------- fake generator
@@ -93,7 +95,7 @@ impl Generator for FakeGen {
                         flag.1 = true;
                         return Some((
                             GenerateEvent::Error {
-                                code: "worker_crashed".into(),
+                                code: FailureCode::ServerError,
                                 message: "the worker went away".into(),
                             },
                             (usize::MAX, flag),
@@ -688,8 +690,8 @@ async fn worker_failure_mid_stream() {
     );
     assert!(!types.contains(&"response.completed".to_string()));
     let err = events[events.len() - 3].1.as_ref().unwrap();
-    assert_eq!(err["code"], "worker_crashed");
-    assert_eq!(err["error"]["code"], "worker_crashed");
+    assert_eq!(err["code"], "server_error");
+    assert_eq!(err["error"]["code"], "server_error");
     let failed = &events[events.len() - 2].1.as_ref().unwrap()["response"];
     check_response(failed);
     assert_eq!(failed["status"], "failed");
@@ -697,7 +699,7 @@ async fn worker_failure_mid_stream() {
         .get(&format!("/v1/responses/{}", failed["id"].as_str().unwrap()))
         .await;
     assert_eq!(stored["status"], "failed");
-    assert_eq!(stored["error"]["code"], "worker_crashed");
+    assert_eq!(stored["error"]["code"], "server_error");
     assert_eq!(stored["error"]["message"], "the worker went away");
     // Non-streaming: the failed response object is returned and stored.
     let (st, r) = s

@@ -25,7 +25,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
-use spindle_proto::{FinishReason, GenerateEvent, SamplingParams, Timings, Usage};
+use spindle_proto::{FailureCode, FinishReason, GenerateEvent, SamplingParams, Timings, Usage};
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -691,7 +691,7 @@ impl<'m> StepLoop<'m> {
     fn fail_all(&mut self, message: &str) {
         for s in std::mem::take(&mut self.running) {
             let _ = s.events.send(GenerateEvent::Error {
-                code: "server_error".into(),
+                code: FailureCode::ServerError,
                 message: message.into(),
             });
             self.release(&s);

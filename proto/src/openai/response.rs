@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FinishReason, GenerateEvent, Usage};
+use crate::{FailureCode, FinishReason, GenerateEvent, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptTokensDetails {
@@ -177,7 +177,7 @@ pub enum Completion {
 /// A generation that failed: the worker's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationFailed {
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
 }
 
@@ -312,7 +312,7 @@ impl Completer {
                 message: format!("generation failed: {}", failed.message),
                 kind: "server_error".into(),
                 param: None,
-                code: Some(failed.code.clone()),
+                code: Some(failed.code.as_str().to_owned()),
             },
         })
     }

@@ -12,7 +12,7 @@ use futures::stream::{BoxStream, StreamExt};
 use spindle_proto::openai::{
     ChatCompletionRequest, Completer, CompletionRequest, Endpoint, InvalidParam, StreamItem,
 };
-use spindle_proto::{GenerateEvent, GenerateRequest};
+use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 
 use super::SharedState;
 use crate::error::{ApiError, ApiResult};
@@ -78,7 +78,7 @@ async fn run(
                 None => (
                     vec![Completer::error_item(
                         &spindle_proto::openai::GenerationFailed {
-                            code: "worker_stream_error".into(),
+                            code: FailureCode::WorkerStreamError,
                             message: "the worker stream ended before generation finished".into(),
                         },
                     )],

@@ -16,7 +16,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use spindle_proto::{
-    ChatMessage, FinishReason, GenerateEvent, GenerateRequest, PromptInput, SamplingParams,
+    ChatMessage, FailureCode, FinishReason, GenerateEvent, GenerateRequest, PromptInput,
+    SamplingParams,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -492,11 +493,11 @@ impl Driver {
                     ..
                 })) => break Outcome::Finished(finish_reason, usage),
                 Some(Some(GenerateEvent::Error { code, message })) => {
-                    break Outcome::Failed(code, message)
+                    break Outcome::Failed(code.as_str().into(), message)
                 }
                 Some(None) => {
                     break Outcome::Failed(
-                        "worker_stream_error".into(),
+                        FailureCode::WorkerStreamError.as_str().into(),
                         "the worker stream ended before generation finished".into(),
                     )
                 }
@@ -511,7 +512,7 @@ impl Driver {
             Outcome::Failed(code, message) => self.fail(code, message, Some((item_id, text))).await,
             Outcome::Finished(FinishReason::Cancelled, _) => {
                 self.fail(
-                    "generation_cancelled".into(),
+                    FailureCode::GenerationCancelled.as_str().into(),
                     "the worker cancelled the generation".into(),
                     Some((item_id, text)),
                 )

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::{GenerateEvent, GenerateRequest};
+use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 
 use super::balancer::Inner;
 use super::config::Policy;
@@ -39,14 +39,6 @@ impl Reason {
             Self::Balance => "balance",
         }
     }
-}
-
-/// Error codes that mean "the worker failed", not "the request is bad".
-fn worker_failed(code: &str) -> bool {
-    matches!(
-        code,
-        "worker_stream_error" | "worker_timeout" | "bad_worker_response"
-    )
 }
 
 /// A request in progress: the legs opened so far and what they produced.
@@ -212,7 +204,7 @@ impl Run {
                     Opened::Rejected(e) | Opened::Exhausted(e) => {
                         self.finished = true;
                         return Some(GenerateEvent::Error {
-                            code: "worker_unavailable".into(),
+                            code: FailureCode::WorkerUnavailable,
                             message: format!("the worker failed and no other could continue: {e}"),
                         });
                     }
@@ -220,7 +212,7 @@ impl Run {
             }
             let (stream, guard) = self.leg.as_mut()?;
             let ev = stream.next().await.unwrap_or_else(|| GenerateEvent::Error {
-                code: "worker_stream_error".into(),
+                code: FailureCode::WorkerStreamError,
                 message: "worker stream ended before completion".into(),
             });
             match ev {
@@ -252,7 +244,7 @@ impl Run {
                     });
                 }
                 GenerateEvent::Error { code, message } => {
-                    if !worker_failed(&code) {
+                    if !code.is_worker_failure() {
                         self.finished = true;
                         return Some(GenerateEvent::Error { code, message });
                     }

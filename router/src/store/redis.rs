@@ -694,7 +694,7 @@ impl Inner {
                 if !rec.response.status.is_terminal() {
                     let mut resp = rec.response;
                     let err = ResponseErrorInfo {
-                        code: "server_error".into(),
+                        code: spindle_proto::FailureCode::ServerError.as_str().into(),
                         message: LOST_MESSAGE.into(),
                     };
                     resp.status = ResponseStatus::Failed;
