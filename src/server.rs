@@ -217,7 +217,7 @@ async fn run_until_signal(
 async fn response_store(config: &RouterConfig) -> anyhow::Result<Arc<dyn ResponseStore>> {
     let mut delay = Duration::from_millis(250);
     loop {
-        match spindle_router::store::from_config(config).await {
+        match spindle_router::store::from_config(config, spindle_router::responses::lost).await {
             Ok(store) => {
                 tracing::info!(store = ?config.store, "response store ready");
                 return Ok(store);

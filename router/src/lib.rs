@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod generator;
 pub mod lifecycle;
+pub mod responses;
 pub mod sse;
 pub mod store;
 pub mod telemetry;
@@ -64,7 +65,8 @@ pub fn app_with_lifecycle(
     config: &RouterConfig,
     lifecycle: Arc<Lifecycle>,
 ) -> axum::Router {
-    use api::{chat, conversations, models, ops, responses};
+    use api::{chat, conversations, models, ops};
+    use responses::handlers as responses;
     metrics::gauge!("spindle_router_draining").set(if lifecycle.is_draining() { 1.0 } else { 0.0 });
     let state = Arc::new(api::AppState {
         generator: Arc::new(telemetry::MeteredGenerator::new(generator)),

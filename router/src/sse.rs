@@ -1,5 +1,5 @@
-//! Server-sent events: one JSON event per SSE frame (`event: <type>` + one
-//! `data:` line), flushed on its own, and the closing `data: [DONE]`.
+//! Server-sent events: the SSE response with keep-alives, and the closing
+//! `data: [DONE]`. Frames themselves come from their typed events.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -7,14 +7,6 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{Stream, StreamExt};
-use serde_json::Value;
-
-/// A typed event (`event:` equals the JSON `type`).
-pub fn typed_event(ev: &Value) -> Event {
-    let ty = ev.get("type").and_then(Value::as_str).unwrap_or("message");
-    Event::default().event(ty).data(ev.to_string())
-}
-
 /// The closing `data: [DONE]`.
 pub fn done_event() -> Event {
     Event::default().data("[DONE]")

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use spindle_router::store::{Conversation, ResponseRecord, ANONYMOUS_TENANT};
+use spindle_router::store::{Conversation, ResponseRecord, Subscription, ANONYMOUS_TENANT};
 use spindle_router::types::{ResponseObject, ResponseStatus};
 use spindle_router::{MemoryStore, ResponseStore, RouterConfig};
 
@@ -59,25 +59,27 @@ async fn contract(s: Arc<dyn ResponseStore>) {
         Some(ResponseStatus::InProgress)
     );
     // events
-    let mut rx = s.subscribe(&id).await.unwrap().unwrap();
-    rx.borrow_and_update();
+    let Subscription { status, mut events } = s.subscribe(&id).await.unwrap().unwrap();
+    events.borrow_and_update();
     for n in 0..5u64 {
-        s.append_event(&id, json!({"type": "x", "sequence_number": n}))
+        s.append_event(&id, n, format!("event {n}").into_bytes())
             .await
             .unwrap();
     }
-    tokio::time::timeout(Duration::from_secs(2), rx.changed())
+    tokio::time::timeout(Duration::from_secs(2), events.changed())
         .await
         .unwrap()
         .unwrap();
+    assert!(
+        !status.has_changed().unwrap(),
+        "appended events do not wake status watchers"
+    );
     let all = s.events_after(&id, None).await.unwrap().unwrap();
     assert_eq!(all.len(), 5);
     let after = s.events_after(&id, Some(2)).await.unwrap().unwrap();
-    let seqs: Vec<u64> = after
-        .iter()
-        .map(|e| e["sequence_number"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = after.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![3, 4]);
+    assert_eq!(after[0].bytes, b"event 3");
     assert!(s
         .events_after("resp_unknown", None)
         .await
@@ -114,9 +116,7 @@ async fn contract(s: Arc<dyn ResponseStore>) {
         .update_if_active(response(&id3, "completed"))
         .await
         .unwrap());
-    s.append_event(&id3, json!({"type": "x", "sequence_number": 0}))
-        .await
-        .unwrap();
+    s.append_event(&id3, 0, b"late".to_vec()).await.unwrap();
     assert!(s.get_response(t1, &id3).await.unwrap().is_none());
     assert!(s.response_status(&id3).await.unwrap().is_none());
     assert!(s.events_after(&id3, None).await.unwrap().is_none());

@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 use super::{SharedState, Tenant};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::responses::items::{list_page, normalize_items};
 use crate::store::Conversation;
-use crate::types::{list_page, new_id, normalize_items, now_secs, ListQuery};
+use crate::types::{new_id, now_secs, ListQuery};
 
 /// Body of `POST /v1/conversations`.
 #[derive(Debug, Default, Deserialize)]

@@ -4,7 +4,6 @@ pub mod chat;
 pub mod conversations;
 pub mod models;
 pub mod ops;
-pub mod responses;
 
 use std::sync::Arc;
 

@@ -96,7 +96,7 @@ async fn redis_benchmark(url: &str) -> Value {
 /// then `redis-benchmark` on the same server; prints a table and returns
 /// the numbers as JSON. Keys use the `spindle-bench` prefix and expire after 10 minutes.
 pub async fn store_bench(redis_url: &str, ops_per_sec: u32, seconds: u32) -> Value {
-    let mut opts = RedisOptions::new(redis_url);
+    let mut opts = RedisOptions::new(redis_url, crate::responses::lost);
     opts.prefix = "spindle-bench".into();
     opts.ttl = Duration::from_secs(600);
     let store = match RedisStore::connect(opts).await {

@@ -13,20 +13,24 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Conversation, ResponseRecord, ResponseStore, StoreError, StoreResult};
+use super::{
+    Conversation, ResponseRecord, ResponseStore, StoreError, StoreResult, StoredEvent, Subscription,
+};
 use crate::types::{now_secs, ResponseObject, ResponseStatus};
 
 struct RespEntry {
     rec: ResponseRecord,
-    events: Vec<Value>,
-    changes: watch::Sender<u64>,
+    /// Stream events; entry `n` is event number `n`.
+    events: Vec<Vec<u8>>,
+    status_changes: watch::Sender<u64>,
+    event_changes: watch::Sender<u64>,
     expires: Instant,
     seq: u64,
 }
 
 impl RespEntry {
-    fn bump(&self) {
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    fn bump_status(&self) {
+        self.status_changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 
@@ -236,11 +240,11 @@ impl ResponseStore for MemoryStore {
         g.next_seq += 1;
         let seq = g.next_seq;
         let id = rec.response.id.clone();
-        let (changes, _) = watch::channel(0);
         let entry = RespEntry {
             rec,
             events: Vec::new(),
-            changes,
+            status_changes: watch::channel(0).0,
+            event_changes: watch::channel(0).0,
             expires,
             seq,
         };
@@ -324,7 +328,7 @@ impl ResponseStore for MemoryStore {
             return Ok(false);
         }
         e.rec.response = response;
-        e.bump();
+        e.bump_status();
         Ok(true)
     }
 
@@ -336,43 +340,48 @@ impl ResponseStore for MemoryStore {
         if !e.rec.response.status.is_terminal() {
             e.rec.response.status = ResponseStatus::Cancelled;
             e.rec.response.completed_at = Some(now_secs());
-            e.bump();
+            e.bump_status();
         }
         Ok(Some(e.rec.response.clone()))
     }
 
-    async fn append_event(&self, id: &str, event: Value) -> StoreResult<()> {
+    async fn append_event(&self, id: &str, seq: u64, event: Vec<u8>) -> StoreResult<()> {
         let mut g = self.lock()?;
         if let Some(e) = g.responses.get_mut(id) {
-            e.events.push(event);
-            e.bump();
+            // Only the next number is taken: a writer's events stay in order.
+            if !e.rec.response.status.is_terminal() && seq == e.events.len() as u64 {
+                e.events.push(event);
+                e.event_changes.send_modify(|v| *v = v.wrapping_add(1));
+            }
         }
         Ok(())
     }
 
-    async fn events_after(&self, id: &str, after: Option<u64>) -> StoreResult<Option<Vec<Value>>> {
+    async fn events_after(
+        &self,
+        id: &str,
+        after: Option<u64>,
+    ) -> StoreResult<Option<Vec<StoredEvent>>> {
         let mut g = self.lock()?;
+        let first = after.map_or(0, |a| a.saturating_add(1));
         Ok(g.responses.get_mut(id).map(|e| {
             e.events
                 .iter()
-                .filter(|ev| {
-                    let seq = ev
-                        .get("sequence_number")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
-                    after.is_none_or(|a| seq > a)
+                .enumerate()
+                .skip(usize::try_from(first).unwrap_or(usize::MAX))
+                .map(|(n, bytes)| StoredEvent {
+                    seq: n as u64,
+                    bytes: bytes.clone(),
                 })
-                .cloned()
                 .collect()
         }))
     }
 
-    async fn subscribe(&self, id: &str) -> StoreResult<Option<watch::Receiver<u64>>> {
-        Ok(self
-            .lock()?
-            .responses
-            .get_mut(id)
-            .map(|e| e.changes.subscribe()))
+    async fn subscribe(&self, id: &str) -> StoreResult<Option<Subscription>> {
+        Ok(self.lock()?.responses.get_mut(id).map(|e| Subscription {
+            status: e.status_changes.subscribe(),
+            events: e.event_changes.subscribe(),
+        }))
     }
 
     async fn insert_conversation(
@@ -542,20 +551,34 @@ mod tests {
     async fn events_after_filters_by_sequence() {
         let s = MemoryStore::new(10, Duration::from_secs(60));
         s.insert_response(rec("a")).await.unwrap();
-        let mut rx = s.subscribe("a").await.unwrap().unwrap();
+        let Subscription { status, mut events } = s.subscribe("a").await.unwrap().unwrap();
         for n in 0..5u64 {
-            s.append_event("a", serde_json::json!({"sequence_number": n}))
-                .await
-                .unwrap();
+            s.append_event("a", n, vec![b'0' + n as u8]).await.unwrap();
         }
-        assert!(rx.has_changed().unwrap());
-        rx.mark_unchanged();
+        // Out of order or repeated numbers are not taken.
+        s.append_event("a", 2, b"x".to_vec()).await.unwrap();
+        assert!(events.has_changed().unwrap());
+        assert!(
+            !status.has_changed().unwrap(),
+            "events do not wake status watchers"
+        );
+        events.mark_unchanged();
+        let after = s.events_after("a", Some(2)).await.unwrap().unwrap();
         assert_eq!(
-            s.events_after("a", Some(2)).await.unwrap().unwrap().len(),
-            2
+            after,
+            vec![
+                StoredEvent {
+                    seq: 3,
+                    bytes: b"3".to_vec()
+                },
+                StoredEvent {
+                    seq: 4,
+                    bytes: b"4".to_vec()
+                }
+            ]
         );
         assert_eq!(s.events_after("a", None).await.unwrap().unwrap().len(), 5);
         s.delete_response("t", "a").await.unwrap();
-        assert!(rx.changed().await.is_err());
+        assert!(events.changed().await.is_err());
     }
 }

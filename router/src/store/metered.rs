@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::sync::watch;
 
-use super::{Conversation, ResponseRecord, ResponseStore, StoreResult};
+use super::{Conversation, ResponseRecord, ResponseStore, StoreResult, StoredEvent, Subscription};
 use crate::types::{ResponseObject, ResponseStatus};
 
 /// Wraps a store; the router wraps whichever backend it was given.
@@ -92,13 +91,17 @@ impl ResponseStore for MeteredStore {
     async fn cancel_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseObject>> {
         timed("cancel_response", self.inner.cancel_response(tenant, id)).await
     }
-    async fn append_event(&self, id: &str, event: Value) -> StoreResult<()> {
-        timed("append_event", self.inner.append_event(id, event)).await
+    async fn append_event(&self, id: &str, seq: u64, event: Vec<u8>) -> StoreResult<()> {
+        timed("append_event", self.inner.append_event(id, seq, event)).await
     }
-    async fn events_after(&self, id: &str, after: Option<u64>) -> StoreResult<Option<Vec<Value>>> {
+    async fn events_after(
+        &self,
+        id: &str,
+        after: Option<u64>,
+    ) -> StoreResult<Option<Vec<StoredEvent>>> {
         timed("events_after", self.inner.events_after(id, after)).await
     }
-    async fn subscribe(&self, id: &str) -> StoreResult<Option<watch::Receiver<u64>>> {
+    async fn subscribe(&self, id: &str) -> StoreResult<Option<Subscription>> {
         timed("subscribe", self.inner.subscribe(id)).await
     }
     async fn insert_conversation(

@@ -49,9 +49,11 @@ impl From<StoreError> for crate::error::ApiError {
 
 /// The store `config` asks for: `--store memory` (bounded, in-process) or
 /// `--store redis` (connects to `--redis-url` and starts this replica's lease
-/// heartbeat and reaper; must be called inside a Tokio runtime).
+/// heartbeat and reaper, which ends lost responses with `lost`; must be
+/// called inside a Tokio runtime).
 pub async fn from_config(
     config: &crate::config::RouterConfig,
+    lost: LostFn,
 ) -> StoreResult<std::sync::Arc<dyn ResponseStore>> {
     use std::time::Duration;
     match config.store {
@@ -66,7 +68,7 @@ pub async fn from_config(
                     "--store redis needs --redis-url (or SPINDLE_REDIS_URL)".into(),
                 ));
             }
-            let mut opts = self::redis::RedisOptions::new(url);
+            let mut opts = self::redis::RedisOptions::new(url, lost);
             opts.ttl = Duration::from_secs(config.store_ttl_secs.max(1));
             opts.timeout = Duration::from_millis(config.redis_timeout_ms.max(1));
             Ok(std::sync::Arc::new(RedisStore::connect(opts).await?))
@@ -123,6 +125,27 @@ pub struct ResponseRecord {
     pub routing_key: String,
 }
 
+/// One stored stream event: its sequence number and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Change notifications of one response, kept apart so that a generation
+/// watching for cancellation is not woken by its own events.
+pub struct Subscription {
+    /// Changes whenever the status or the stored object changes.
+    pub status: watch::Receiver<u64>,
+    /// Changes whenever events are appended.
+    pub events: watch::Receiver<u64>,
+}
+
+/// How a response the store ends by itself (its replica's lease expired)
+/// is finished: given the stored object, the API layer returns the final
+/// object and its closing stream events. The store only writes them.
+pub type LostFn = fn(ResponseObject) -> (ResponseObject, Vec<Vec<u8>>);
+
 /// A conversation object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
@@ -163,13 +186,18 @@ pub trait ResponseStore: Send + Sync + 'static {
     /// Atomically move a queued/in-progress response to `cancelled`; returns
     /// the object after the call (unchanged when already terminal), `None` when unknown.
     async fn cancel_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseObject>>;
-    /// Append one stream event (it carries its own `sequence_number`).
-    async fn append_event(&self, id: &str, event: Value) -> StoreResult<()>;
-    /// Events with `sequence_number > after` (all when `None`); `None` when unknown.
-    async fn events_after(&self, id: &str, after: Option<u64>) -> StoreResult<Option<Vec<Value>>>;
-    /// A receiver that changes whenever the response's events or state change;
-    /// closed when the response is deleted. `None` when unknown.
-    async fn subscribe(&self, id: &str) -> StoreResult<Option<watch::Receiver<u64>>>;
+    /// Append stream event number `seq` (encoded by the API layer; the
+    /// store never looks inside) while the response is active.
+    async fn append_event(&self, id: &str, seq: u64, event: Vec<u8>) -> StoreResult<()>;
+    /// Events numbered after `after` (all when `None`), oldest first; `None` when unknown.
+    async fn events_after(
+        &self,
+        id: &str,
+        after: Option<u64>,
+    ) -> StoreResult<Option<Vec<StoredEvent>>>;
+    /// Change notifications of a response; closed when it is deleted.
+    /// `None` when unknown.
+    async fn subscribe(&self, id: &str) -> StoreResult<Option<Subscription>>;
 
     /// Insert a conversation with its initial items, owned by `tenant`.
     async fn insert_conversation(

@@ -56,10 +56,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{chain_tag, Conversation, ResponseRecord, ResponseStore, StoreError, StoreResult};
+use super::{
+    chain_tag, Conversation, LostFn, ResponseRecord, ResponseStore, StoreError, StoreResult,
+    StoredEvent, Subscription,
+};
 use crate::types::{now_secs, ResponseErrorInfo, ResponseObject, ResponseStatus};
 
 /// Settings of a [`RedisStore`].
@@ -84,11 +87,15 @@ pub struct RedisOptions {
     pub poll_interval: Duration,
     /// Approximate cap of each event stream.
     pub stream_maxlen: usize,
+    /// Ends a response whose replica's lease expired (the API layer's final
+    /// object and events).
+    pub lost: LostFn,
 }
 
 impl RedisOptions {
-    /// Defaults for `url` (comma-separated seeds for a cluster).
-    pub fn new(url: &str) -> Self {
+    /// Defaults for `url` (comma-separated seeds for a cluster); the reaper
+    /// ends lost responses with `lost`.
+    pub fn new(url: &str, lost: LostFn) -> Self {
         Self {
             urls: url
                 .split(',')
@@ -104,6 +111,7 @@ impl RedisOptions {
             reap_interval: Duration::from_millis(1000),
             poll_interval: Duration::from_millis(100),
             stream_maxlen: 10_000,
+            lost,
         }
     }
 }
@@ -212,12 +220,23 @@ fn status_str(s: ResponseStatus) -> String {
     }
 }
 
+/// The stream entry id of event number `seq` (`0-0` is not a valid id).
+fn stream_id(seq: u64) -> String {
+    format!("0-{}", seq.saturating_add(1))
+}
+
+/// The event number of a stream entry id.
+fn seq_of(entry: &str) -> Option<u64> {
+    entry
+        .strip_prefix("0-")?
+        .parse::<u64>()
+        .ok()?
+        .checked_sub(1)
+}
+
 fn status_of(s: &str) -> StoreResult<ResponseStatus> {
     de(&format!("\"{s}\""))
 }
-
-/// The error a reaped response gets.
-pub const LOST_MESSAGE: &str = "generation lost: router replica stopped";
 
 // ---------------------------------------------------------------- scripts
 
@@ -229,7 +248,7 @@ const INSERT: &str = r#"
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'response', ARGV[2], 'input_items', ARGV[3], 'context', ARGV[4],
   'chain_root', ARGV[5], 'owner', ARGV[6], 'status', ARGV[7], 'completed_at', ARGV[8], 'ver', 0,
-  'routing_key', ARGV[9])
+  'evs', 0, 'routing_key', ARGV[9])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 "#;
@@ -242,8 +261,8 @@ return n - 1
 "#;
 
 /// KEYS: rec, events. ARGV: owner ('' = any), status, completed_at ('' =
-/// keep), response ('' = keep), error ('' = keep), maxlen, events... (JSON
-/// without `sequence_number`; numbered after the last stored one).
+/// keep), response ('' = keep), error ('' = keep), maxlen, events... (bytes,
+/// numbered after the last stored one by their stream entry ids).
 /// Returns {code, response, status, completed_at, error}: code -1 unknown,
 /// 0 not active (nothing changed), 1 applied.
 const TRANSITION: &str = r#"
@@ -267,9 +286,9 @@ if #ARGV > 6 then
   if #last > 0 then n = tonumber(string.match(last[1][1], '-(%d+)$')) end
   for i = 7, #ARGV do
     n = n + 1
-    local ev = '{"sequence_number":' .. (n - 1) .. ',' .. string.sub(ARGV[i], 2)
-    redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '0-' .. n, 'e', ev)
+    redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '0-' .. n, 'e', ARGV[i])
   end
+  redis.call('HINCRBY', KEYS[1], 'evs', 1)
   local pttl = redis.call('PTTL', KEYS[1])
   if pttl > 0 then redis.call('PEXPIRE', KEYS[2], pttl) end
 end
@@ -283,7 +302,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if not active(st) then return 0 end
 redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[1], 'e', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'ver', 1)
+redis.call('HINCRBY', KEYS[1], 'evs', 1)
 if redis.call('PTTL', KEYS[2]) < 0 then
   local pttl = redis.call('PTTL', KEYS[1])
   if pttl > 0 then redis.call('PEXPIRE', KEYS[2], pttl) end
@@ -411,7 +430,30 @@ struct Local {
     /// Responses that became terminal since the last heartbeat (lease to drop).
     finished: Vec<String>,
     /// Change notifiers of records someone on this replica waits on.
-    watchers: HashMap<String, Arc<watch::Sender<u64>>>,
+    watchers: HashMap<String, Arc<Notifiers>>,
+}
+
+/// One record's local change notifiers (see [`Subscription`]).
+struct Notifiers {
+    status: watch::Sender<u64>,
+    events: watch::Sender<u64>,
+}
+
+/// Which of a record's changes to announce.
+#[derive(Clone, Copy)]
+enum Change {
+    Status,
+    Events,
+}
+
+impl Notifiers {
+    fn bump(&self, change: Change) {
+        let tx = match change {
+            Change::Status => &self.status,
+            Change::Events => &self.events,
+        };
+        tx.send_modify(|v| *v = v.wrapping_add(1));
+    }
 }
 
 struct Inner {
@@ -447,7 +489,7 @@ struct Transition<'a> {
     /// Error overlay (`None`: keep).
     error: Option<&'a ResponseErrorInfo>,
     /// Events to append, numbered after the last stored one.
-    events: &'a [Value],
+    events: &'a [Vec<u8>],
 }
 
 /// A record's fields as stored (`HMGET` order of [`Inner::rec_fields`]).
@@ -495,10 +537,10 @@ impl Inner {
         self.conn.clone()
     }
 
-    fn bump(&self, id: &str) {
+    fn bump(&self, id: &str, change: Change) {
         if let Ok(l) = self.local.lock() {
             if let Some(w) = l.watchers.get(id) {
-                w.send_modify(|v| *v = v.wrapping_add(1));
+                w.bump(change);
             }
         }
     }
@@ -596,7 +638,7 @@ impl Inner {
             .arg(error.map(ser).transpose()?.unwrap_or_default())
             .arg(self.opts.stream_maxlen);
         for ev in events {
-            inv.arg(ser(ev)?);
+            inv.arg(ev.as_slice());
         }
         let mut c = self.conn();
         type Reply = (
@@ -619,7 +661,10 @@ impl Inner {
         };
         if code >= 0 {
             if code == 1 {
-                self.bump(id);
+                self.bump(id, Change::Status);
+                if !events.is_empty() {
+                    self.bump(id, Change::Events);
+                }
             }
             if obj.as_ref().is_some_and(|o| o.status.is_terminal()) {
                 self.finished(id);
@@ -692,30 +737,16 @@ impl Inner {
             }
             if let Some(rec) = Self::record(self.raw_rec(&id).await?)? {
                 if !rec.response.status.is_terminal() {
-                    let mut resp = rec.response;
-                    let err = ResponseErrorInfo {
-                        code: spindle_proto::FailureCode::ServerError.as_str().into(),
-                        message: LOST_MESSAGE.into(),
-                    };
-                    resp.status = ResponseStatus::Failed;
-                    resp.error = Some(err.clone());
-                    resp.completed_at = Some(now_secs());
-                    let events = [
-                        json!({"type": "error", "code": "server_error", "message": LOST_MESSAGE,
-                               "param": null,
-                               "error": {"type": "server_error", "code": "server_error",
-                                         "message": LOST_MESSAGE, "param": null}}),
-                        json!({"type": "response.failed", "response": resp}),
-                    ];
+                    let (resp, events) = (self.opts.lost)(rec.response);
                     let (code, _) = self
                         .transition(
                             &id,
                             Transition {
                                 owner: "",
-                                status: ResponseStatus::Failed,
+                                status: resp.status,
                                 completed_at: resp.completed_at,
                                 response: Some(&resp),
-                                error: Some(&err),
+                                error: resp.error.as_ref(),
                                 events: &events,
                             },
                         )
@@ -916,7 +947,7 @@ impl ResponseStore for RedisStore {
         let mut c = i.conn();
         let n: i64 = i.run(inv.invoke_async(&mut c)).await?;
         if n == 1 {
-            i.bump(id);
+            i.bump(id, Change::Status);
             i.finished(id);
         }
         Ok(n == 1)
@@ -961,109 +992,126 @@ impl ResponseStore for RedisStore {
         Ok(if code < 0 { None } else { obj })
     }
 
-    async fn append_event(&self, id: &str, event: Value) -> StoreResult<()> {
+    async fn append_event(&self, id: &str, seq: u64, event: Vec<u8>) -> StoreResult<()> {
         let i = &self.inner;
-        let seq = event
-            .get("sequence_number")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
         let mut inv = i.scripts.append.prepare_invoke();
         inv.key(i.rec_key(id))
             .key(i.events_key(id))
-            .arg(format!("0-{}", seq + 1))
-            .arg(ser(&event)?)
+            .arg(stream_id(seq))
+            .arg(event)
             .arg(i.opts.stream_maxlen);
         let mut c = i.conn();
         let n: i64 = i.run(inv.invoke_async(&mut c)).await?;
         if n == 1 {
-            i.bump(id);
+            i.bump(id, Change::Events);
         }
         Ok(())
     }
 
-    async fn events_after(&self, id: &str, after: Option<u64>) -> StoreResult<Option<Vec<Value>>> {
+    async fn events_after(
+        &self,
+        id: &str,
+        after: Option<u64>,
+    ) -> StoreResult<Option<Vec<StoredEvent>>> {
         let i = &self.inner;
         let start = match after {
             None => "-".to_owned(),
-            Some(a) => format!("0-{}", a + 2),
+            Some(a) => stream_id(a.saturating_add(1)),
         };
         let mut inv = i.scripts.events.prepare_invoke();
         inv.key(i.rec_key(id)).key(i.events_key(id)).arg(start);
         let mut c = i.conn();
-        type Entries = Option<Vec<(String, Vec<String>)>>;
+        type Entries = Option<Vec<(String, Vec<Vec<u8>>)>>;
         let entries: Entries = i.run(inv.invoke_async::<Entries>(&mut c)).await?;
-        entries
-            .map(|es| {
-                es.into_iter()
-                    .filter_map(|(_, fv)| fv.into_iter().nth(1))
-                    .map(|s| de::<Value>(&s))
-                    .collect()
-            })
-            .transpose()
+        Ok(entries.map(|es| {
+            es.into_iter()
+                .filter_map(|(entry, fv)| {
+                    Some(StoredEvent {
+                        seq: seq_of(&entry)?,
+                        bytes: fv.into_iter().nth(1)?,
+                    })
+                })
+                .collect()
+        }))
     }
 
-    async fn subscribe(&self, id: &str) -> StoreResult<Option<watch::Receiver<u64>>> {
+    async fn subscribe(&self, id: &str) -> StoreResult<Option<Subscription>> {
         let i = &self.inner;
-        let mut c = i.conn();
-        let ver: Option<u64> = i
-            .run(
-                redis::cmd("HGET")
-                    .arg(i.rec_key(id))
-                    .arg("ver")
-                    .query_async(&mut c),
+        let counters = |c: RedisConn, i: Arc<Inner>, id: String| async move {
+            let mut c = c;
+            i.run(
+                redis::cmd("HMGET")
+                    .arg(i.rec_key(&id))
+                    .arg(&["ver", "evs"])
+                    .query_async::<(Option<u64>, Option<u64>)>(&mut c),
             )
-            .await?;
-        let Some(ver) = ver else { return Ok(None) };
+            .await
+        };
+        let (Some(mut ver), evs) = counters(i.conn(), i.clone(), id.to_owned()).await? else {
+            return Ok(None);
+        };
+        let mut evs = evs.unwrap_or(0);
         let mut l = i
             .local
             .lock()
             .map_err(|_| StoreError::Backend("lock poisoned".into()))?;
         if let Some(w) = l.watchers.get(id) {
-            return Ok(Some(w.subscribe()));
+            return Ok(Some(Subscription {
+                status: w.status.subscribe(),
+                events: w.events.subscribe(),
+            }));
         }
-        let (tx, rx) = watch::channel(0u64);
-        let tx = Arc::new(tx);
-        l.watchers.insert(id.to_owned(), tx.clone());
+        let notifiers = Arc::new(Notifiers {
+            status: watch::channel(0u64).0,
+            events: watch::channel(0u64).0,
+        });
+        let sub = Subscription {
+            status: notifiers.status.subscribe(),
+            events: notifiers.events.subscribe(),
+        };
+        l.watchers.insert(id.to_owned(), notifiers.clone());
         drop(l);
         // Poll for changes made by other replicas until nobody listens or the
         // record is gone (which closes the receivers).
         let weak = Arc::downgrade(&self.inner);
         let id = id.to_owned();
         tokio::spawn(async move {
-            let mut last = ver;
             loop {
                 let Some(i) = weak.upgrade() else { break };
                 tokio::time::sleep(i.opts.poll_interval).await;
-                if tx.receiver_count() == 0 {
+                let listened =
+                    notifiers.status.receiver_count() + notifiers.events.receiver_count();
+                if listened == 0 {
                     break;
                 }
-                let mut c = i.conn();
-                let r: StoreResult<Option<u64>> = i
-                    .run(
-                        redis::cmd("HGET")
-                            .arg(i.rec_key(&id))
-                            .arg("ver")
-                            .query_async(&mut c),
-                    )
-                    .await;
-                match r {
-                    Ok(None) => break,
-                    Ok(Some(v)) if v != last => {
-                        last = v;
-                        tx.send_modify(|x| *x = x.wrapping_add(1));
+                match counters(i.conn(), i.clone(), id.clone()).await {
+                    Ok((None, _)) => break,
+                    Ok((Some(v), e)) => {
+                        if v != ver {
+                            ver = v;
+                            notifiers.bump(Change::Status);
+                        }
+                        let e = e.unwrap_or(0);
+                        if e != evs {
+                            evs = e;
+                            notifiers.bump(Change::Events);
+                        }
                     }
-                    _ => {}
+                    Err(_) => {}
                 }
             }
             if let Some(i) = weak.upgrade() {
                 if let Ok(mut l) = i.local.lock() {
-                    if l.watchers.get(&id).is_some_and(|w| Arc::ptr_eq(w, &tx)) {
+                    if l.watchers
+                        .get(&id)
+                        .is_some_and(|w| Arc::ptr_eq(w, &notifiers))
+                    {
                         l.watchers.remove(&id);
                     }
                 }
             }
         });
-        Ok(Some(rx))
+        Ok(Some(sub))
     }
 
     async fn insert_conversation(

@@ -216,7 +216,7 @@ impl Drop for RedisCluster {
 
 /// Options with short leases and timeouts for tests.
 pub fn test_options(url: &str) -> RedisOptions {
-    let mut o = RedisOptions::new(url);
+    let mut o = RedisOptions::new(url, spindle_router::responses::lost);
     o.timeout = Duration::from_millis(500);
     o.lease = Duration::from_millis(1500);
     o.heartbeat = Duration::from_millis(300);

@@ -1,0 +1,216 @@
+//! The Responses API's stream events: one typed enum, encoded once.
+//!
+//! The driver builds them; they go to a live SSE stream as they are, and to
+//! the store as bytes (without their sequence number, which the store keeps
+//! beside them). Replay decodes stored bytes back into this enum. Nothing
+//! else builds or reads API events.
+
+use axum::response::sse::Event;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::types::{now_secs, ResponseErrorInfo, ResponseObject, ResponseStatus};
+
+/// One event of a response's stream (the `type` tag is the SSE event name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ResponseStreamEvent {
+    #[serde(rename = "response.created")]
+    Created { response: Box<ResponseObject> },
+    #[serde(rename = "response.queued")]
+    Queued { response: Box<ResponseObject> },
+    #[serde(rename = "response.in_progress")]
+    InProgress { response: Box<ResponseObject> },
+    #[serde(rename = "response.output_item.added")]
+    OutputItemAdded { output_index: u32, item: Value },
+    #[serde(rename = "response.content_part.added")]
+    ContentPartAdded {
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        part: Value,
+    },
+    #[serde(rename = "response.output_text.delta")]
+    OutputTextDelta {
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        delta: String,
+        logprobs: Vec<Value>,
+    },
+    #[serde(rename = "response.output_text.done")]
+    OutputTextDone {
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        text: String,
+        logprobs: Vec<Value>,
+    },
+    #[serde(rename = "response.content_part.done")]
+    ContentPartDone {
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        part: Value,
+    },
+    #[serde(rename = "response.output_item.done")]
+    OutputItemDone { output_index: u32, item: Value },
+    #[serde(rename = "response.completed")]
+    Completed { response: Box<ResponseObject> },
+    #[serde(rename = "response.incomplete")]
+    Incomplete { response: Box<ResponseObject> },
+    #[serde(rename = "response.failed")]
+    Failed { response: Box<ResponseObject> },
+    /// A failure, before `response.failed`.
+    #[serde(rename = "error")]
+    Error {
+        code: String,
+        message: String,
+        param: Option<String>,
+        error: ErrorDetail,
+    },
+}
+
+/// The `error` object inside an [`ResponseStreamEvent::Error`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+impl ResponseStreamEvent {
+    /// The event's `type`, also its SSE event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "response.created",
+            Self::Queued { .. } => "response.queued",
+            Self::InProgress { .. } => "response.in_progress",
+            Self::OutputItemAdded { .. } => "response.output_item.added",
+            Self::ContentPartAdded { .. } => "response.content_part.added",
+            Self::OutputTextDelta { .. } => "response.output_text.delta",
+            Self::OutputTextDone { .. } => "response.output_text.done",
+            Self::ContentPartDone { .. } => "response.content_part.done",
+            Self::OutputItemDone { .. } => "response.output_item.done",
+            Self::Completed { .. } => "response.completed",
+            Self::Incomplete { .. } => "response.incomplete",
+            Self::Failed { .. } => "response.failed",
+            Self::Error { .. } => "error",
+        }
+    }
+
+    /// A server failure with `code` and `message`.
+    pub fn error(code: &str, message: &str) -> Self {
+        Self::Error {
+            code: code.to_owned(),
+            message: message.to_owned(),
+            param: None,
+            error: ErrorDetail {
+                kind: "server_error".into(),
+                code: code.to_owned(),
+                message: message.to_owned(),
+                param: None,
+            },
+        }
+    }
+
+    /// The terminal event announcing `response` in its final state.
+    pub fn terminal(response: &ResponseObject) -> Self {
+        let response = Box::new(response.clone());
+        match response.status {
+            ResponseStatus::Completed => Self::Completed { response },
+            ResponseStatus::Incomplete => Self::Incomplete { response },
+            _ => Self::Failed { response },
+        }
+    }
+
+    /// The bytes the store keeps (no sequence number).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// An event at its place in the stream: what clients receive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sequenced {
+    #[serde(flatten)]
+    pub event: ResponseStreamEvent,
+    pub sequence_number: u64,
+}
+
+impl Sequenced {
+    /// Decode a stored event.
+    pub fn decode(seq: u64, bytes: &[u8]) -> serde_json::Result<Self> {
+        Ok(Self {
+            event: serde_json::from_slice(bytes)?,
+            sequence_number: seq,
+        })
+    }
+
+    /// The SSE frame: `event: <type>` and the JSON.
+    pub fn sse(&self) -> Event {
+        let data = serde_json::to_string(self).unwrap_or_default();
+        Event::default().event(self.event.kind()).data(data)
+    }
+}
+
+/// Why a response whose generating replica vanished ended.
+pub const LOST_MESSAGE: &str = "generation lost: router replica stopped";
+
+/// How the store's reaper ends a response whose replica's lease expired:
+/// `failed` with [`LOST_MESSAGE`], announced by `error` and
+/// `response.failed` (see [`crate::store::LostFn`]).
+pub fn lost(mut response: ResponseObject) -> (ResponseObject, Vec<Vec<u8>>) {
+    let code = spindle_proto::FailureCode::ServerError.as_str();
+    response.status = ResponseStatus::Failed;
+    response.error = Some(ResponseErrorInfo {
+        code: code.into(),
+        message: LOST_MESSAGE.into(),
+    });
+    response.completed_at = Some(now_secs());
+    let events = vec![
+        ResponseStreamEvent::error(code, LOST_MESSAGE).encode(),
+        ResponseStreamEvent::terminal(&response).encode(),
+    ];
+    (response, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_is_the_serialized_type() {
+        let events = [
+            ResponseStreamEvent::OutputItemAdded {
+                output_index: 0,
+                item: Value::Null,
+            },
+            ResponseStreamEvent::OutputTextDelta {
+                item_id: "m".into(),
+                output_index: 0,
+                content_index: 0,
+                delta: "d".into(),
+                logprobs: vec![],
+            },
+            ResponseStreamEvent::error("server_error", "m"),
+        ];
+        for ev in events {
+            let v: Value = serde_json::from_slice(&ev.encode()).unwrap();
+            assert_eq!(v["type"], ev.kind());
+        }
+    }
+
+    #[test]
+    fn stored_bytes_decode_with_their_number() {
+        let ev = ResponseStreamEvent::error("server_error", "boom");
+        let s = Sequenced::decode(7, &ev.encode()).unwrap();
+        assert_eq!(s.event, ev);
+        let v: Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["sequence_number"], 7);
+        assert_eq!(v["error"]["code"], "server_error");
+    }
+}

@@ -1,0 +1,229 @@
+//! The Responses API's HTTP handlers: create (plain, streamed, background),
+//! retrieve (also as a resumable stream), delete, cancel and input items.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::driver::{CancelSource, Driver, Start};
+use super::items::list_page;
+use super::prepare::{prepare, Prepared};
+use super::replay::follow;
+use crate::api::{SharedState, Tenant};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::sse::{done_event, sse_response};
+use crate::store::{ResponseRecord, Subscription};
+use crate::telemetry::ModelTag;
+use crate::types::{CreateResponseRequest, ListQuery, ResponseObject};
+
+/// The `X-Session-Id` header, a routing hint for clients that do not chain.
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-session-id").and_then(|v| v.to_str().ok())
+}
+
+/// `POST /v1/responses`.
+pub async fn create(
+    State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Extension(tag): Extension<ModelTag>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateResponseRequest>,
+) -> ApiResult<Response> {
+    let Prepared {
+        response,
+        record,
+        gen,
+        stream,
+    } = prepare(&st, &tenant, session_id(&headers), req, &tag).await?;
+    let input_items = record.input_items.clone();
+    // Foreground: start generating before anything is stored or streamed, so a
+    // worker refusal is an HTTP error the SDKs understand (and retry on 503).
+    let start = if response.background {
+        Start::Pending(gen)
+    } else {
+        Start::Ready(st.generator.generate(gen).await?)
+    };
+    if response.store {
+        st.store.insert_response(record).await?;
+    }
+    let id = response.id.clone();
+    if matches!(start, Start::Pending(_)) {
+        let Subscription { status, .. } = st
+            .store
+            .subscribe(&id)
+            .await?
+            .ok_or_else(|| ApiError::Internal("stored response vanished".into()))?;
+        let active = st.lifecycle.begin(&tenant, &response);
+        let driver = Driver {
+            st: st.clone(),
+            resp: response.clone(),
+            owner: tenant.clone(),
+            input_items,
+            log_events: true,
+            live: None,
+            seq: 0,
+            _active: active,
+        };
+        tokio::spawn(driver.run(start, CancelSource::Store(status)));
+        if stream {
+            return Ok(sse_response(follow(st, id, None)));
+        }
+        return Ok(Json(response).into_response());
+    }
+    let (guard, cancel_rx) = oneshot::channel::<()>();
+    if stream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let active = st.lifecycle.begin(&tenant, &response);
+        let driver = Driver {
+            st: st.clone(),
+            resp: response,
+            owner: tenant.clone(),
+            input_items,
+            log_events: false,
+            live: Some(tx),
+            seq: 0,
+            _active: active,
+        };
+        tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
+        let events = UnboundedReceiverStream::new(rx)
+            .map(move |ev| {
+                let _keep = &guard;
+                ev.sse()
+            })
+            .chain(futures::stream::once(async { done_event() }));
+        return Ok(sse_response(events));
+    }
+    let active = st.lifecycle.begin(&tenant, &response);
+    let driver = Driver {
+        st: st.clone(),
+        resp: response,
+        owner: tenant,
+        input_items,
+        log_events: false,
+        live: None,
+        seq: 0,
+        _active: active,
+    };
+    let handle = tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
+    let result = handle
+        .await
+        .map_err(|e| ApiError::Internal(format!("generation task failed: {e}")));
+    drop(guard);
+    let resp = result?;
+    Ok(Json(resp).into_response())
+}
+
+async fn load(st: &SharedState, tenant: &str, id: &str) -> ApiResult<ResponseRecord> {
+    st.store
+        .get_response(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Response with id '{id}' not found.")))
+}
+
+/// Query of `GET /v1/responses/{id}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RetrieveQuery {
+    pub stream: Option<String>,
+    pub starting_after: Option<String>,
+}
+
+/// `GET /v1/responses/{id}` (also `?stream=true&starting_after=N`).
+pub async fn retrieve(
+    State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RetrieveQuery>,
+) -> ApiResult<Response> {
+    let rec = load(&st, &tenant, &id).await?;
+    let stream = match q.stream.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'stream' must be true or false",
+                Some("stream"),
+            ))
+        }
+    };
+    if !stream {
+        return Ok(Json(rec.response).into_response());
+    }
+    if !rec.response.background {
+        return Err(ApiError::invalid(
+            "only background responses can be streamed after creation",
+            Some("stream"),
+        ));
+    }
+    let after = match q.starting_after.as_deref() {
+        None => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            ApiError::invalid(
+                "'starting_after' must be a non-negative integer",
+                Some("starting_after"),
+            )
+        })?),
+    };
+    Ok(sse_response(follow(st, id, after)))
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(
+    State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    if st.store.delete_response(&tenant, &id).await? {
+        Ok(Json(
+            json!({"id": id, "object": "response.deleted", "deleted": true}),
+        ))
+    } else {
+        Err(ApiError::not_found(format!(
+            "Response with id '{id}' not found."
+        )))
+    }
+}
+
+/// `POST /v1/responses/{id}/cancel`.
+pub async fn cancel(
+    State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ResponseObject>> {
+    let rec = load(&st, &tenant, &id).await?;
+    if !rec.response.background {
+        return Err(ApiError::invalid(
+            "Only responses created with background=true can be cancelled.",
+            None,
+        ));
+    }
+    let resp = st
+        .store
+        .cancel_response(&tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Response with id '{id}' not found.")))?;
+    Ok(Json(resp))
+}
+
+/// `GET /v1/responses/{id}/input_items`.
+pub async fn input_items(
+    State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let (limit, desc) = q.resolve()?;
+    let rec = load(&st, &tenant, &id).await?;
+    Ok(Json(list_page(
+        &rec.input_items,
+        q.after.as_deref(),
+        limit,
+        desc,
+    )?))
+}

@@ -1,0 +1,316 @@
+//! Items: normalization of request input into stored items, their rendering
+//! into the worker's chat messages, output items, and list pages.
+//!
+//! Items are kept as normalized JSON values (`type`, `id`, …) because they are
+//! stored, listed and echoed back exactly; only rendering looks inside them.
+//!
+//! Rendering choices (the worker only knows system/user/assistant text):
+//! - `developer` messages become `system` messages;
+//! - a `function_call` item becomes an assistant message
+//!   `<tool_call>{"name":…,"arguments":…,"call_id":…}</tool_call>`;
+//! - a `function_call_output` item becomes a user message
+//!   `<tool_response call_id="…">output</tool_response>`;
+//! - content parts are joined without separators; only text parts are accepted.
+
+use serde_json::{json, Value};
+use spindle_proto::ChatMessage;
+
+use crate::error::ApiError;
+use crate::types::new_id;
+
+fn text_part(kind: &str, text: &str) -> Value {
+    if kind == "output_text" {
+        json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+    } else {
+        json!({"type": kind, "text": text})
+    }
+}
+
+fn str_field<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<&'a str, ApiError> {
+    match obj.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ApiError::invalid(
+            format!("'{at}.{key}' must be a string"),
+            Some(&format!("{at}.{key}")),
+        )),
+        None => Err(ApiError::invalid(
+            format!("missing required parameter '{at}.{key}'"),
+            Some(&format!("{at}.{key}")),
+        )),
+    }
+}
+
+/// Normalize `input` (a string or a list of items) into stored items with ids.
+/// Returns an error for empty input or items the router cannot use.
+pub fn normalize_input(input: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+    match input {
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            "missing required parameter 'input'",
+            Some("input"),
+        )),
+        Some(Value::String(s)) => {
+            if s.is_empty() {
+                return Err(ApiError::invalid(
+                    "'input' must not be empty",
+                    Some("input"),
+                ));
+            }
+            Ok(vec![message_item("user", vec![text_part("input_text", s)])])
+        }
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(ApiError::invalid(
+                    "'input' must not be an empty list",
+                    Some("input"),
+                ));
+            }
+            normalize_items(items, "input")
+        }
+        Some(_) => Err(ApiError::invalid(
+            "'input' must be a string or a list of items",
+            Some("input"),
+        )),
+    }
+}
+
+/// Normalize a list of items (request input or conversation items).
+pub fn normalize_items(items: &[Value], at: &str) -> Result<Vec<Value>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| normalize_item(item, &format!("{at}[{i}]")))
+        .collect()
+}
+
+fn message_item(role: &str, content: Vec<Value>) -> Value {
+    json!({"type": "message", "id": new_id("msg"), "status": "completed", "role": role, "content": content})
+}
+
+fn normalize_item(item: &Value, at: &str) -> Result<Value, ApiError> {
+    let obj = item
+        .as_object()
+        .ok_or_else(|| ApiError::invalid(format!("'{at}' must be an object"), Some(at)))?;
+    let kind = match obj.get("type") {
+        None => "message",
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                format!("'{at}.type' must be a string"),
+                Some(&format!("{at}.type")),
+            ))
+        }
+    };
+    match kind {
+        "message" => {
+            let role = str_field(obj, "role", at)?;
+            if !matches!(role, "user" | "assistant" | "system" | "developer") {
+                return Err(ApiError::invalid(
+                    format!("invalid role '{role}' at '{at}.role'; expected user, assistant, system or developer"),
+                    Some(&format!("{at}.role")),
+                ));
+            }
+            let default_kind = if role == "assistant" {
+                "output_text"
+            } else {
+                "input_text"
+            };
+            let content = match obj.get("content") {
+                Some(Value::String(s)) => vec![text_part(default_kind, s)],
+                Some(Value::Array(parts)) => {
+                    let mut out = Vec::with_capacity(parts.len());
+                    for (j, part) in parts.iter().enumerate() {
+                        let pat = format!("{at}.content[{j}]");
+                        let p = part.as_object().ok_or_else(|| {
+                            ApiError::invalid(format!("'{pat}' must be an object"), Some(&pat))
+                        })?;
+                        let pkind = str_field(p, "type", &pat)?;
+                        match pkind {
+                            "input_text" | "output_text" | "text" | "refusal" => {
+                                let key = if pkind == "refusal" { "refusal" } else { "text" };
+                                let text = str_field(p, key, &pat)?;
+                                let k = if pkind == "text" { default_kind } else { pkind };
+                                if k == "refusal" {
+                                    out.push(json!({"type": "refusal", "refusal": text}));
+                                } else {
+                                    out.push(text_part(k, text));
+                                }
+                            }
+                            other => {
+                                return Err(ApiError::invalid(
+                                    format!("content part type '{other}' is not supported by this text-only model"),
+                                    Some(&format!("{pat}.type")),
+                                ))
+                            }
+                        }
+                    }
+                    out
+                }
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!("'{at}.content' must be a string or a list of content parts"),
+                        Some(&format!("{at}.content")),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        format!("missing required parameter '{at}.content'"),
+                        Some(&format!("{at}.content")),
+                    ))
+                }
+            };
+            let mut m = message_item(role, content);
+            if let Some(Value::String(id)) = obj.get("id") {
+                m["id"] = Value::String(id.clone());
+            }
+            Ok(m)
+        }
+        "function_call" => {
+            let call_id = str_field(obj, "call_id", at)?;
+            let name = str_field(obj, "name", at)?;
+            let arguments = str_field(obj, "arguments", at)?;
+            let id = match obj.get("id") {
+                Some(Value::String(id)) => id.clone(),
+                _ => new_id("fc"),
+            };
+            Ok(
+                json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
+                      "arguments": arguments, "status": "completed"}),
+            )
+        }
+        "function_call_output" => {
+            let call_id = str_field(obj, "call_id", at)?;
+            let output = match obj.get("output") {
+                Some(Value::String(s)) => Value::String(s.clone()),
+                Some(Value::Array(a)) => Value::Array(a.clone()),
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("'{at}.output' must be a string or a list of content parts"),
+                        Some(&format!("{at}.output")),
+                    ))
+                }
+            };
+            let id = match obj.get("id") {
+                Some(Value::String(id)) => id.clone(),
+                _ => new_id("fco"),
+            };
+            Ok(
+                json!({"type": "function_call_output", "id": id, "call_id": call_id,
+                      "output": output, "status": "completed"}),
+            )
+        }
+        other => Err(ApiError::invalid(
+            format!("input item type '{other}' is not supported"),
+            Some(&format!("{at}.type")),
+        )),
+    }
+}
+
+fn parts_text(parts: &Value) -> String {
+    match parts {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|p| {
+                p.get("text")
+                    .or_else(|| p.get("refusal"))
+                    .and_then(Value::as_str)
+            })
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// Render normalized items into chat messages for the worker (see module docs).
+pub fn items_to_messages(items: &[Value], out: &mut Vec<ChatMessage>) {
+    for item in items {
+        match item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+        {
+            "message" => {
+                let role = match item.get("role").and_then(Value::as_str).unwrap_or("user") {
+                    "developer" => "system",
+                    r => r,
+                };
+                out.push(ChatMessage {
+                    role: role.to_owned(),
+                    content: parts_text(item.get("content").unwrap_or(&Value::Null)),
+                });
+            }
+            "function_call" => {
+                let call = json!({
+                    "name": item.get("name"),
+                    "arguments": item.get("arguments"),
+                    "call_id": item.get("call_id"),
+                });
+                out.push(ChatMessage {
+                    role: "assistant".into(),
+                    content: format!("<tool_call>{call}</tool_call>"),
+                });
+            }
+            "function_call_output" => {
+                let call_id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
+                out.push(ChatMessage {
+                    role: "user".into(),
+                    content: format!(
+                        "<tool_response call_id=\"{call_id}\">{}</tool_response>",
+                        parts_text(item.get("output").unwrap_or(&Value::Null))
+                    ),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An assistant output message item.
+pub fn output_message(id: &str, status: &str, text: Option<&str>) -> Value {
+    let content = match text {
+        Some(t) => vec![text_part("output_text", t)],
+        None => vec![],
+    };
+    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
+}
+
+/// The `output_text` part with `text`.
+pub fn output_text_part(text: &str) -> Value {
+    text_part("output_text", text)
+}
+
+/// A `{"object":"list",…}` page over items with ids, OpenAI cursor style.
+pub fn list_page(
+    items: &[Value],
+    after: Option<&str>,
+    limit: usize,
+    desc: bool,
+) -> Result<Value, ApiError> {
+    let mut ordered: Vec<&Value> = items.iter().collect();
+    if desc {
+        ordered.reverse();
+    }
+    let start = match after {
+        Some(a) => {
+            ordered
+                .iter()
+                .position(|v| v.get("id").and_then(Value::as_str) == Some(a))
+                .ok_or_else(|| ApiError::invalid(format!("no item with id '{a}'"), Some("after")))?
+                + 1
+        }
+        None => 0,
+    };
+    let rest = &ordered[start.min(ordered.len())..];
+    let page: Vec<Value> = rest.iter().take(limit).map(|v| (*v).clone()).collect();
+    let id_of = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned().unwrap_or(Value::Null);
+    Ok(json!({
+        "object": "list",
+        "data": page,
+        "first_id": id_of(page.first()),
+        "last_id": id_of(page.last()),
+        "has_more": rest.len() > limit,
+    }))
+}

@@ -1,0 +1,334 @@
+//! Validation of a create request, done once, into everything the handler
+//! needs: the response object, the record to store and the generation
+//! request (messages from the chain's context window or the conversation,
+//! sampling, routing key).
+
+use serde_json::{json, Value};
+use spindle_proto::{ChatMessage, GenerateRequest, PromptInput, SamplingParams};
+
+use super::items::{items_to_messages, normalize_input};
+use crate::api::SharedState;
+use crate::chain::{self, ContextTurn, Truncation};
+use crate::cluster::key::{cache_key_from, routing_key, KeySources};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{chained_response_id, ResponseRecord};
+use crate::telemetry::ModelTag;
+use crate::types::{
+    new_id, now_secs, ConversationRef, CreateResponseRequest, ResponseObject, ResponseStatus,
+};
+
+/// Everything a validated create request turns into.
+pub(super) struct Prepared {
+    pub response: ResponseObject,
+    pub record: ResponseRecord,
+    pub gen: GenerateRequest,
+    pub stream: bool,
+}
+
+fn validate_range(v: Option<f64>, lo: f64, hi: f64, name: &str) -> ApiResult<()> {
+    match v {
+        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(ApiError::invalid(
+            format!("'{name}' must be between {lo} and {hi}, got {x}"),
+            Some(name),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(super) async fn prepare(
+    st: &SharedState,
+    tenant: &str,
+    session: Option<&str>,
+    req: CreateResponseRequest,
+    tag: &ModelTag,
+) -> ApiResult<Prepared> {
+    let model = st.resolve_model(req.model.as_deref())?;
+    tag.set(&model);
+    let store = req.store.unwrap_or(true);
+    let background = req.background.unwrap_or(false);
+    if background && !store {
+        return Err(ApiError::invalid(
+            "background mode requires store=true; background responses are polled from the store",
+            Some("background"),
+        ));
+    }
+    if req.conversation.is_some() && req.previous_response_id.is_some() {
+        return Err(ApiError::invalid(
+            "'conversation' and 'previous_response_id' cannot be used together",
+            Some("conversation"),
+        ));
+    }
+    validate_range(req.temperature, 0.0, 2.0, "temperature")?;
+    validate_range(req.top_p, 0.0, 1.0, "top_p")?;
+    validate_range(req.presence_penalty, -2.0, 2.0, "presence_penalty")?;
+    validate_range(req.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+    if req.max_output_tokens == Some(0) {
+        return Err(ApiError::invalid(
+            "'max_output_tokens' must be at least 1",
+            Some("max_output_tokens"),
+        ));
+    }
+    let truncation = req.truncation.clone().unwrap_or_else(|| "disabled".into());
+    if !matches!(truncation.as_str(), "auto" | "disabled") {
+        return Err(ApiError::invalid(
+            "'truncation' must be 'auto' or 'disabled'",
+            Some("truncation"),
+        ));
+    }
+    let text = match req.text.as_ref().and_then(|t| t.format.as_ref()) {
+        None | Some(Value::Null) => json!({"format": {"type": "text"}}),
+        Some(f) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => json!({"format": {"type": "text"}}),
+            Some(kind @ ("json_schema" | "json_object")) => {
+                return Err(ApiError::invalid(
+                    format!("text.format type '{kind}' is not supported yet; use 'text'"),
+                    Some("text.format.type"),
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "text.format.type must be 'text', 'json_object' or 'json_schema'",
+                    Some("text.format.type"),
+                ))
+            }
+        },
+    };
+    let tool_choice = match &req.tool_choice {
+        None | Some(Value::Null) => json!("auto"),
+        Some(Value::String(s)) if s == "auto" || s == "none" => json!(s),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "tool_choice other than 'auto' or 'none' is not supported yet",
+                Some("tool_choice"),
+            ))
+        }
+    };
+    let input_items = normalize_input(req.input.as_ref())?;
+
+    // Context before this input: the previous response's chain, or the conversation.
+    let mode = if truncation == "auto" {
+        Truncation::Auto
+    } else {
+        Truncation::Disabled
+    };
+    let Context {
+        history,
+        window,
+        chain_root,
+        id,
+        chain_key,
+    } = if let Some(prev_id) = &req.previous_response_id {
+        let budget = chain::budget(mode, st.context_tokens(&model), req.max_output_tokens);
+        follow_up(st, tenant, prev_id, &input_items, budget, mode).await?
+    } else if let Some(conv) = &req.conversation {
+        let id = new_id("resp");
+        let items = st
+            .store
+            .conversation_items(tenant, conv.id())
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                message: format!("Conversation with id '{}' not found.", conv.id()),
+                param: Some("conversation".into()),
+                code: Some("conversation_not_found".into()),
+            })?;
+        // The conversation as it is now is this response's context, kept
+        // in its own chain's log so follow-ups see it too.
+        let mut window = Vec::new();
+        if !items.is_empty() {
+            let entry = serde_json::to_vec(&items)
+                .map_err(|e| ApiError::Internal(format!("serializing items: {e}")))?;
+            let bytes = entry.len() as u64;
+            let turn = st.store.append_turn(&id, entry).await?;
+            window.push(ContextTurn { turn, bytes });
+        }
+        Context {
+            history: items,
+            window,
+            chain_root: id.clone(),
+            id,
+            chain_key: None,
+        }
+    } else {
+        let id = new_id("resp");
+        Context {
+            history: Vec::new(),
+            window: Vec::new(),
+            chain_root: id.clone(),
+            id,
+            chain_key: None,
+        }
+    };
+
+    let mut messages = Vec::new();
+    if let Some(instr) = req.instructions.as_deref().filter(|s| !s.is_empty()) {
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: instr.to_owned(),
+        });
+    }
+    items_to_messages(&history, &mut messages);
+    items_to_messages(&input_items, &mut messages);
+
+    let temperature = req.temperature.unwrap_or(1.0);
+    let top_p = req.top_p.unwrap_or(1.0);
+    let presence_penalty = req.presence_penalty.unwrap_or(0.0);
+    let frequency_penalty = req.frequency_penalty.unwrap_or(0.0);
+    let mut gen = GenerateRequest {
+        request_id: Some(id.clone()),
+        model: Some(model.clone()),
+        input: PromptInput::Messages(messages),
+        continuation: None,
+        sampling: SamplingParams {
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            presence_penalty: presence_penalty as f32,
+            frequency_penalty: frequency_penalty as f32,
+            seed: req.seed,
+            max_tokens: req.max_output_tokens,
+            ..SamplingParams::default()
+        },
+        cache_key: chain_key.or_else(|| {
+            cache_key_from(&KeySources {
+                conversation: req.conversation.as_ref().map(|c| c.id()),
+                previous_response_root: None,
+                prompt_cache_key: req.prompt_cache_key.as_deref(),
+                session_header: session,
+                user: req.user.as_deref(),
+            })
+        }),
+    };
+    // Without any identity the key hashes the leading messages (system and
+    // first user turn): stored, so this chain's follow-ups route the same way.
+    let routing_key = routing_key(&gen);
+    gen.cache_key = Some(routing_key.clone());
+    let response = ResponseObject {
+        id: id.clone(),
+        object: "response".into(),
+        created_at: now_secs(),
+        completed_at: None,
+        status: if background {
+            ResponseStatus::Queued
+        } else {
+            ResponseStatus::InProgress
+        },
+        error: None,
+        incomplete_details: None,
+        instructions: req.instructions.clone(),
+        model,
+        output: Vec::new(),
+        previous_response_id: req.previous_response_id.clone(),
+        conversation: req.conversation.as_ref().map(|c| ConversationRef {
+            id: c.id().to_owned(),
+        }),
+        tools: req.tools.clone().unwrap_or_default(),
+        tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+        temperature,
+        top_p,
+        presence_penalty,
+        frequency_penalty,
+        top_logprobs: req.top_logprobs.unwrap_or(0),
+        truncation,
+        text,
+        reasoning: None,
+        max_output_tokens: req.max_output_tokens,
+        max_tool_calls: req.max_tool_calls,
+        store,
+        background,
+        service_tier: "default".into(),
+        metadata: req.metadata.clone().unwrap_or_default(),
+        safety_identifier: req.safety_identifier.clone(),
+        user: req.user.clone(),
+        prompt_cache_key: req.prompt_cache_key.clone(),
+        usage: None,
+    };
+    let record = ResponseRecord {
+        response: response.clone(),
+        input_items,
+        context: window,
+        chain_root,
+        owner: tenant.to_owned(),
+        routing_key,
+    };
+    Ok(Prepared {
+        response,
+        record,
+        gen,
+        stream: req.stream.unwrap_or(false),
+    })
+}
+
+/// What a create request is generated after.
+struct Context {
+    /// Items before the input, oldest first.
+    history: Vec<Value>,
+    /// Where `history` lives in the chain's item log.
+    window: Vec<ContextTurn>,
+    chain_root: String,
+    /// The new response's id.
+    id: String,
+    /// The chain's routing key, inherited by a follow-up.
+    chain_key: Option<String>,
+}
+
+/// The context of a follow-up to `prev_id`: the previous turn is written
+/// once to the chain's item log while the rest of the window is read back,
+/// so the cost does not grow with the chain (see [`crate::chain`]).
+async fn follow_up(
+    st: &SharedState,
+    tenant: &str,
+    prev_id: &str,
+    input_items: &[Value],
+    budget: u64,
+    mode: Truncation,
+) -> ApiResult<Context> {
+    // Same chain tag as the previous id: one Redis Cluster slot per chain.
+    let id = chained_response_id(prev_id);
+    let prev = st
+        .store
+        .get_response(tenant, prev_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid_code(
+                format!("Previous response with id '{prev_id}' not found."),
+                Some("previous_response_id"),
+                "previous_response_not_found",
+            )
+        })?;
+    let encode = |v: &[Value]| {
+        serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("serializing items: {e}")))
+    };
+    let prev_items: Vec<Value> = prev
+        .input_items
+        .into_iter()
+        .chain(prev.response.output)
+        .collect();
+    let entry = encode(&prev_items)?;
+    let input_bytes = encode(input_items)?.len() as u64;
+    let last = ContextTurn {
+        turn: 0, // its index in the log, known once written below
+        bytes: entry.len() as u64,
+    };
+    let mut window = chain::window(&prev.context, last, input_bytes, budget, mode)?;
+    let earlier = &window[..window.len() - 1];
+    let (history, turn) = tokio::join!(
+        chain::items(&*st.store, &prev.chain_root, earlier),
+        st.store.append_turn(&prev.chain_root, entry),
+    );
+    let mut history = history?;
+    if let Some(last) = window.last_mut() {
+        last.turn = turn?;
+    }
+    history.extend(prev_items);
+    // Follow-ups inherit the chain's routing key (O(1), no chain walk).
+    let chain_key = Some(prev.routing_key)
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| format!("resp:{}", prev.chain_root));
+    Ok(Context {
+        history,
+        window,
+        chain_root: prev.chain_root,
+        id,
+        chain_key: Some(chain_key),
+    })
+}
