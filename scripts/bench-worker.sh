@@ -16,7 +16,8 @@ model=${1:-../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=bench-out; mkdir -p "$out"
 rm -f "$out"/*-streams-*.json "$out"/*-followup-*.json
 
-cargo build --release --locked >&2
+# `spindle bench` exists only in builds with the bench feature.
+cargo build --release --locked --features bench >&2
 spindle=target/release/spindle
 [ -f "$model" ] || { echo "[bench] no model at $model: run scripts/serve once to fetch the default model" >&2; exit 1; }
 peer=$(scripts/build-llama-server.sh)

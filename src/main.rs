@@ -5,13 +5,18 @@
 //! - `spindle router`: the public API in front of remote workers;
 //! - `spindle worker`: one engine behind its HTTP API;
 //! - `spindle download`: fetch a model into the cache (an init container's job);
-//! - `spindle bench`: drive a running server and report throughput and latency.
+//! - `spindle bench`: drive a running server and report throughput and latency
+//!   (only in builds with `--features bench`; otherwise it says so).
 //!
 //! `--check` parses and validates a command's flags and exits: charts and
 //! compose files are tested with it, so they cannot drift from the binary.
 
+// Benchmarks ship only with `--features bench`; unit tests always build them.
+#[cfg(any(test, feature = "bench"))]
 mod bench;
-mod cluster_bench;
+#[cfg(not(any(test, feature = "bench")))]
+#[path = "bench_missing.rs"]
+mod bench;
 mod inprocess;
 mod server;
 
@@ -47,7 +52,8 @@ enum Command {
     Worker(server::WorkerArgs),
     /// Fetch a model into $SPINDLE_CACHE_DIR (default model, hf:…, or check a path) and print its path.
     Download(server::DownloadArgs),
-    /// Benchmark a running server (or run the side-by-side scenarios).
+    /// Benchmark a running server (or run the side-by-side scenarios); needs a
+    /// build with `--features bench`.
     Bench(bench::BenchArgs),
 }
 

@@ -1,148 +1,28 @@
-//! End-to-end tests of the public API over real HTTP against a fake generator.
+//! End-to-end tests of the public API over real HTTP against the test kit's
+//! fake generator (failure keywords: see `spindle_testkit::fake_generator`).
 //! Every response object and stream event is also parsed with the strict
 //! `async-openai` types and validated against the Open Responses schema.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::StreamExt;
 use serde_json::{json, Value};
-use spindle_proto::openai::{ErrorObject, ModelCard};
-use spindle_proto::{
-    FailureCode, FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage,
-};
+use spindle_proto::{GenerateEvent, GenerateRequest, PromptInput};
 use spindle_router::{app, GenerateError, Generator, MemoryStore, RouterConfig};
-
-// ---------------------------------------------------------------- fake generator
-
-/// Streams fixed deltas; behaviour picked by the last message's text:
-/// contains "FAIL" → two deltas then an error; "SLOW" → many slow deltas;
-/// "LONG" → finish_reason length; "REJECT" → worker 400; "BUSY" → worker 503.
-#[derive(Default)]
-struct FakeGen {
-    requests: Mutex<Vec<GenerateRequest>>,
-    dropped_early: Arc<AtomicUsize>,
-}
-
-struct DropFlag(Arc<AtomicUsize>, bool);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        if !self.1 {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-const DELTAS: [&str; 4] = ["Hel", "lo, ", "wörld", " 🌍!"];
-
-impl Generator for FakeGen {
-    fn generate(
-        &self,
-        req: GenerateRequest,
-    ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>> {
-        self.requests.lock().unwrap().push(req.clone());
-        let last = match &req.input {
-            PromptInput::Messages(m) => m.last().map(|m| m.content.clone()).unwrap_or_default(),
-            PromptInput::Prompt(p) => p.clone(),
-            PromptInput::Tokens(_) => String::new(),
-        };
-        let n_msgs = match &req.input {
-            PromptInput::Messages(m) => m.len() as u32,
-            _ => 1,
-        };
-        let flag = DropFlag(self.dropped_early.clone(), false);
-        Box::pin(async move {
-            if last.contains("REJECT") {
-                return Err(GenerateError::BadRequest(ErrorObject {
-                    message: "prompt is too long for the context".into(),
-                    kind: "invalid_request_error".into(),
-                    param: Some("messages".into()),
-                    code: Some("context_length_exceeded".into()),
-                }));
-            }
-            if last.contains("BUSY") {
-                return Err(GenerateError::Unavailable {
-                    message: "worker is full".into(),
-                    retry_after: 2,
-                });
-            }
-            let slow = last.contains("SLOW");
-            let fail = last.contains("FAIL");
-            let finish = if last.contains("LONG") {
-                FinishReason::Length
-            } else {
-                FinishReason::Stop
-            };
-            let deltas: Vec<String> = if slow {
-                (0..200).map(|i| format!("t{i} ")).collect()
-            } else {
-                DELTAS.iter().map(|s| s.to_string()).collect()
-            };
-            let usage = Usage {
-                prompt_tokens: 10 * n_msgs,
-                cached_tokens: if n_msgs > 1 { 10 * (n_msgs - 1) } else { 0 },
-                completion_tokens: deltas.len() as u32,
-            };
-            let s = futures::stream::unfold((0usize, flag), move |(i, mut flag)| {
-                let deltas = deltas.clone();
-                async move {
-                    if slow {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    if fail && i == 2 {
-                        flag.1 = true;
-                        return Some((
-                            GenerateEvent::Error {
-                                code: FailureCode::ServerError,
-                                message: "the worker went away".into(),
-                            },
-                            (usize::MAX, flag),
-                        ));
-                    }
-                    if i == usize::MAX || i > deltas.len() {
-                        return None;
-                    }
-                    if i == deltas.len() {
-                        flag.1 = true;
-                        return Some((
-                            GenerateEvent::Done {
-                                finish_reason: finish,
-                                usage,
-                                timings: Timings::default(),
-                            },
-                            (i + 1, flag),
-                        ));
-                    }
-                    Some((
-                        GenerateEvent::Delta {
-                            text: deltas[i].clone(),
-                            token_ids: vec![i as i32],
-                        },
-                        (i + 1, flag),
-                    ))
-                }
-            });
-            Ok(s.boxed())
-        })
-    }
-
-    fn models(&self) -> Vec<ModelCard> {
-        vec![ModelCard::new("spindle".into(), "spindle", 1)]
-    }
-}
+use spindle_testkit::fake_generator::DELTAS;
+use spindle_testkit::FakeGenerator;
 
 // ---------------------------------------------------------------- harness
 
 struct Server {
     base: String,
     http: reqwest::Client,
-    gen: Arc<FakeGen>,
+    gen: Arc<FakeGenerator>,
 }
 
 async fn server_with(config: RouterConfig) -> Server {
-    let gen = Arc::new(FakeGen::default());
+    let gen = Arc::new(FakeGenerator::default());
     let store = Arc::new(MemoryStore::new(
         config.store_max_records,
         Duration::from_secs(config.store_ttl_secs),
@@ -209,7 +89,7 @@ impl Server {
         parse_sse(&r.text().await.unwrap())
     }
     fn last_messages(&self) -> Vec<(String, String)> {
-        let reqs = self.gen.requests.lock().unwrap();
+        let reqs = self.gen.requests();
         match &reqs.last().unwrap().input {
             PromptInput::Messages(m) => m
                 .iter()
@@ -380,7 +260,7 @@ async fn create_get_delete() {
     assert_eq!(r["usage"]["output_tokens_details"]["reasoning_tokens"], 0);
     assert_eq!(r["metadata"]["k"], "v");
     assert_eq!(r["prompt_cache_key"], "pk");
-    let req = s.gen.requests.lock().unwrap()[0].clone();
+    let req = s.gen.requests()[0].clone();
     assert_eq!(req.sampling.max_tokens, Some(16));
     assert_eq!(req.sampling.temperature, 0.0);
     assert_eq!(req.cache_key.as_deref(), Some("pck:pk"));
@@ -498,9 +378,7 @@ async fn chain_carries_full_history_without_instructions() {
     // The same chain root is the cache key all along.
     let keys: Vec<_> = s
         .gen
-        .requests
-        .lock()
-        .unwrap()
+        .requests()
         .iter()
         .map(|r| r.cache_key.clone())
         .collect();
@@ -825,11 +703,7 @@ async fn background_poll_cancel_and_resume() {
     assert_eq!(evs[0].1.as_ref().unwrap()["sequence_number"], 1);
     assert!(evs.last().unwrap().1.is_none(), "ends with [DONE]");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        s.gen.dropped_early.load(Ordering::SeqCst),
-        1,
-        "generation stream dropped"
-    );
+    assert_eq!(s.gen.dropped_early(), 1, "generation stream dropped");
     let (_, g) = s.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(g["status"], "cancelled");
     // Cancelling again is idempotent.
@@ -888,7 +762,7 @@ async fn foreground_stream_disconnect_cancels() {
         }
     }
     assert_eq!(status, "cancelled");
-    assert_eq!(s.gen.dropped_early.load(Ordering::SeqCst), 1);
+    assert_eq!(s.gen.dropped_early(), 1);
 }
 
 #[tokio::test]
@@ -1173,7 +1047,7 @@ async fn chat_completions_plain_and_stream() {
     assert_eq!(typed.choices[0].message.content.as_deref(), Some(FULL));
     assert_eq!(r["usage"]["prompt_tokens"], 20);
     assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 10);
-    let req = s.gen.requests.lock().unwrap()[0].clone();
+    let req = s.gen.requests()[0].clone();
     assert_eq!(req.sampling.stop, vec!["\n".to_string()]);
     assert_eq!(req.sampling.seed, Some(3));
     assert_eq!(req.sampling.max_tokens, Some(8));
@@ -1216,9 +1090,7 @@ async fn completions_and_models() {
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["object"], "text_completion");
     assert_eq!(r["choices"][0]["text"], FULL);
-    assert!(
-        matches!(s.gen.requests.lock().unwrap()[0].input, PromptInput::Prompt(ref p) if p == "Once")
-    );
+    assert!(matches!(s.gen.requests()[0].input, PromptInput::Prompt(ref p) if p == "Once"));
     let events = s
         .post_sse("/v1/completions", json!({"prompt": "Once", "stream": true}))
         .await;
@@ -1248,15 +1120,8 @@ async fn completions_and_models() {
 #[test]
 fn strict_checks_reject_missing_fields() {
     let doc = schema_doc();
-    let good = json!({
-        "id": "resp_1", "object": "response", "created_at": 1, "completed_at": null, "status": "completed",
-        "error": null, "incomplete_details": null, "instructions": null, "model": "m", "output": [],
-        "previous_response_id": null, "tools": [], "tool_choice": "auto", "parallel_tool_calls": true,
-        "temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "top_logprobs": 0,
-        "truncation": "disabled", "text": {"format": {"type": "text"}}, "reasoning": null,
-        "max_output_tokens": null, "max_tool_calls": null, "store": true, "background": false,
-        "service_tier": "default", "metadata": {}, "safety_identifier": null, "prompt_cache_key": null, "usage": null
-    });
+    let mut good = spindle_testkit::fixtures::response_json("resp_1");
+    good["status"] = json!("completed");
     validate_schema(&doc, "ResponseResource", &good);
     for key in ["usage", "text", "output"] {
         let mut bad = good.clone();
@@ -1360,7 +1225,7 @@ async fn http_worker_parses_ndjson_and_errors() {
 async fn chains_keep_their_first_turns_routing_key() {
     let s = server().await;
     let keys = |s: &Server| -> Vec<String> {
-        let reqs = s.gen.requests.lock().unwrap();
+        let reqs = s.gen.requests();
         reqs.iter()
             .map(|r| r.cache_key.clone().unwrap_or_default())
             .collect()

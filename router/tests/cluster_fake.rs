@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use spindle_proto::{ChatMessage, GenerateEvent, GenerateRequest, PromptInput, SamplingParams};
-use spindle_router::cluster::fake::FakeWorker;
 use spindle_router::cluster::{ClusterConfig, ClusterGenerator, Policy};
 use spindle_router::{GenerateError, Generator};
+use spindle_testkit::FakeWorker;
 
 fn req(key: &str) -> GenerateRequest {
     GenerateRequest {

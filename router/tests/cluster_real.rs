@@ -5,7 +5,7 @@
 //! Needs `cargo build --release` (target/release/spindle) and
 //! ../shared/models/stories260K.gguf; skipped (with a message) without them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,7 @@ use futures::StreamExt;
 use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport, PromptInput, SamplingParams};
 use spindle_router::cluster::{ClusterConfig, ClusterGenerator};
 use spindle_router::Generator;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use spindle_testkit::Proc;
 
 /// The release binary (built by scripts/test before `cargo test`; `SPINDLE_BIN`
 /// overrides) and the small model. Missing either is a failure, not a skip.
@@ -33,43 +32,15 @@ fn paths() -> (PathBuf, PathBuf) {
     (bin, model)
 }
 
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-async fn spawn_worker(bin: &PathBuf, model: &PathBuf) -> Proc {
-    let mut child = Command::new(bin)
-        .args([
-            "worker",
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--ctx-size",
-            "512",
-        ])
-        .arg("--model")
-        .arg(model)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(i) = line.find("spindle listening on ") {
-                return line[i + "spindle listening on ".len()..].trim().to_owned();
-            }
-        }
-        panic!("worker exited before listening");
-    })
+async fn spawn_worker(bin: &Path, model: &Path) -> Proc {
+    Proc::worker(
+        bin,
+        model,
+        ["--threads", "1", "--ctx-size", "512"],
+        Duration::from_secs(60),
+    )
     .await
-    .expect("worker listens within a minute");
-    // Keep draining stderr so the worker never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Proc { child, url }
+    .expect("worker listens within a minute")
 }
 
 /// Greedy output of this prompt from stories260K has no near-ties in its first

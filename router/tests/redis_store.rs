@@ -8,38 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use spindle_router::store::{Conversation, ResponseRecord, Subscription, ANONYMOUS_TENANT};
-use spindle_router::types::{ResponseObject, ResponseStatus};
+use spindle_router::store::{Conversation, Subscription, ANONYMOUS_TENANT};
+use spindle_router::types::ResponseStatus;
 use spindle_router::{MemoryStore, ResponseStore, RouterConfig};
 
 use redis_support::*;
-
-fn response(id: &str, status: &str) -> ResponseObject {
-    serde_json::from_value(json!({
-        "id": id, "object": "response", "created_at": 1, "completed_at": null,
-        "status": status, "error": null, "incomplete_details": null,
-        "instructions": null, "model": "m", "output": [], "previous_response_id": null,
-        "conversation": null, "tools": [], "tool_choice": "auto", "parallel_tool_calls": true,
-        "temperature": 0.7, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-        "top_logprobs": 0, "truncation": "disabled", "text": {"format": {"type": "text"}},
-        "reasoning": null, "max_output_tokens": null, "max_tool_calls": null, "store": true,
-        "background": true, "service_tier": "default", "metadata": {},
-        "safety_identifier": null, "user": null, "prompt_cache_key": null, "usage": null
-    }))
-    .unwrap()
-}
-
-fn record(id: &str, owner: &str) -> ResponseRecord {
-    ResponseRecord {
-        response: response(id, "in_progress"),
-        input_items: vec![json!({"id": "msg_1", "type": "message", "role": "user",
-                                  "content": [{"type": "input_text", "text": "hi"}]})],
-        context: vec![],
-        chain_root: id.into(),
-        owner: owner.into(),
-        routing_key: String::new(),
-    }
-}
+use spindle_testkit::fixtures::{record, response};
 
 fn new_id() -> String {
     spindle_router::types::new_id("resp")
@@ -90,7 +64,7 @@ async fn contract(s: Arc<dyn ResponseStore>) {
     let c = s.cancel_response(t1, &id).await.unwrap().unwrap();
     assert_eq!(c.status, ResponseStatus::Cancelled);
     assert!(c.completed_at.is_some());
-    let mut done = response(&id, "completed");
+    let mut done = response(&id, ResponseStatus::Completed);
     done.completed_at = Some(5);
     assert!(!s.update_if_active(done.clone()).await.unwrap());
     let again = s.cancel_response(t1, &id).await.unwrap().unwrap();
@@ -98,7 +72,7 @@ async fn contract(s: Arc<dyn ResponseStore>) {
     // complete exactly once
     let id2 = new_id();
     s.insert_response(record(&id2, t1)).await.unwrap();
-    let mut done2 = response(&id2, "completed");
+    let mut done2 = response(&id2, ResponseStatus::Completed);
     done2.completed_at = Some(7);
     assert!(s.update_if_active(done2.clone()).await.unwrap());
     assert!(!s.update_if_active(done2.clone()).await.unwrap());
@@ -113,7 +87,7 @@ async fn contract(s: Arc<dyn ResponseStore>) {
     assert!(s.delete_response(t1, &id3).await.unwrap());
     assert!(!s.delete_response(t1, &id3).await.unwrap());
     assert!(!s
-        .update_if_active(response(&id3, "completed"))
+        .update_if_active(response(&id3, ResponseStatus::Completed))
         .await
         .unwrap());
     s.append_event(&id3, 0, b"late".to_vec()).await.unwrap();

@@ -9,7 +9,6 @@
 
 mod balancer;
 pub mod config;
-pub mod fake;
 pub mod key;
 mod member;
 mod probe;

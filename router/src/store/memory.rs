@@ -484,7 +484,9 @@ mod tests {
     use crate::types::ResponseStatus;
 
     fn rec(id: &str) -> ResponseRecord {
-        let r = crate::store::bench::sample_response(id);
+        // The test kit's fixture, parsed here: its `ResponseObject` is another crate instance.
+        let r =
+            serde_json::from_value(spindle_testkit::fixtures::response_json(id)).expect("fixture");
         ResponseRecord {
             response: r,
             input_items: vec![],

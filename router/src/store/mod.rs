@@ -4,7 +4,6 @@
 //! an append-only log read by sequence number, and live followers wait on a
 //! change counter (`watch`), which a pub/sub channel can drive.
 
-pub mod bench;
 pub mod memory;
 pub mod metered;
 pub mod redis;

@@ -1,47 +1,18 @@
-//! `spindle bench`: drive any OpenAI-compatible server and measure it.
-//!
-//! Scenarios (`spindle bench <scenario>`):
+//! The engine benchmarks, against any OpenAI-compatible server:
 //! - `streams`: for each concurrency level, N parallel streaming chat
 //!   requests with fixed prompts; aggregate output tokens/s, TTFT and
 //!   inter-token latency percentiles.
 //! - `followup`: TTFT of a turn whose ~1,000-token history was just served
 //!   (prefix cache warm) against the same history cold (unique prefix).
-//! - `store`: the Redis response store's create/get/complete latency and
-//!   rate beside `redis-benchmark` on the same server.
-//! - `affinity`, `overhead`: cluster routing (see `cluster_bench`).
-//!
-//! Prints a table and writes the numbers as JSON (`--out`). Works against
-//! Spindle and llama.cpp's `llama-server` alike, so a script can run both in
-//! one go and compare.
 
-use crate::cluster_bench::{self, ClusterBenchArgs};
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use spindle_testkit::stats::{ms_sorted, percentile};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub scenario: Scenario,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Scenario {
-    /// N concurrent streaming chats per concurrency level: tokens/s, TTFT, inter-token latency.
-    Streams(ClientArgs),
-    /// TTFT of a turn whose ~1,000-token history is cached, against the same history cold.
-    Followup(ClientArgs),
-    /// The Redis response store: create/get/complete latency beside redis-benchmark.
-    Store(StoreArgs),
-    /// Cache affinity per routing policy: 3 workers behind a router, multi-turn conversations.
-    Affinity(ClusterBenchArgs),
-    /// Router overhead in front of a fast fake worker, beside SGLang's gateway (smg).
-    Overhead(ClusterBenchArgs),
-}
 
 #[derive(Args, Debug)]
 pub struct ClientArgs {
@@ -66,20 +37,6 @@ pub struct ClientArgs {
     /// Model name to send (some servers check it).
     #[arg(long)]
     pub model: Option<String>,
-    /// Write results here as JSON.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct StoreArgs {
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Store operations per second offered (create, get and complete in turn).
-    #[arg(long, default_value_t = 1000)]
-    pub ops_per_sec: u32,
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u32,
     /// Write results here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -173,20 +130,6 @@ async fn stream_chat(
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms_sorted(d: impl Iterator<Item = Duration>) -> Vec<f64> {
-    let mut v: Vec<f64> = d.map(|d| d.as_secs_f64() * 1000.0).collect();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
 #[derive(Serialize)]
 struct StreamsResult {
     label: String,
@@ -201,7 +144,7 @@ struct StreamsResult {
     itl_p99_ms: f64,
 }
 
-async fn streams(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result<Value> {
+pub async fn streams(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result<Value> {
     let mut results = Vec::new();
     // Warm-up: load pages, spin up threads.
     stream_chat(client, args, json!([{"role": "user", "content": "Hi"}]), 8).await?;
@@ -278,7 +221,7 @@ fn history(tag: &str) -> Vec<Value> {
     msgs
 }
 
-async fn followup(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result<Value> {
+pub async fn followup(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result<Value> {
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for trial in 0..args.trials {
@@ -294,8 +237,8 @@ async fn followup(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result
         let s = stream_chat(client, args, Value::Array(msgs), 4).await?;
         warm.push(s.ttft);
     }
-    let cold = ms_sorted(cold.into_iter());
-    let warm = ms_sorted(warm.into_iter());
+    let cold = ms_sorted(cold);
+    let warm = ms_sorted(warm);
     let (c50, w50) = (percentile(&cold, 0.5), percentile(&warm, 0.5));
     println!(
         "{:<12} {:>14} {:>14} {:>8}",
@@ -312,33 +255,4 @@ async fn followup(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result
         json!([{"label": args.label, "cold_ttft_p50_ms": c50, "warm_ttft_p50_ms": w50, "ratio": w50 / c50,
                "cold_ms": cold, "warm_ms": warm}]),
     )
-}
-
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        // Fresh connections: llama-server closes idle keep-alive ones unannounced.
-        .pool_max_idle_per_host(0)
-        .build()?)
-}
-
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let (name, out, result) = match &args.scenario {
-        Scenario::Streams(a) => ("streams", &a.out, streams(&client()?, a).await?),
-        Scenario::Followup(a) => ("followup", &a.out, followup(&client()?, a).await?),
-        Scenario::Store(a) => {
-            let r =
-                spindle_router::store::bench::store_bench(&a.redis_url, a.ops_per_sec, a.seconds)
-                    .await;
-            ("store", &a.out, r)
-        }
-        Scenario::Affinity(a) => ("affinity", &a.out, cluster_bench::affinity(a).await?),
-        Scenario::Overhead(a) => ("overhead", &a.out, cluster_bench::overhead(a).await?),
-    };
-    if let Some(out) = out {
-        let doc = json!({"scenario": name, "results": result});
-        std::fs::write(out, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("cannot write {}", out.display()))?;
-        eprintln!("[bench] wrote {}", out.display());
-    }
-    Ok(())
 }

@@ -2,29 +2,30 @@
 //! [`RedisStore`] at a fixed rate, with `redis-benchmark` run on the same
 //! server in the same run as a baseline.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Args;
 use serde_json::{json, Value};
+use spindle_router::store::redis::{RedisOptions, RedisStore};
+use spindle_router::store::ResponseStore;
+use spindle_router::types::{new_id, now_secs, ResponseStatus};
+use spindle_testkit::fixtures::{record, response};
+use spindle_testkit::stats::{percentile, sorted};
 
-use super::redis::{RedisOptions, RedisStore};
-use super::{ResponseRecord, ResponseStore};
-use crate::types::{new_id, ResponseObject, ResponseStatus};
-
-/// A minimal in-progress response object (also used by the store tests).
-pub(crate) fn sample_response(id: &str) -> ResponseObject {
-    serde_json::from_value(json!({
-        "id": id, "object": "response", "created_at": 0, "completed_at": null,
-        "status": "in_progress", "error": null, "incomplete_details": null,
-        "instructions": null, "model": "bench", "output": [], "previous_response_id": null,
-        "conversation": null, "tools": [], "tool_choice": "auto", "parallel_tool_calls": true,
-        "temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-        "top_logprobs": 0, "truncation": "disabled", "text": {"format": {"type": "text"}},
-        "reasoning": null, "max_output_tokens": null, "max_tool_calls": null, "store": true,
-        "background": false, "service_tier": "default", "metadata": {},
-        "safety_identifier": null, "user": null, "prompt_cache_key": null, "usage": null
-    }))
-    .expect("valid response object")
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Store operations per second offered (create, get and complete in turn).
+    #[arg(long, default_value_t = 1000)]
+    pub ops_per_sec: u32,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
+    /// Write results here as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -33,15 +34,6 @@ struct Lat {
     get: Vec<f64>,
     complete: Vec<f64>,
     errors: u64,
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 fn host_port(url: &str) -> (String, String) {
@@ -96,7 +88,7 @@ async fn redis_benchmark(url: &str) -> Value {
 /// then `redis-benchmark` on the same server; prints a table and returns
 /// the numbers as JSON. Keys use the `spindle-bench` prefix and expire after 10 minutes.
 pub async fn store_bench(redis_url: &str, ops_per_sec: u32, seconds: u32) -> Value {
-    let mut opts = RedisOptions::new(redis_url, crate::responses::lost);
+    let mut opts = RedisOptions::new(redis_url, spindle_router::responses::lost);
     opts.prefix = "spindle-bench".into();
     opts.ttl = Duration::from_secs(600);
     let store = match RedisStore::connect(opts).await {
@@ -120,15 +112,7 @@ pub async fn store_bench(redis_url: &str, ops_per_sec: u32, seconds: u32) -> Val
             let ok = match op {
                 0 => {
                     let id = new_id("resp");
-                    let rec = ResponseRecord {
-                        response: sample_response(&id),
-                        input_items: vec![json!({"id": "msg_1", "type": "message", "role": "user",
-                            "content": [{"type": "input_text", "text": "hello there"}]})],
-                        context: vec![],
-                        chain_root: id.clone(),
-                        owner: "bench".into(),
-                        routing_key: String::new(),
-                    };
+                    let rec = record(&id, "bench");
                     let r = store.insert_response(rec).await;
                     if r.is_ok() {
                         if let Ok(mut c) = created.lock() {
@@ -148,9 +132,8 @@ pub async fn store_bench(redis_url: &str, ops_per_sec: u32, seconds: u32) -> Val
                     let id = created.lock().ok().and_then(|mut c| c.pop());
                     match id {
                         Some(id) => {
-                            let mut r = sample_response(&id);
-                            r.status = ResponseStatus::Completed;
-                            r.completed_at = Some(crate::types::now_secs());
+                            let mut r = response(&id, ResponseStatus::Completed);
+                            r.completed_at = Some(now_secs());
                             store.update_if_active(r).await.is_ok()
                         }
                         None => true,
@@ -175,19 +158,20 @@ pub async fn store_bench(redis_url: &str, ops_per_sec: u32, seconds: u32) -> Val
     }
     let elapsed = started.elapsed().as_secs_f64();
     drop(store);
-    let mut l = match Arc::try_unwrap(lat) {
+    let l = match Arc::try_unwrap(lat) {
         Ok(m) => m.into_inner().unwrap_or_default(),
         Err(_) => Lat::default(),
     };
     let mut ops = serde_json::Map::new();
     let mut rows = Vec::new();
     for (name, v) in [
-        ("create", &mut l.create),
-        ("get", &mut l.get),
-        ("complete", &mut l.complete),
+        ("create", l.create),
+        ("get", l.get),
+        ("complete", l.complete),
     ] {
         let n = v.len();
-        let (p50, p99) = (pct(v, 0.50), pct(v, 0.99));
+        let v = sorted(v);
+        let (p50, p99) = (percentile(&v, 0.50), percentile(&v, 0.99));
         let rate = n as f64 / elapsed;
         rows.push(format!(
             "{name:<10} {n:>8} {rate:>10.1} {p50:>9.3} {p99:>9.3}"
@@ -227,4 +211,24 @@ pub async fn store_bench(redis_url: &str, ops_per_sec: u32, seconds: u32) -> Val
         "redis_benchmark": baseline,
         "round_trips": {"create": 2, "get": 1, "complete": 1},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn redis_benchmark_gets_host_and_port_from_any_store_url() {
+        let hp = |u: &str| host_port(u);
+        assert_eq!(
+            hp("redis://127.0.0.1:7000"),
+            ("127.0.0.1".into(), "7000".into())
+        );
+        assert_eq!(
+            hp("rediss://user:pw@db:6380/2"),
+            ("db".into(), "6380".into())
+        );
+        assert_eq!(hp("redis://a:1,redis://b:2"), ("a".into(), "1".into()));
+        assert_eq!(hp("redis://cache"), ("cache".into(), "6379".into()));
+    }
 }

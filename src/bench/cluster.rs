@@ -14,14 +14,15 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use spindle_router::cluster::fake::FakeWorker;
 use spindle_router::cluster::{ClusterConfig, ClusterGenerator, Policy};
 use spindle_router::{MemoryStore, RouterConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use spindle_testkit::serve::serve;
+use spindle_testkit::stats::{percentile as pct, sorted};
+use spindle_testkit::{FakeWorker, Proc};
+use tokio::process::Command;
 
 /// Settings of both cluster benchmarks.
 #[derive(clap::Args, Debug, Clone)]
@@ -84,54 +85,10 @@ pub struct ClusterBenchArgs {
     pub out: Option<PathBuf>,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+/// How long a worker process may take to load its model and listen.
+const WORKER_START: Duration = Duration::from_secs(120);
 
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v
-}
-
-/// A child process killed when dropped.
-struct Proc(#[allow(dead_code)] Child);
-
-async fn spawn_worker(
-    bin: &PathBuf,
-    model: &PathBuf,
-    threads: usize,
-) -> anyhow::Result<(Proc, String)> {
-    let mut child = Command::new(bin)
-        .args(["worker", "--host", "127.0.0.1", "--port", "0"])
-        .arg("--threads")
-        .arg(threads.to_string())
-        .arg("--model")
-        .arg(model)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let url = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(i) = line.find("spindle listening on ") {
-                return Ok(line[i + 21..].trim().to_owned());
-            }
-        }
-        bail!("worker exited before listening")
-    })
-    .await
-    .context("worker did not listen within 120 s")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((Proc(child), url))
-}
-
-/// Serves the public API over `gen` on a random local port.
+/// Serves the public API over `gen` (memory store) on a random local port.
 async fn serve_router(
     gen: ClusterGenerator,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
@@ -140,17 +97,7 @@ async fn serve_router(
         Arc::new(MemoryStore::default()),
         &RouterConfig::default(),
     );
-    use axum::serve::ListenerExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    // Without TCP_NODELAY, small SSE frames wait for delayed ACKs (~40 ms each).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((url, task))
+    Ok(serve(app).await?)
 }
 
 /// Deterministic pseudo-random numbers (SplitMix64).
@@ -330,9 +277,10 @@ pub async fn affinity(args: &ClusterBenchArgs) -> anyhow::Result<Value> {
         let mut procs = Vec::new();
         let mut urls = Vec::new();
         for _ in 0..args.workers {
-            let (p, u) = spawn_worker(&bin, &args.model, args.worker_threads).await?;
+            let threads = args.worker_threads.to_string();
+            let p = Proc::worker(&bin, &args.model, ["--threads", &threads], WORKER_START).await?;
+            urls.push(p.url.clone());
             procs.push(p);
-            urls.push(u);
         }
         let gen = ClusterGenerator::start(ClusterConfig {
             policy,
@@ -500,7 +448,7 @@ async fn measure(url: &str, args: &ClusterBenchArgs) -> anyhow::Result<Measured>
 }
 
 /// Starts `smg launch` in front of `worker`; Ok(None, reason) when it cannot.
-async fn start_smg(smg: &PathBuf, worker: &str) -> (Option<(Proc, String)>, String) {
+async fn start_smg(smg: &PathBuf, worker: &str) -> (Option<Proc>, String) {
     if !smg.exists() {
         return (
             None,
@@ -512,14 +460,18 @@ async fn start_smg(smg: &PathBuf, worker: &str) -> (Option<(Proc, String)>, Stri
         Err(e) => return (None, e.to_string()),
     };
     let log = std::env::temp_dir().join(format!("smg-{port}.log"));
-    let Ok(logf) = std::fs::File::create(&log) else {
+    // stdout and stderr share one handle (and offset) into the log.
+    let Some((logf, errf)) = std::fs::File::create(&log)
+        .and_then(|f| Ok((f.try_clone()?, f)))
+        .ok()
+    else {
         return (None, "cannot create the smg log".into());
     };
     let child = Command::new(smg)
         .args(["launch", "--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--worker-urls", worker, "--policy", "consistent_hashing"])
-        .stdout(Stdio::from(logf.try_clone().expect("log")))
-        .stderr(Stdio::from(logf))
+        .stdout(Stdio::from(logf))
+        .stderr(Stdio::from(errf))
         .kill_on_drop(true)
         .spawn();
     let mut child = match child {
@@ -531,37 +483,26 @@ async fn start_smg(smg: &PathBuf, worker: &str) -> (Option<(Proc, String)>, Stri
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(60) {
         if let Ok(Some(st)) = child.try_wait() {
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: String = tail
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
+            let tail = log_tail(&log);
             return (None, format!("smg exited ({st}); log tail:\n{tail}"));
         }
         if chat_once(&client, &url, 2).await.is_ok() {
-            return (Some((Proc(child), url)), String::new());
+            return (Some(Proc::new(child, url)), String::new());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let tail = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: String = tail
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let tail = log_tail(&log);
     (
         None,
         format!("smg did not serve a chat completion within 60 s; log tail:\n{tail}"),
     )
+}
+
+/// The last 15 lines of a log file (empty when unreadable).
+fn log_tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 /// Router overhead against a fast fake worker. Prints a table; returns the numbers.
@@ -573,8 +514,8 @@ pub async fn overhead(args: &ClusterBenchArgs) -> anyhow::Result<Value> {
     let direct = measure(&fake.url, args).await?;
     let mut targets = vec![("spindle-router", router_url.clone())];
     let (smg, smg_note) = start_smg(&args.smg, &fake.url).await;
-    if let Some((_, u)) = &smg {
-        targets.push(("smg", u.clone()));
+    if let Some(p) = &smg {
+        targets.push(("smg", p.url.clone()));
     } else {
         eprintln!("smg not compared: {smg_note}");
     }

@@ -1,0 +1,71 @@
+//! `spindle bench`: drive any OpenAI-compatible server and measure it
+//! (compiled with `--features bench`).
+//!
+//! Scenarios (`spindle bench <scenario>`):
+//! - `streams`, `followup`: a server's streaming throughput and prefix-cache
+//!   TTFT (see [`engine`]);
+//! - `store`: the Redis response store beside `redis-benchmark` (see [`store`]);
+//! - `affinity`, `overhead`: cluster routing (see [`cluster`]).
+//!
+//! Prints a table and writes the numbers as JSON (`--out`). Works against
+//! Spindle and llama.cpp's `llama-server` alike, so a script can run both in
+//! one go and compare.
+
+mod cluster;
+mod engine;
+mod store;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use cluster::ClusterBenchArgs;
+use engine::ClientArgs;
+use store::StoreArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Scenario {
+    /// N concurrent streaming chats per concurrency level: tokens/s, TTFT, inter-token latency.
+    Streams(ClientArgs),
+    /// TTFT of a turn whose ~1,000-token history is cached, against the same history cold.
+    Followup(ClientArgs),
+    /// The Redis response store: create/get/complete latency beside redis-benchmark.
+    Store(StoreArgs),
+    /// Cache affinity per routing policy: 3 workers behind a router, multi-turn conversations.
+    Affinity(ClusterBenchArgs),
+    /// Router overhead in front of a fast fake worker, beside SGLang's gateway (smg).
+    Overhead(ClusterBenchArgs),
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        // Fresh connections: llama-server closes idle keep-alive ones unannounced.
+        .pool_max_idle_per_host(0)
+        .build()?)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (name, out, result) = match &args.scenario {
+        Scenario::Streams(a) => ("streams", &a.out, engine::streams(&client()?, a).await?),
+        Scenario::Followup(a) => ("followup", &a.out, engine::followup(&client()?, a).await?),
+        Scenario::Store(a) => {
+            let r = store::store_bench(&a.redis_url, a.ops_per_sec, a.seconds).await;
+            ("store", &a.out, r)
+        }
+        Scenario::Affinity(a) => ("affinity", &a.out, cluster::affinity(a).await?),
+        Scenario::Overhead(a) => ("overhead", &a.out, cluster::overhead(a).await?),
+    };
+    if let Some(out) = out {
+        let doc = json!({"scenario": name, "results": result});
+        std::fs::write(out, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("[bench] wrote {}", out.display());
+    }
+    Ok(())
+}
