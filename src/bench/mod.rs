@@ -5,12 +5,14 @@
 //! - `streams`, `followup`: a server's streaming throughput and prefix-cache
 //!   TTFT (see [`engine`]);
 //! - `store`: the Redis response store beside `redis-benchmark` (see [`store`]);
-//! - `affinity`, `overhead`: cluster routing (see [`cluster`]).
+//! - `affinity`, `overhead`: cluster routing (see [`cluster`]);
+//! - `chain`: the cost of one more turn of a long chain (see [`chain`]).
 //!
 //! Prints a table and writes the numbers as JSON (`--out`). Works against
 //! Spindle and llama.cpp's `llama-server` alike, so a script can run both in
 //! one go and compare.
 
+mod chain;
 mod cluster;
 mod engine;
 mod store;
@@ -19,6 +21,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use chain::ChainArgs;
 use cluster::ClusterBenchArgs;
 use engine::ClientArgs;
 use store::StoreArgs;
@@ -41,6 +44,8 @@ pub enum Scenario {
     Affinity(ClusterBenchArgs),
     /// Router overhead in front of a fast fake worker, beside SGLang's gateway (smg).
     Overhead(ClusterBenchArgs),
+    /// A 500-turn chain with a 2 KB tool output per turn: router, engine and store cost per turn.
+    Chain(ChainArgs),
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
@@ -60,6 +65,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Scenario::Affinity(a) => ("affinity", &a.out, cluster::affinity(a).await?),
         Scenario::Overhead(a) => ("overhead", &a.out, cluster::overhead(a).await?),
+        Scenario::Chain(a) => ("chain", &a.out, chain::chain(a).await?),
     };
     if let Some(out) = out {
         let doc = json!({"scenario": name, "results": result});

@@ -1,5 +1,5 @@
-//! Child processes for tests and benchmarks: a `spindle worker` started on a
-//! free port (its URL read from the "listening" log line), killed on drop.
+//! Child processes for tests and benchmarks: a `spindle` subcommand started
+//! on a free port (its URL read from the "listening" log line), killed on drop.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -37,17 +37,32 @@ impl Proc {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let mut all: Vec<std::ffi::OsString> = vec!["--model".into(), model.as_os_str().into()];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        Self::spawn(bin, "worker", all, timeout).await
+    }
+
+    /// `bin SUBCOMMAND --host 127.0.0.1 --port 0 ARGS…` (`worker`, `serve`,
+    /// `router`); waits up to `timeout` for it to listen.
+    pub async fn spawn<I, S>(
+        bin: &Path,
+        subcommand: &str,
+        args: I,
+        timeout: Duration,
+    ) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut child = Command::new(bin)
-            .args(["worker", "--host", "127.0.0.1", "--port", "0"])
-            .arg("--model")
-            .arg(model)
+            .args([subcommand, "--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let stderr = child.stderr.take().context("worker stderr")?;
+        let stderr = child.stderr.take().context("stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         let url = tokio::time::timeout(timeout, async {
             while let Some(line) = lines.next_line().await? {
@@ -55,10 +70,10 @@ impl Proc {
                     return Ok(line[i + LISTENING.len()..].trim().to_owned());
                 }
             }
-            bail!("worker exited before listening")
+            bail!("spindle {subcommand} exited before listening")
         })
         .await
-        .with_context(|| format!("worker did not listen within {timeout:?}"))??;
+        .with_context(|| format!("spindle {subcommand} did not listen within {timeout:?}"))??;
         // Keep draining stderr so the worker never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self { child, url })
