@@ -92,7 +92,10 @@ pub struct GenerateRequest {
     pub continuation: Option<String>,
     #[serde(default)]
     pub sampling: SamplingParams,
-    /// Routing/cache hint; the worker reports it back in logs only.
+    /// The conversation identity this request is routed by, set once by the
+    /// router's API layer (`resp:…`, `conv:…`, `user:…`, or a prompt hash
+    /// `h:…`) so that every turn lands where its prefix is cached. Workers
+    /// only log it.
     #[serde(default)]
     pub cache_key: Option<String>,
 }

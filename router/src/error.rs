@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use spindle_proto::openai::{ErrorBody, ErrorObject};
 
 /// Every error the public API can return.
 #[derive(Debug, thiserror::Error)]
@@ -124,18 +124,20 @@ impl ApiError {
     }
 
     /// The `{"error":{...}}` body.
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": self.payload()})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.object(),
+        }
     }
 
     /// The inner error object `{"message","type","param","code"}`.
-    pub fn payload(&self) -> serde_json::Value {
-        json!({
-            "message": self.to_string(),
-            "type": self.kind(),
-            "param": self.param(),
-            "code": self.code(),
-        })
+    pub fn object(&self) -> ErrorObject {
+        ErrorObject {
+            message: self.to_string(),
+            kind: self.kind().into(),
+            param: self.param().map(str::to_owned),
+            code: self.code().map(str::to_owned),
+        }
     }
 }
 

@@ -8,6 +8,25 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
+/// The answer to a `DELETE`: `{"id", "object": "<kind>.deleted", "deleted": true}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deleted {
+    pub id: String,
+    pub object: &'static str,
+    pub deleted: bool,
+}
+
+impl Deleted {
+    /// `object` is `"response.deleted"` or `"conversation.deleted"`.
+    pub fn new(id: String, object: &'static str) -> Self {
+        Self {
+            id,
+            object,
+            deleted: true,
+        }
+    }
+}
+
 /// Lifecycle of a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -204,7 +204,7 @@ impl ChatCompletionRequest {
             input: PromptInput::Messages(messages),
             continuation: None,
             sampling,
-            cache_key: self.user.clone(),
+            cache_key: None,
         })
     }
 
@@ -240,7 +240,7 @@ impl CompletionRequest {
             input: PromptInput::Prompt(prompt),
             continuation: None,
             sampling,
-            cache_key: self.user.clone(),
+            cache_key: None,
         })
     }
 

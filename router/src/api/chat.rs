@@ -6,6 +6,7 @@
 //! the generation.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{BoxStream, StreamExt};
@@ -15,6 +16,7 @@ use spindle_proto::openai::{
 use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 
 use super::SharedState;
+use crate::cluster::key::{assign_routing_key, session_id, KeySources};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::sse::{done_event, sse_response};
@@ -27,6 +29,10 @@ struct Call {
     model: Option<String>,
     stream: bool,
     include_usage: bool,
+    /// `user`, a routing identity.
+    user: Option<String>,
+    /// `X-Session-Id`, a routing identity.
+    session: Option<String>,
 }
 
 fn frame(item: &StreamItem) -> axum::response::sse::Event {
@@ -47,6 +53,14 @@ async fn run(
     };
     let mut gen = to_generate(id.clone())?;
     gen.model = Some(model.clone());
+    assign_routing_key(
+        &mut gen,
+        &KeySources {
+            session_header: call.session.as_deref(),
+            user: call.user.as_deref(),
+            ..KeySources::default()
+        },
+    );
     let mut completer = Completer::new(call.endpoint, id, now_secs(), model, call.include_usage);
     let mut stream: BoxStream<'static, GenerateEvent> = st.generator.generate(gen).await?;
     if !call.stream {
@@ -100,6 +114,7 @@ async fn run(
 pub async fn chat_completions(
     State(st): State<SharedState>,
     Extension(tag): Extension<ModelTag>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> ApiResult<Response> {
     let call = Call {
@@ -107,6 +122,8 @@ pub async fn chat_completions(
         model: req.model.clone(),
         stream: req.stream,
         include_usage: req.include_usage(),
+        user: req.user.clone(),
+        session: session_id(&headers).map(str::to_owned),
     };
     run(st, call, |id| req.to_generate(id), &tag).await
 }
@@ -115,6 +132,7 @@ pub async fn chat_completions(
 pub async fn completions(
     State(st): State<SharedState>,
     Extension(tag): Extension<ModelTag>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> ApiResult<Response> {
     let call = Call {
@@ -122,6 +140,8 @@ pub async fn completions(
         model: req.model.clone(),
         stream: req.stream,
         include_usage: req.include_usage(),
+        user: req.user.clone(),
+        session: session_id(&headers).map(str::to_owned),
     };
     run(st, call, |id| req.to_generate(id), &tag).await
 }

@@ -8,14 +8,14 @@ use axum::extract::State;
 use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{SharedState, Tenant};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::responses::items::{list_page, normalize_items};
 use crate::store::Conversation;
-use crate::types::{new_id, now_secs, ListQuery};
+use crate::types::{new_id, now_secs, Deleted, ListQuery};
 
 /// Body of `POST /v1/conversations`.
 #[derive(Debug, Default, Deserialize)]
@@ -94,11 +94,9 @@ pub async fn delete(
     State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     if st.store.delete_conversation(&tenant, &id).await? {
-        Ok(Json(
-            json!({"id": id, "object": "conversation.deleted", "deleted": true}),
-        ))
+        Ok(Json(Deleted::new(id, "conversation.deleted")))
     } else {
         Err(not_found(&id))
     }

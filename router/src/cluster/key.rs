@@ -25,7 +25,7 @@ pub struct KeySources<'a> {
     pub prompt_cache_key: Option<&'a str>,
     /// The `X-Session-Id` header.
     pub session_header: Option<&'a str>,
-    /// The request's `user` (or `safety_identifier`).
+    /// The request's `safety_identifier`, else its `user`.
     pub user: Option<&'a str>,
 }
 
@@ -45,6 +45,21 @@ pub fn cache_key_from(s: &KeySources<'_>) -> Option<String> {
             .filter(|v| !v.is_empty())
             .map(|v| format!("{kind}:{v}"))
     })
+}
+
+/// Sets `req.cache_key` to the key the request is routed by, computed here
+/// once (the balancer then only reads it): the first identity in `sources`,
+/// else a hash of the prompt's stable start (see [`routing_key`]).
+pub fn assign_routing_key(req: &mut GenerateRequest, sources: &KeySources<'_>) -> String {
+    req.cache_key = cache_key_from(sources);
+    let key = routing_key(req);
+    req.cache_key = Some(key.clone());
+    key
+}
+
+/// The `X-Session-Id` header, a routing identity for clients that do not chain.
+pub fn session_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get("x-session-id").and_then(|v| v.to_str().ok())
 }
 
 /// How many leading characters of a raw prompt identify its conversation.
@@ -148,6 +163,22 @@ mod tests {
         };
         assert_eq!(cache_key_from(&s).unwrap(), "user:alice");
         assert_eq!(cache_key_from(&KeySources::default()), None);
+    }
+
+    #[test]
+    fn assigned_once_and_the_same_for_every_api() {
+        let mut r = req(PromptInput::Messages(vec![msg("user", "hi")]), None);
+        let sources = KeySources {
+            user: Some("alice"),
+            ..KeySources::default()
+        };
+        assert_eq!(assign_routing_key(&mut r, &sources), "user:alice");
+        assert_eq!(r.cache_key.as_deref(), Some("user:alice"));
+        // The balancer reads it back without hashing again.
+        assert_eq!(routing_key(&r), "user:alice");
+        let mut anon = req(PromptInput::Messages(vec![msg("user", "hi")]), None);
+        let key = assign_routing_key(&mut anon, &KeySources::default());
+        assert!(key.starts_with("h:") && anon.cache_key == Some(key));
     }
 
     #[test]

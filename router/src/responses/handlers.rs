@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -16,17 +16,13 @@ use super::items::list_page;
 use super::prepare::{prepare, Prepared};
 use super::replay::follow;
 use crate::api::{SharedState, Tenant};
+use crate::cluster::key::session_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::sse::{done_event, sse_response};
 use crate::store::{ResponseRecord, Subscription};
 use crate::telemetry::ModelTag;
-use crate::types::{CreateResponseRequest, ListQuery, ResponseObject};
-
-/// The `X-Session-Id` header, a routing hint for clients that do not chain.
-fn session_id(headers: &HeaderMap) -> Option<&str> {
-    headers.get("x-session-id").and_then(|v| v.to_str().ok())
-}
+use crate::types::{CreateResponseRequest, Deleted, ListQuery, ResponseObject};
 
 /// `POST /v1/responses`.
 pub async fn create(
@@ -178,11 +174,9 @@ pub async fn delete(
     State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     if st.store.delete_response(&tenant, &id).await? {
-        Ok(Json(
-            json!({"id": id, "object": "response.deleted", "deleted": true}),
-        ))
+        Ok(Json(Deleted::new(id, "response.deleted")))
     } else {
         Err(ApiError::not_found(format!(
             "Response with id '{id}' not found."

@@ -9,7 +9,7 @@ use spindle_proto::{ChatMessage, GenerateRequest, PromptInput, SamplingParams};
 use super::items::{items_to_messages, normalize_input};
 use crate::api::SharedState;
 use crate::chain::{self, ContextTurn, Truncation};
-use crate::cluster::key::{cache_key_from, routing_key, KeySources};
+use crate::cluster::key::{assign_routing_key, KeySources};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{chained_response_id, ResponseRecord};
 use crate::telemetry::ModelTag;
@@ -187,20 +187,27 @@ pub(super) async fn prepare(
             max_tokens: req.max_output_tokens,
             ..SamplingParams::default()
         },
-        cache_key: chain_key.or_else(|| {
-            cache_key_from(&KeySources {
+        cache_key: None,
+    };
+    // A follow-up inherits its chain's key. Otherwise, without any identity,
+    // the key hashes the leading messages (system and first user turn); it
+    // is stored, so this chain's follow-ups route the same way.
+    let routing_key = match chain_key {
+        Some(key) => {
+            gen.cache_key = Some(key.clone());
+            key
+        }
+        None => assign_routing_key(
+            &mut gen,
+            &KeySources {
                 conversation: req.conversation.as_ref().map(|c| c.id()),
                 previous_response_root: None,
                 prompt_cache_key: req.prompt_cache_key.as_deref(),
                 session_header: session,
-                user: req.user.as_deref(),
-            })
-        }),
+                user: req.safety_identifier.as_deref().or(req.user.as_deref()),
+            },
+        ),
     };
-    // Without any identity the key hashes the leading messages (system and
-    // first user turn): stored, so this chain's follow-ups route the same way.
-    let routing_key = routing_key(&gen);
-    gen.cache_key = Some(routing_key.clone());
     let response = ResponseObject {
         id: id.clone(),
         object: "response".into(),
