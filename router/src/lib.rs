@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod responses;
 pub mod sse;
 pub mod store;
+mod sync;
 pub mod telemetry;
 pub mod types;
 

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::store::ResponseStore;
+use crate::sync;
 use crate::types::{ResponseErrorInfo, ResponseObject, ResponseStatus};
 
 struct Active {
@@ -59,7 +60,7 @@ impl Drop for ActiveGuard {
 
 impl Lifecycle {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
-        self.active.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.active)
     }
 
     /// Registers a generation for `response` (owned by tenant `owner`).

@@ -19,6 +19,7 @@ use super::probe::{every, probe_all, resolve};
 use super::ring::HashRing;
 use super::run::Run;
 use crate::generator::{GenerateError, Generator};
+use crate::sync;
 
 /// Counters of routing decisions past the ring owner (also exported as
 /// `spindle_router_routing_decisions_total{reason}`).
@@ -84,7 +85,7 @@ struct Tasks(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for t in self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in sync::lock(&self.0).drain(..) {
             t.abort();
         }
     }
@@ -156,7 +157,7 @@ impl ClusterGenerator {
                 |i| async move { resolve(&i).await },
             )));
         }
-        *this._tasks.0.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        *sync::lock(&this._tasks.0) = tasks;
         Ok(this)
     }
 
@@ -173,7 +174,7 @@ impl ClusterGenerator {
     /// Every known worker's state.
     pub fn members(&self) -> Vec<MemberStatus> {
         let view = self.inner.view();
-        let members = self.inner.members.read().unwrap_or_else(|p| p.into_inner());
+        let members = sync::read(&self.inner.members);
         members
             .iter()
             .map(|m| m.status(view.signature.iter().any(|(u, _)| *u == m.url)))
@@ -230,17 +231,13 @@ impl View {
 
 impl Inner {
     fn view(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::read(&self.view).clone()
     }
 
     /// Rebuilds the pools when the routable workers or their models changed,
     /// and publishes the per-worker and per-model gauges.
     pub(crate) fn refresh_view(&self) {
-        let members = self
-            .members
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let members = sync::read(&self.members).clone();
         let mut known = BTreeMap::new();
         let mut routable: Vec<(Arc<Member>, Vec<String>)> = Vec::new();
         for m in &members {
@@ -269,7 +266,7 @@ impl Inner {
             .iter()
             .map(|(m, models)| (m.url.clone(), models.clone()))
             .collect();
-        let mut cur = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let mut cur = sync::write(&self.view);
         if cur.signature == signature && cur.known == known {
             return;
         }

@@ -9,6 +9,7 @@ use spindle_proto::openai::ModelCard;
 use spindle_proto::LoadReport;
 
 use crate::generator::HttpWorker;
+use crate::sync;
 
 /// Circuit-breaker state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +89,7 @@ impl Member {
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.health)
     }
 
     /// Streams this router has open on the worker.

@@ -11,6 +11,7 @@ use spindle_proto::LoadReport;
 
 use super::balancer::Inner;
 use super::member::{Breaker, Member};
+use crate::sync;
 
 /// Run `job` every `every` (first run one period from now) until the
 /// generator is dropped.
@@ -54,7 +55,7 @@ pub(crate) async fn resolve(inner: &Arc<Inner>) {
     }
     let answers = futures::future::join_all(names.iter().map(|n| lookup(n))).await;
     let added: Vec<Arc<Member>> = {
-        let mut members = inner.members.write().unwrap_or_else(|p| p.into_inner());
+        let mut members = sync::write(&inner.members);
         let before = members.len();
         // A worker stays while its own name still lists it (or failed to answer).
         members.retain(|m| match &m.source {
@@ -85,11 +86,7 @@ pub(crate) async fn resolve(inner: &Arc<Inner>) {
 }
 
 pub(crate) async fn probe_all(inner: &Arc<Inner>) {
-    let members = inner
-        .members
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let members = sync::read(&inner.members).clone();
     futures::future::join_all(members.iter().map(|m| probe(inner, m))).await;
     inner.refresh_view();
 }

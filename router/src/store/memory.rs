@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{
-    Conversation, ResponseRecord, ResponseStore, StoreError, StoreResult, StoredEvent, Subscription,
-};
+use super::{Conversation, ResponseRecord, ResponseStore, StoreResult, StoredEvent, Subscription};
+use crate::sync;
 use crate::types::{now_secs, ResponseObject, ResponseStatus};
 
 struct RespEntry {
@@ -213,10 +212,8 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> StoreResult<MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| StoreError::Backend("memory store lock poisoned".into()))
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        sync::lock(&self.inner)
     }
 
     fn expiry(&self) -> Instant {
@@ -236,7 +233,7 @@ impl Default for MemoryStore {
 impl ResponseStore for MemoryStore {
     async fn insert_response(&self, rec: ResponseRecord) -> StoreResult<()> {
         let expires = self.expiry();
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         g.next_seq += 1;
         let seq = g.next_seq;
         let id = rec.response.id.clone();
@@ -254,7 +251,7 @@ impl ResponseStore for MemoryStore {
 
     async fn append_turn(&self, chain_root: &str, items: Vec<u8>) -> StoreResult<u64> {
         let expires = self.expiry();
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         g.next_seq += 1;
         let seq = g.next_seq;
         let mut log = g.chains.map.remove(chain_root).unwrap_or(ChainLog {
@@ -279,7 +276,7 @@ impl ResponseStore for MemoryStore {
         chain_root: &str,
         indexes: &[u64],
     ) -> StoreResult<Vec<Option<Vec<u8>>>> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         let log = g.chains.get_mut(chain_root);
         Ok(indexes
             .iter()
@@ -293,7 +290,7 @@ impl ResponseStore for MemoryStore {
 
     async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>> {
         Ok(self
-            .lock()?
+            .lock()
             .responses
             .get_mut(id)
             .filter(|e| e.rec.owner == tenant)
@@ -302,14 +299,14 @@ impl ResponseStore for MemoryStore {
 
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {
         Ok(self
-            .lock()?
+            .lock()
             .responses
             .get_mut(id)
             .map(|e| e.rec.response.status))
     }
 
     async fn delete_response(&self, tenant: &str, id: &str) -> StoreResult<bool> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         if g.responses
             .get_mut(id)
             .is_none_or(|e| e.rec.owner != tenant)
@@ -320,7 +317,7 @@ impl ResponseStore for MemoryStore {
     }
 
     async fn update_if_active(&self, response: ResponseObject) -> StoreResult<bool> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         let Some(e) = g.responses.get_mut(&response.id) else {
             return Ok(false);
         };
@@ -333,7 +330,7 @@ impl ResponseStore for MemoryStore {
     }
 
     async fn cancel_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseObject>> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         let Some(e) = g.responses.get_mut(id).filter(|e| e.rec.owner == tenant) else {
             return Ok(None);
         };
@@ -346,7 +343,7 @@ impl ResponseStore for MemoryStore {
     }
 
     async fn append_event(&self, id: &str, seq: u64, event: Vec<u8>) -> StoreResult<()> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         if let Some(e) = g.responses.get_mut(id) {
             // Only the next number is taken: a writer's events stay in order.
             if !e.rec.response.status.is_terminal() && seq == e.events.len() as u64 {
@@ -362,7 +359,7 @@ impl ResponseStore for MemoryStore {
         id: &str,
         after: Option<u64>,
     ) -> StoreResult<Option<Vec<StoredEvent>>> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         let first = after.map_or(0, |a| a.saturating_add(1));
         Ok(g.responses.get_mut(id).map(|e| {
             e.events
@@ -378,7 +375,7 @@ impl ResponseStore for MemoryStore {
     }
 
     async fn subscribe(&self, id: &str) -> StoreResult<Option<Subscription>> {
-        Ok(self.lock()?.responses.get_mut(id).map(|e| Subscription {
+        Ok(self.lock().responses.get_mut(id).map(|e| Subscription {
             status: e.status_changes.subscribe(),
             events: e.event_changes.subscribe(),
         }))
@@ -391,7 +388,7 @@ impl ResponseStore for MemoryStore {
         items: Vec<Value>,
     ) -> StoreResult<()> {
         let expires = self.expiry();
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         g.next_seq += 1;
         let seq = g.next_seq;
         let id = conv.id.clone();
@@ -411,7 +408,7 @@ impl ResponseStore for MemoryStore {
 
     async fn get_conversation(&self, tenant: &str, id: &str) -> StoreResult<Option<Conversation>> {
         Ok(self
-            .lock()?
+            .lock()
             .conversations
             .owned(tenant, id)
             .map(|e| e.conv.clone()))
@@ -423,7 +420,7 @@ impl ResponseStore for MemoryStore {
         id: &str,
         metadata: BTreeMap<String, String>,
     ) -> StoreResult<Option<Conversation>> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         Ok(g.conversations.owned(tenant, id).map(|e| {
             e.conv.metadata = metadata;
             e.conv.clone()
@@ -431,7 +428,7 @@ impl ResponseStore for MemoryStore {
     }
 
     async fn delete_conversation(&self, tenant: &str, id: &str) -> StoreResult<bool> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         if g.conversations.owned(tenant, id).is_none() {
             return Ok(false);
         }
@@ -440,7 +437,7 @@ impl ResponseStore for MemoryStore {
 
     async fn conversation_items(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<Value>>> {
         Ok(self
-            .lock()?
+            .lock()
             .conversations
             .owned(tenant, id)
             .map(|e| e.items.clone()))
@@ -452,7 +449,7 @@ impl ResponseStore for MemoryStore {
         id: &str,
         items: Vec<Value>,
     ) -> StoreResult<bool> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         Ok(match g.conversations.owned(tenant, id) {
             Some(e) => {
                 e.items.extend(items);
@@ -468,7 +465,7 @@ impl ResponseStore for MemoryStore {
         id: &str,
         item_id: &str,
     ) -> StoreResult<Option<bool>> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         Ok(g.conversations.owned(tenant, id).map(|e| {
             let before = e.items.len();
             e.items
