@@ -55,3 +55,47 @@ def test_bench_without_the_feature_says_how_to_build_it():
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r
     assert "--features bench" in r.stderr, r.stderr
+
+
+@needs_cargo
+def test_router_depends_on_proto_only():
+    # The router builds and tests without llama.cpp: of the workspace, only proto.
+    deps = names(tree("spindle-router"))
+    assert "spindle-proto" in deps
+    assert not deps & {"spindle-worker", "llama-cpp-2", "llama-cpp-sys-2"}, deps
+
+
+def rust_sources(*dirs: str) -> dict[str, str]:
+    """Source text of every `.rs` file under the given repo directories, without
+    `#[cfg(test)]` modules (tests may build anything)."""
+    out = {}
+    for d in dirs:
+        for path in sorted((ROOT / d).rglob("*.rs")):
+            text = path.read_text()
+            out[str(path.relative_to(ROOT))] = text.split("#[cfg(test)]")[0]
+    return out
+
+
+def test_only_the_responses_module_builds_stream_events():
+    users = [p for p, text in rust_sources("router/src", "src", "testkit/src").items()
+             if "ResponseStreamEvent" in text]
+    assert users and all(p.startswith("router/src/responses/") for p in users), users
+
+
+def test_the_store_stores_bytes_and_never_reads_api_events():
+    # The store keeps event bytes with their numbers; what they mean is the
+    # API layer's (the reaper gets its terminal events from responses::lost).
+    for path, text in rust_sources("router/src/store").items():
+        for word in ("ResponseStreamEvent", "responses::", "\"response.failed\"", "\"type\""):
+            assert word not in text, f"{path} names {word}"
+
+
+def test_the_routing_key_is_computed_in_one_place():
+    for path, text in rust_sources("router/src", "src").items():
+        if path == "router/src/cluster/key.rs":
+            continue
+        assert "cache_key_from(" not in text, path
+        # The API layer assigns the key (assign_routing_key); the balancer
+        # only reads it back (routing_key).
+        if path != "router/src/cluster/balancer.rs":
+            assert "routing_key(" not in text.replace("assign_routing_key(", ""), path
