@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 
 use super::record::Transition;
 use super::Inner;
-use crate::store::{StoreError, StoreResult};
+use crate::store::StoreResult;
+use crate::sync;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -31,7 +32,8 @@ impl Inner {
     /// Response `id` is terminal (or gone): stop renewing its lease and drop
     /// it at the next heartbeat.
     pub(super) fn finished(&self, id: &str) {
-        if let Ok(mut l) = self.local.lock() {
+        {
+            let mut l = sync::lock(&self.local);
             if l.active.remove(id) {
                 l.finished.push(id.to_owned());
             }
@@ -46,7 +48,8 @@ impl Inner {
         id: &str,
         insert: impl Future<Output = StoreResult<()>>,
     ) -> StoreResult<()> {
-        if let Ok(mut l) = self.local.lock() {
+        {
+            let mut l = sync::lock(&self.local);
             l.active.insert(id.to_owned());
         }
         let deadline = self.lease_deadline();
@@ -56,7 +59,8 @@ impl Inner {
         zadd.arg(&lease_key).arg(deadline).arg(id);
         let (a, b) = tokio::join!(insert, self.run(zadd.query_async::<()>(&mut c2)));
         if a.is_err() || b.is_err() {
-            if let Ok(mut l) = self.local.lock() {
+            {
+                let mut l = sync::lock(&self.local);
                 l.active.remove(id);
             }
         }
@@ -66,10 +70,7 @@ impl Inner {
     /// Renew this replica's leases and drop finished ones (one round trip).
     async fn heartbeat(&self) -> StoreResult<()> {
         let (active, finished) = {
-            let mut l = self
-                .local
-                .lock()
-                .map_err(|_| StoreError::Backend("lock poisoned".into()))?;
+            let mut l = sync::lock(&self.local);
             let f = std::mem::take(&mut l.finished);
             (l.active.iter().cloned().collect::<Vec<_>>(), f)
         };
@@ -93,7 +94,8 @@ impl Inner {
         let r = self.run(p.query_async::<()>(&mut c)).await;
         if r.is_err() {
             // Retry dropping them next time.
-            if let Ok(mut l) = self.local.lock() {
+            {
+                let mut l = sync::lock(&self.local);
                 l.finished.extend(finished);
             }
         }
@@ -117,11 +119,7 @@ impl Inner {
             .await?;
         let mut failed = 0;
         for id in expired {
-            let mine = self
-                .local
-                .lock()
-                .map(|l| l.active.contains(&id))
-                .unwrap_or(false);
+            let mine = sync::lock(&self.local).active.contains(&id);
             if mine {
                 continue;
             }

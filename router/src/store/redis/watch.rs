@@ -13,7 +13,8 @@ use tokio::sync::watch;
 
 use super::conn::RedisConn;
 use super::Inner;
-use crate::store::{StoreError, StoreResult, Subscription};
+use crate::store::{StoreResult, Subscription};
+use crate::sync;
 
 /// One record's local change notifiers (see [`Subscription`]).
 pub(super) struct Notifiers {
@@ -41,7 +42,8 @@ impl Notifiers {
 impl Inner {
     /// Wake this replica's waiters on `change` of record `id`, if any.
     pub(super) fn bump(&self, id: &str, change: Change) {
-        if let Ok(l) = self.local.lock() {
+        {
+            let l = sync::lock(&self.local);
             if let Some(w) = l.watchers.get(id) {
                 w.bump(change);
             }
@@ -67,10 +69,7 @@ impl Inner {
             return Ok(None);
         };
         let mut evs = evs.unwrap_or(0);
-        let mut l = i
-            .local
-            .lock()
-            .map_err(|_| StoreError::Backend("lock poisoned".into()))?;
+        let mut l = sync::lock(&i.local);
         if let Some(w) = l.watchers.get(id) {
             return Ok(Some(Subscription {
                 status: w.status.subscribe(),
@@ -117,7 +116,8 @@ impl Inner {
                 }
             }
             if let Some(i) = weak.upgrade() {
-                if let Ok(mut l) = i.local.lock() {
+                {
+                    let mut l = sync::lock(&i.local);
                     if l.watchers
                         .get(&id)
                         .is_some_and(|w| Arc::ptr_eq(w, &notifiers))
