@@ -13,12 +13,17 @@
 //! thus stays the same for many turns between drops, instead of shifting on
 //! every turn. `"disabled"` keeps every turn and fails with
 //! `context_length_exceeded` once the chain cannot fit the model.
+//!
+//! A response in a conversation starts from the conversation's newest
+//! items that fit the same budget ([`conversation_window`]), read from the
+//! end of its item list, and its chain log gets only that window: a
+//! conversation turn too costs the same however long the conversation is.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::store::{ResponseStore, StoreError};
+use crate::store::{ConversationTail, ResponseStore, StoreError};
 
 /// One earlier turn in a record's context window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,15 +86,7 @@ pub fn window(
         return Ok(turns);
     }
     match truncation {
-        Truncation::Disabled => Err(ApiError::invalid_code(
-            format!(
-                "The conversation is about {} bytes, more than this model's context can hold; \
-                 start a new chain or set truncation to 'auto'.",
-                total(&turns)
-            ),
-            Some("input"),
-            "context_length_exceeded",
-        )),
+        Truncation::Disabled => Err(too_long(format!("about {} bytes", total(&turns)))),
         Truncation::Auto => {
             let mut drop = 0;
             while drop + 1 < turns.len() && total(&turns[drop..]) > budget / 2 {
@@ -97,6 +94,46 @@ pub fn window(
             }
             turns.drain(..drop);
             Ok(turns)
+        }
+    }
+}
+
+fn too_long(size: String) -> ApiError {
+    ApiError::invalid_code(
+        format!(
+            "The conversation is {size}, more than this model's context can hold; \
+             start a new chain or set truncation to 'auto'."
+        ),
+        Some("input"),
+        "context_length_exceeded",
+    )
+}
+
+/// The items a response in a conversation is generated after: `tail`, the
+/// newest items within the history budget (see
+/// [`ResponseStore::conversation_tail`]). When that is not the whole
+/// conversation, `"disabled"` refuses, and `"auto"` starts the window at a
+/// multiple of a step, the largest power of two within half the tail's
+/// items: the start stays put for several turns while the conversation
+/// grows (so the prompt prefix and the worker's cache survive), and at
+/// least half the tail is kept. No state is needed for this stickiness.
+pub fn conversation_window(
+    tail: ConversationTail,
+    truncation: Truncation,
+) -> Result<Vec<Value>, ApiError> {
+    if tail.first == 0 {
+        return Ok(tail.items);
+    }
+    match truncation {
+        Truncation::Disabled => Err(too_long("longer than its context window".into())),
+        Truncation::Auto => {
+            let half = (tail.items.len() as u64 / 2).max(1);
+            let step = 1u64 << (63 - half.leading_zeros());
+            let start = tail.first.div_ceil(step) * step;
+            let skip = usize::try_from(start - tail.first).unwrap_or(usize::MAX);
+            let mut items = tail.items;
+            items.drain(..skip.min(items.len()));
+            Ok(items)
         }
     }
 }
@@ -216,5 +253,45 @@ mod tests {
             budget(Truncation::Disabled, 1000, None),
             1000 * MAX_BYTES_PER_TOKEN
         );
+    }
+
+    fn tail(first: u64, n: usize) -> ConversationTail {
+        ConversationTail {
+            first,
+            items: (0..n)
+                .map(|i| serde_json::json!(first + i as u64))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_conversation_that_fits_is_kept_whole() {
+        for mode in [Truncation::Auto, Truncation::Disabled] {
+            assert_eq!(conversation_window(tail(0, 3), mode).unwrap().len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_long_conversation_starts_at_a_step_that_stays_put() {
+        // Items 21.. fit: the window starts at 32, and keeps starting there
+        // while the conversation grows and 32.. still fits.
+        for first in [21, 30, 32] {
+            let w = conversation_window(tail(first, 40), Truncation::Auto).unwrap();
+            assert_eq!(w.first(), Some(&serde_json::json!(32)), "{first}");
+        }
+        // The step follows the tail's length (here 2): at least half is kept.
+        let w = conversation_window(tail(33, 5), Truncation::Auto).unwrap();
+        assert_eq!(
+            w,
+            (34..38).map(|n| serde_json::json!(n)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            conversation_window(tail(9, 1), Truncation::Auto)
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = conversation_window(tail(1, 3), Truncation::Disabled).unwrap_err();
+        assert_eq!(err.code(), Some("context_length_exceeded"));
     }
 }

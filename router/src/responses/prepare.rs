@@ -122,17 +122,20 @@ pub(super) async fn prepare(
         follow_up(st, tenant, prev_id, &input_items, budget, mode).await?
     } else if let Some(conv) = &req.conversation {
         let id = new_id("resp");
-        let items = st
+        let budget = chain::budget(mode, st.context_tokens(&model), req.max_output_tokens);
+        let input_bytes = serde_json::to_vec(&input_items).map_or(0, |v| v.len() as u64);
+        let tail = st
             .store
-            .conversation_items(tenant, conv.id())
+            .conversation_tail(tenant, conv.id(), budget.saturating_sub(input_bytes))
             .await?
             .ok_or_else(|| ApiError::NotFound {
                 message: format!("Conversation with id '{}' not found.", conv.id()),
                 param: Some("conversation".into()),
                 code: Some("conversation_not_found".into()),
             })?;
-        // The conversation as it is now is this response's context, kept
-        // in its own chain's log so follow-ups see it too.
+        let items = chain::conversation_window(tail, mode)?;
+        // The conversation's window as it is now is this response's
+        // context, kept in its own chain's log so follow-ups see it too.
         let mut window = Vec::new();
         if !items.is_empty() {
             let entry = serde_json::to_vec(&items)

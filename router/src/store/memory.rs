@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Conversation, ResponseRecord, ResponseStore, StoreResult, StoredEvent, Subscription};
+use super::{
+    Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult, StoredEvent,
+    Subscription,
+};
 use crate::sync;
 use crate::types::{now_secs, ResponseObject, ResponseStatus};
 
@@ -441,6 +444,32 @@ impl ResponseStore for MemoryStore {
             .conversations
             .owned(tenant, id)
             .map(|e| e.items.clone()))
+    }
+
+    async fn conversation_tail(
+        &self,
+        tenant: &str,
+        id: &str,
+        max_bytes: u64,
+    ) -> StoreResult<Option<ConversationTail>> {
+        let mut g = self.lock();
+        let Some(conv) = g.conversations.owned(tenant, id) else {
+            return Ok(None);
+        };
+        let mut total = 0u64;
+        let mut first = conv.items.len();
+        for item in conv.items.iter().rev() {
+            let size = serde_json::to_vec(item).map_or(0, |v| v.len() as u64);
+            if total + size > max_bytes {
+                break;
+            }
+            total += size;
+            first -= 1;
+        }
+        Ok(Some(ConversationTail {
+            first: first as u64,
+            items: conv.items[first..].to_vec(),
+        }))
     }
 
     async fn append_conversation_items(

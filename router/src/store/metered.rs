@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{Conversation, ResponseRecord, ResponseStore, StoreResult, StoredEvent, Subscription};
+use super::{
+    Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult, StoredEvent,
+    Subscription,
+};
 use crate::types::{ResponseObject, ResponseStatus};
 
 /// Wraps a store; the router wraps whichever backend it was given.
@@ -19,7 +22,7 @@ pub struct MeteredStore {
 
 /// Every operation, so each error series exists (at 0) from the start and
 /// dashboards and alerts see "no errors" rather than "no data".
-const OPS: [&str; 19] = [
+const OPS: [&str; 20] = [
     "insert_response",
     "append_turn",
     "chain_turns",
@@ -36,6 +39,7 @@ const OPS: [&str; 19] = [
     "update_conversation",
     "delete_conversation",
     "conversation_items",
+    "conversation_tail",
     "append_conversation_items",
     "delete_conversation_item",
     "ping",
@@ -142,6 +146,18 @@ impl ResponseStore for MeteredStore {
         timed(
             "conversation_items",
             self.inner.conversation_items(tenant, id),
+        )
+        .await
+    }
+    async fn conversation_tail(
+        &self,
+        tenant: &str,
+        id: &str,
+        max_bytes: u64,
+    ) -> StoreResult<Option<ConversationTail>> {
+        timed(
+            "conversation_tail",
+            self.inner.conversation_tail(tenant, id, max_bytes),
         )
         .await
     }

@@ -154,6 +154,15 @@ pub struct Conversation {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The newest items of a conversation that fit a byte budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationTail {
+    /// Index in the conversation of the first item below (0: all of it).
+    pub first: u64,
+    /// The items, oldest first.
+    pub items: Vec<Value>,
+}
+
 /// Storage of responses, their event logs and conversations.
 ///
 /// Methods taking a `tenant` only see objects that tenant created (others
@@ -218,6 +227,15 @@ pub trait ResponseStore: Send + Sync + 'static {
     async fn delete_conversation(&self, tenant: &str, id: &str) -> StoreResult<bool>;
     /// All items, oldest first; `None` when unknown.
     async fn conversation_items(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<Value>>>;
+    /// The newest items whose encoded sizes (compact JSON) add up to at most
+    /// `max_bytes`, read from the end, so the cost is bounded by the budget
+    /// and not by the conversation's length; `None` when unknown.
+    async fn conversation_tail(
+        &self,
+        tenant: &str,
+        id: &str,
+        max_bytes: u64,
+    ) -> StoreResult<Option<ConversationTail>>;
     /// Append items; false when the conversation is unknown.
     async fn append_conversation_items(
         &self,

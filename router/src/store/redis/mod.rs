@@ -81,7 +81,8 @@ use self::record::Transition;
 use self::scripts::Scripts;
 use self::watch::{Change, Notifiers};
 use super::{
-    Conversation, ResponseRecord, ResponseStore, StoreError, StoreResult, StoredEvent, Subscription,
+    Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreError, StoreResult,
+    StoredEvent, Subscription,
 };
 use crate::types::{now_secs, ResponseObject, ResponseStatus};
 
@@ -424,6 +425,29 @@ impl ResponseStore for RedisStore {
         let r: Option<Vec<String>> = i.run(inv.invoke_async(&mut c)).await?;
         r.map(|items| items.iter().map(|s| de(s)).collect())
             .transpose()
+    }
+
+    async fn conversation_tail(
+        &self,
+        tenant: &str,
+        id: &str,
+        max_bytes: u64,
+    ) -> StoreResult<Option<ConversationTail>> {
+        let i = &self.inner;
+        let mut inv = i.scripts.conv_tail.prepare_invoke();
+        inv.key(i.conv_key(id))
+            .key(i.items_key(id))
+            .arg(tenant)
+            .arg(max_bytes);
+        let mut c = i.conn();
+        let r: Option<(u64, Vec<String>)> = i.run(inv.invoke_async(&mut c)).await?;
+        r.map(|(first, items)| {
+            Ok(ConversationTail {
+                first,
+                items: items.iter().map(|s| de(s)).collect::<StoreResult<_>>()?,
+            })
+        })
+        .transpose()
     }
 
     async fn append_conversation_items(

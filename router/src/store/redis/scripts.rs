@@ -34,6 +34,8 @@ pub(super) struct Scripts {
     pub(super) conv_delete: Script,
     /// `lua/conv_items.lua` (with `owned`): list its items.
     pub(super) conv_items: Script,
+    /// `lua/conv_tail.lua` (with `owned`): its newest items within a byte budget.
+    pub(super) conv_tail: Script,
     /// `lua/conv_append.lua` (with `owned`): append items.
     pub(super) conv_append: Script,
     /// `lua/conv_delete_item.lua` (with `owned`): remove one item.
@@ -55,6 +57,7 @@ impl Scripts {
             conv_update: own(include_str!("lua/conv_update.lua")),
             conv_delete: own(include_str!("lua/conv_delete.lua")),
             conv_items: own(include_str!("lua/conv_items.lua")),
+            conv_tail: own(include_str!("lua/conv_tail.lua")),
             conv_append: own(include_str!("lua/conv_append.lua")),
             conv_delete_item: own(include_str!("lua/conv_delete_item.lua")),
         }
