@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use spindle_proto::{ChatMessage, GenerateEvent, GenerateRequest, PromptInput, SamplingParams};
+use spindle_router::cluster::key::routing_key;
 use spindle_router::cluster::{ClusterConfig, ClusterGenerator, Policy};
 use spindle_router::{GenerateError, Generator};
 use spindle_testkit::FakeWorker;
@@ -99,10 +100,12 @@ async fn same_key_same_worker_and_idle_cluster_never_spills() {
         }
     }
     assert_eq!(gen.stats().spills.load(Ordering::Relaxed), 0);
-    // Stateless clients (no cache_key) stick too: same system + first user message.
+    // Stateless clients (no identity) stick too: their key hashes the system
+    // and first user message, so later turns have the same owner.
     let mut r = req("");
     r.cache_key = None;
-    let route = gen.route(&r);
+    let owner = gen.owner(&routing_key(&r));
+    assert!(owner.is_some());
     if let PromptInput::Messages(m) = &mut r.input {
         m.push(ChatMessage {
             role: "assistant".into(),
@@ -113,7 +116,7 @@ async fn same_key_same_worker_and_idle_cluster_never_spills() {
             content: "more".into(),
         });
     }
-    assert_eq!(gen.route(&r)[0], route[0]);
+    assert_eq!(gen.owner(&routing_key(&r)), owner);
 }
 
 #[tokio::test]

@@ -199,16 +199,6 @@ impl ClusterGenerator {
         self.owner_of(None, key)
     }
 
-    /// The workers a request would try, in order (load bounds applied).
-    pub fn route(&self, req: &GenerateRequest) -> Vec<String> {
-        self.inner
-            .pick(req, false)
-            .0
-            .iter()
-            .map(|m| m.url.clone())
-            .collect()
-    }
-
     pub fn stats(&self) -> &ClusterStats {
         &self.inner.stats
     }

@@ -1,347 +1,28 @@
-//! The continuous-batching engine.
-//!
-//! One OS thread owns the llama.cpp context (unified KV cache) and runs the
-//! step loop; async code talks to it through [`Engine`], a cheap handle that
-//! sends commands over a channel and gets each request's events back on a
-//! tokio channel.
-//!
-//! Each step is ONE `decode` holding the next token of every decoding sequence
-//! plus chunks of waiting prompts, within `max_batch_tokens`. Requests join and
-//! leave between steps.
-//!
-//! KV memory is a fixed set of slots, one llama.cpp sequence id and KV stream
-//! each (`max_seqs` of them, `ctx_size` cells each). A finished sequence's KV
-//! stays in its slot as a prefix-cache entry; a new request takes the idle
-//! slot whose entry it extends the furthest (else an empty or the least
-//! recently used one), and when another slot, busy or idle, holds a clearly longer prefix,
-//! that slot's stream is copied over and trimmed.
+//! The step loop on the engine thread ([`StepLoop`]): admission into KV
+//! slots with prefix-cache reuse (and copies between slots), building one
+//! batch per step, decoding, sampling and cancellation.
 
-use crate::metrics::{Rejection, WorkerMetrics};
-use crate::model::{backend, Model};
-use crate::sampler::Sampler;
-use crate::text::{Release, TextStream};
-use llama_cpp_2::context::params::LlamaContextParams;
+use super::seq::{sample_next, Seq};
+use super::{Command, EngineConfig, EngineStats};
+use crate::metrics::WorkerMetrics;
+use crate::model::Model;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
-use spindle_proto::{FailureCode, FinishReason, GenerateEvent, SamplingParams, Timings, Usage};
+use spindle_proto::{FailureCode, FinishReason, GenerateEvent};
 use std::collections::{HashSet, VecDeque};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
-
-/// Engine sizing.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// KV cells of each sequence (its longest prompt plus output).
-    pub ctx_size: u32,
-    /// Sequences decoded together.
-    pub max_seqs: u32,
-    /// Tokens in one decode step (decode tokens first, then prompt chunks).
-    pub max_batch_tokens: u32,
-    /// Requests allowed to wait for a slot; more get `QueueFull`.
-    pub max_waiting: u32,
-    pub threads: i32,
-}
-
-/// Why a request was not accepted.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SubmitError {
-    #[error("the server is overloaded: the waiting queue is full")]
-    QueueFull,
-    #[error("the server is shutting down")]
-    Draining,
-    #[error("the prompt is {tokens} tokens but the context holds {ctx} (prompt plus at least one generated token)")]
-    PromptTooLong { tokens: usize, ctx: u32 },
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error("the engine has stopped")]
-    Stopped,
-}
-
-/// Live counters shared by the engine thread and the HTTP side.
-#[derive(Debug, Default)]
-pub struct EngineStats {
-    pub running: AtomicU32,
-    pub waiting: AtomicU32,
-    pub kv_used: AtomicU32,
-    pub retained: AtomicU32,
-    /// f64 bits: generated tokens per second over the last few seconds.
-    tokens_per_second: AtomicU64,
-    pub draining: AtomicBool,
-}
-
-impl EngineStats {
-    pub fn tokens_per_second(&self) -> f64 {
-        f64::from_bits(self.tokens_per_second.load(Ordering::Relaxed))
-    }
-}
-
-enum Command {
-    Submit(Box<Seq>),
-    Cancel(String),
-}
-
-/// A handle on the engine thread; clone freely.
-#[derive(Clone)]
-pub struct Engine {
-    tx: mpsc::Sender<Command>,
-    pub stats: Arc<EngineStats>,
-    pub model: Arc<Model>,
-    pub config: Arc<EngineConfig>,
-    pub metrics: Arc<WorkerMetrics>,
-}
-
-/// A request ready for the engine.
-pub struct Job {
-    pub id: String,
-    pub tokens: Vec<LlamaToken>,
-    pub sampling: SamplingParams,
-}
-
-impl Engine {
-    /// Build the context on a new thread and start the step loop there.
-    pub fn start(
-        model: Arc<Model>,
-        config: EngineConfig,
-        metrics: Arc<WorkerMetrics>,
-    ) -> anyhow::Result<Self> {
-        let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(EngineStats::default());
-        let config = Arc::new(config);
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        {
-            let (model, stats, config, metrics) = (
-                model.clone(),
-                stats.clone(),
-                config.clone(),
-                metrics.clone(),
-            );
-            std::thread::Builder::new()
-                .name("spindle-engine".into())
-                .spawn(move || {
-                    let ctx = match new_context(&model, &config) {
-                        Ok(ctx) => ctx,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    StepLoop::new(&model, ctx, &config, stats, metrics).run(rx);
-                })?;
-        }
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow::anyhow!("engine thread died while starting"))??;
-        Ok(Self {
-            tx,
-            stats,
-            model,
-            config,
-            metrics,
-        })
-    }
-
-    /// Queue a job; its events arrive on the returned receiver. Dropping the
-    /// receiver cancels the job at the next step.
-    pub fn submit(&self, job: Job) -> Result<UnboundedReceiver<GenerateEvent>, SubmitError> {
-        let result = self.try_submit(job);
-        if let Err(e) = &result {
-            self.metrics.rejected(match e {
-                SubmitError::QueueFull | SubmitError::Stopped => Rejection::QueueFull,
-                SubmitError::Draining => Rejection::Draining,
-                SubmitError::PromptTooLong { .. } => Rejection::TooLong,
-                SubmitError::EmptyPrompt => Rejection::Invalid,
-            });
-        }
-        result
-    }
-
-    fn try_submit(&self, job: Job) -> Result<UnboundedReceiver<GenerateEvent>, SubmitError> {
-        if self.stats.draining.load(Ordering::SeqCst) {
-            return Err(SubmitError::Draining);
-        }
-        if job.tokens.is_empty() {
-            return Err(SubmitError::EmptyPrompt);
-        }
-        if job.tokens.len() >= self.config.ctx_size as usize {
-            return Err(SubmitError::PromptTooLong {
-                tokens: job.tokens.len(),
-                ctx: self.config.ctx_size,
-            });
-        }
-        let waiting = self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-        let busy = self.stats.running.load(Ordering::SeqCst) >= self.config.max_seqs;
-        if busy && waiting >= self.config.max_waiting {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull);
-        }
-        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
-        let seq = Seq::new(job, events, self.config.ctx_size, &self.model.eog_tokens);
-        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::Stopped);
-        }
-        Ok(rx)
-    }
-
-    /// Cancel a job by id (no-op when unknown or finished).
-    pub fn cancel(&self, id: &str) {
-        let _ = self.tx.send(Command::Cancel(id.to_owned()));
-    }
-
-    /// Stop admitting new work (SIGTERM); in-flight work goes on.
-    pub fn start_draining(&self) {
-        self.stats.draining.store(true, Ordering::SeqCst);
-    }
-
-    /// Sequences running or waiting.
-    pub fn in_flight(&self) -> u32 {
-        self.stats.running.load(Ordering::SeqCst) + self.stats.waiting.load(Ordering::SeqCst)
-    }
-}
-
-fn new_context<'m>(model: &'m Model, config: &EngineConfig) -> anyhow::Result<LlamaContext<'m>> {
-    let n_batch = config.max_batch_tokens.max(config.max_seqs);
-    let n_seq_max = config.max_seqs;
-    // One KV stream per sequence (not llama.cpp's unified cache): attention
-    // then spans a sequence's own cells, not every cell of every sequence,
-    // which at 16 streams is the difference between beating llama-server
-    // and trailing it.
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(config.ctx_size.saturating_mul(n_seq_max)))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch)
-        .with_n_seq_max(n_seq_max)
-        .with_n_threads(config.threads)
-        .with_n_threads_batch(config.threads)
-        .with_kv_unified(false);
-    model
-        .llama
-        .new_context(backend(), params)
-        .map_err(|e| anyhow::anyhow!("cannot create a llama.cpp context: {e}"))
-}
-
-/// One request inside the engine, from submission to its last event.
-struct Seq {
-    id: String,
-    events: UnboundedSender<GenerateEvent>,
-    /// Prompt plus generated tokens. KV holds `tokens[..n_past]`.
-    tokens: Vec<LlamaToken>,
-    n_past: usize,
-    prompt_len: usize,
-    /// llama.cpp sequence id while admitted.
-    seq_id: Option<i32>,
-    sampler: Sampler,
-    text: TextStream,
-    max_tokens: u32,
-    generated: u32,
-    cached_tokens: u32,
-    /// Token ids sampled since the last delta.
-    unsent_ids: Vec<i32>,
-    /// Tokens put in the current batch, and the batch index of its logits.
-    in_batch: usize,
-    logits_at: Option<i32>,
-    arrived: Instant,
-    first_step: Option<Instant>,
-    first_token: Option<Instant>,
-}
-
-impl Seq {
-    fn new(job: Job, events: UnboundedSender<GenerateEvent>, ctx_size: u32, eog: &[i32]) -> Self {
-        let prompt_len = job.tokens.len();
-        let room = (ctx_size as usize).saturating_sub(prompt_len) as u32;
-        let max_tokens = job.sampling.max_tokens.map_or(room, |m| m.min(room));
-        let text = TextStream::new(job.sampling.stop.clone());
-        Self {
-            id: job.id,
-            events,
-            tokens: job.tokens,
-            n_past: 0,
-            prompt_len,
-            seq_id: None,
-            sampler: if job.sampling.ignore_eos {
-                Sampler::new(job.sampling).with_banned(eog.to_vec())
-            } else {
-                Sampler::new(job.sampling)
-            },
-            text,
-            max_tokens,
-            generated: 0,
-            cached_tokens: 0,
-            unsent_ids: Vec::new(),
-            in_batch: 0,
-            logits_at: None,
-            arrived: Instant::now(),
-            first_step: None,
-            first_token: None,
-        }
-    }
-
-    fn pending(&self) -> usize {
-        self.tokens.len() - self.n_past
-    }
-
-    fn is_decoding(&self) -> bool {
-        self.n_past >= self.prompt_len
-    }
-
-    fn send_text(&mut self, text: String) -> bool {
-        if text.is_empty() && self.unsent_ids.is_empty() {
-            return true;
-        }
-        let ids = std::mem::take(&mut self.unsent_ids);
-        self.events
-            .send(GenerateEvent::Delta {
-                text,
-                token_ids: ids,
-            })
-            .is_ok()
-    }
-
-    fn finish(&mut self, reason: FinishReason, metrics: &WorkerMetrics) {
-        let tail = self.text.finish();
-        if reason != FinishReason::Cancelled {
-            self.send_text(tail);
-        }
-        let now = Instant::now();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let timings = Timings {
-            queue_ms: ms(self.first_step.unwrap_or(now) - self.arrived),
-            ttft_ms: self.first_token.map_or(0.0, |t| ms(t - self.arrived)),
-            decode_ms: self.first_token.map_or(0.0, |t| ms(now - t)),
-        };
-        let _ = self.events.send(GenerateEvent::Done {
-            finish_reason: reason,
-            usage: Usage {
-                prompt_tokens: self.prompt_len as u32,
-                cached_tokens: self.cached_tokens,
-                completion_tokens: self.generated,
-            },
-            timings,
-        });
-        metrics.finished(reason);
-        metrics.prompt_tokens.increment(self.prompt_len as u64);
-        metrics
-            .cached_tokens
-            .increment(u64::from(self.cached_tokens));
-        if self.first_token.is_some() {
-            metrics.ttft.record(timings.ttft_ms / 1000.0);
-        }
-    }
-}
 
 /// One llama.cpp sequence id and its own KV stream.
 ///
 /// While a sequence runs in it the slot is busy; afterwards the KV stays as
 /// a prefix-cache entry (`cached`) until the slot is reused.
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     /// Tokens whose KV an idle slot holds.
     cached: Vec<LlamaToken>,
     busy: bool,
@@ -350,9 +31,9 @@ struct Slot {
 
 /// Copying a whole KV stream between slots costs a buffer copy: worth it only
 /// when it saves recomputing at least this many prompt tokens.
-const MIN_COPY_GAIN: usize = 16;
+pub(super) const MIN_COPY_GAIN: usize = 16;
 
-struct StepLoop<'m> {
+pub(super) struct StepLoop<'m> {
     model: &'m Model,
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
@@ -368,12 +49,12 @@ struct StepLoop<'m> {
     recent: VecDeque<(Instant, u32)>,
 }
 
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl<'m> StepLoop<'m> {
-    fn new(
+    pub(super) fn new(
         model: &'m Model,
         ctx: LlamaContext<'m>,
         config: &EngineConfig,
@@ -397,7 +78,7 @@ impl<'m> StepLoop<'m> {
         }
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Command>) {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
             let idle = self.running.is_empty() && self.waiting.is_empty();
             if idle {
@@ -418,7 +99,7 @@ impl<'m> StepLoop<'m> {
         }
     }
 
-    fn command(&mut self, cmd: Command) {
+    pub(super) fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(seq) => self.waiting.push_back(*seq),
             Command::Cancel(id) => {
@@ -428,7 +109,7 @@ impl<'m> StepLoop<'m> {
     }
 
     /// Finish every sequence that was cancelled or whose client went away.
-    fn reap_cancelled(&mut self) {
+    pub(super) fn reap_cancelled(&mut self) {
         let gone = |s: &Seq, c: &HashSet<String>| s.events.is_closed() || c.contains(&s.id);
         let mut i = 0;
         while i < self.waiting.len() {
@@ -455,7 +136,7 @@ impl<'m> StepLoop<'m> {
     }
 
     /// Drop a sequence's KV and free its slot (nothing cached).
-    fn release(&mut self, s: &Seq) {
+    pub(super) fn release(&mut self, s: &Seq) {
         if let Some(id) = s.seq_id {
             let _ = self.ctx.kv_cache_seq_rm(id, None, None);
             let slot = &mut self.slots[id as usize];
@@ -465,7 +146,7 @@ impl<'m> StepLoop<'m> {
     }
 
     /// The tokens whose KV slot `id` holds now.
-    fn slot_tokens(&self, id: usize) -> &[LlamaToken] {
+    pub(super) fn slot_tokens(&self, id: usize) -> &[LlamaToken] {
         let slot = &self.slots[id];
         if slot.busy {
             self.running
@@ -481,7 +162,7 @@ impl<'m> StepLoop<'m> {
     /// holding the longest prefix of its tokens (else the least recently
     /// used one); when another slot holds a clearly longer prefix, that
     /// slot's KV stream is copied over first.
-    fn admit(&mut self) {
+    pub(super) fn admit(&mut self) {
         while self.running.len() < self.slots.len() {
             let Some(mut s) = self.waiting.pop_front() else {
                 return;
@@ -557,7 +238,7 @@ impl<'m> StepLoop<'m> {
 
     /// Build and run one decode; sample every sequence whose prompt is done.
     /// Returns the number of tokens generated.
-    fn step(&mut self) -> u32 {
+    pub(super) fn step(&mut self) -> u32 {
         if self.running.is_empty() {
             return 0;
         }
@@ -620,7 +301,7 @@ impl<'m> StepLoop<'m> {
     }
 
     /// Batch size and its split into prompt (prefill) and decode tokens.
-    fn record_batch(&self) {
+    pub(super) fn record_batch(&self) {
         let (mut decode, mut prefill) = (0u64, 0u64);
         for s in &self.running {
             if s.is_decoding() {
@@ -637,7 +318,7 @@ impl<'m> StepLoop<'m> {
     /// Decode tokens get the budget first (one per decoding sequence), then
     /// prompt chunks in admission order. Tokens go into the batch in slot
     /// order: llama.cpp's split KV decodes consecutive sequence ids together.
-    fn fill_batch(&mut self) {
+    pub(super) fn fill_batch(&mut self) {
         self.batch.clear();
         let mut budget = self.config.max_batch_tokens.max(self.config.max_seqs) as usize;
         for s in self.running.iter_mut() {
@@ -678,7 +359,7 @@ impl<'m> StepLoop<'m> {
     /// A slot's KV stream is full (only when its context is exhausted, as
     /// `max_tokens` is capped by it): end the longest sequence for length.
     /// Returns false when nothing is left to run.
-    fn make_room(&mut self) -> bool {
+    pub(super) fn make_room(&mut self) -> bool {
         let Some(i) = (0..self.running.len()).max_by_key(|&i| self.running[i].tokens.len()) else {
             return false;
         };
@@ -688,7 +369,7 @@ impl<'m> StepLoop<'m> {
         !self.running.is_empty()
     }
 
-    fn fail_all(&mut self, message: &str) {
+    pub(super) fn fail_all(&mut self, message: &str) {
         for s in std::mem::take(&mut self.running) {
             let _ = s.events.send(GenerateEvent::Error {
                 code: FailureCode::ServerError,
@@ -699,7 +380,7 @@ impl<'m> StepLoop<'m> {
     }
 
     /// Keep a finished sequence's KV in its slot as a prefix-cache entry.
-    fn retain(&mut self, s: Seq) {
+    pub(super) fn retain(&mut self, s: Seq) {
         let Some(id) = s.seq_id else { return };
         let mut tokens = s.tokens;
         tokens.truncate(s.n_past);
@@ -710,11 +391,11 @@ impl<'m> StepLoop<'m> {
         slot.last_used = self.tick;
     }
 
-    fn cached_cells(&self) -> usize {
+    pub(super) fn cached_cells(&self) -> usize {
         self.slots.iter().map(|s| s.cached.len()).sum()
     }
 
-    fn publish_stats(&mut self, generated: u32) {
+    pub(super) fn publish_stats(&mut self, generated: u32) {
         let now = Instant::now();
         self.recent.push_back((now, generated));
         while self
@@ -760,34 +441,4 @@ impl<'m> StepLoop<'m> {
         m.kv_usage_ratio
             .set(if total > 0.0 { used / total } else { 0.0 });
     }
-}
-
-/// Sample one token for `s`, stream what it releases, and say whether `s` is done.
-fn sample_next(model: &Model, s: &mut Seq, logits: &[f32], now: Instant) -> Option<FinishReason> {
-    let token = s.sampler.sample(logits);
-    s.sampler.accept(token);
-    let token = LlamaToken(token);
-    s.first_token.get_or_insert(now);
-    if model.is_eog(token) {
-        // The end token is not part of the output: usage counts what was sent.
-        return Some(FinishReason::Stop);
-    }
-    s.generated += 1;
-    s.tokens.push(token);
-    s.unsent_ids.push(token.0);
-    let release = s.text.push(&model.piece(token));
-    let (text, stopped) = match release {
-        Release::Text(t) => (t, false),
-        Release::Stopped(t) => (t, true),
-    };
-    if !text.is_empty() && !s.send_text(text) {
-        return Some(FinishReason::Cancelled);
-    }
-    if stopped {
-        return Some(FinishReason::Stop);
-    }
-    if s.generated >= s.max_tokens {
-        return Some(FinishReason::Length);
-    }
-    None
 }

@@ -1,0 +1,163 @@
+//! One request inside the engine ([`Seq`]): its tokens, sampler, text
+//! stream and timings, from admission to its last event, and
+//! [`sample_next`], which samples, streams and decides when it ends.
+
+use crate::metrics::WorkerMetrics;
+use crate::model::Model;
+use crate::sampler::Sampler;
+use crate::text::{Release, TextStream};
+use llama_cpp_2::token::LlamaToken;
+use spindle_proto::{FinishReason, GenerateEvent, Timings, Usage};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::Job;
+
+/// One request inside the engine, from submission to its last event.
+pub(super) struct Seq {
+    pub(super) id: String,
+    pub(super) events: UnboundedSender<GenerateEvent>,
+    /// Prompt plus generated tokens. KV holds `tokens[..n_past]`.
+    pub(super) tokens: Vec<LlamaToken>,
+    pub(super) n_past: usize,
+    pub(super) prompt_len: usize,
+    /// llama.cpp sequence id while admitted.
+    pub(super) seq_id: Option<i32>,
+    pub(super) sampler: Sampler,
+    pub(super) text: TextStream,
+    pub(super) max_tokens: u32,
+    pub(super) generated: u32,
+    pub(super) cached_tokens: u32,
+    /// Token ids sampled since the last delta.
+    pub(super) unsent_ids: Vec<i32>,
+    /// Tokens put in the current batch, and the batch index of its logits.
+    pub(super) in_batch: usize,
+    pub(super) logits_at: Option<i32>,
+    pub(super) arrived: Instant,
+    pub(super) first_step: Option<Instant>,
+    pub(super) first_token: Option<Instant>,
+}
+
+impl Seq {
+    pub(super) fn new(
+        job: Job,
+        events: UnboundedSender<GenerateEvent>,
+        ctx_size: u32,
+        eog: &[i32],
+    ) -> Self {
+        let prompt_len = job.tokens.len();
+        let room = (ctx_size as usize).saturating_sub(prompt_len) as u32;
+        let max_tokens = job.sampling.max_tokens.map_or(room, |m| m.min(room));
+        let text = TextStream::new(job.sampling.stop.clone());
+        Self {
+            id: job.id,
+            events,
+            tokens: job.tokens,
+            n_past: 0,
+            prompt_len,
+            seq_id: None,
+            sampler: if job.sampling.ignore_eos {
+                Sampler::new(job.sampling).with_banned(eog.to_vec())
+            } else {
+                Sampler::new(job.sampling)
+            },
+            text,
+            max_tokens,
+            generated: 0,
+            cached_tokens: 0,
+            unsent_ids: Vec::new(),
+            in_batch: 0,
+            logits_at: None,
+            arrived: Instant::now(),
+            first_step: None,
+            first_token: None,
+        }
+    }
+
+    pub(super) fn pending(&self) -> usize {
+        self.tokens.len() - self.n_past
+    }
+
+    pub(super) fn is_decoding(&self) -> bool {
+        self.n_past >= self.prompt_len
+    }
+
+    pub(super) fn send_text(&mut self, text: String) -> bool {
+        if text.is_empty() && self.unsent_ids.is_empty() {
+            return true;
+        }
+        let ids = std::mem::take(&mut self.unsent_ids);
+        self.events
+            .send(GenerateEvent::Delta {
+                text,
+                token_ids: ids,
+            })
+            .is_ok()
+    }
+
+    pub(super) fn finish(&mut self, reason: FinishReason, metrics: &WorkerMetrics) {
+        let tail = self.text.finish();
+        if reason != FinishReason::Cancelled {
+            self.send_text(tail);
+        }
+        let now = Instant::now();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let timings = Timings {
+            queue_ms: ms(self.first_step.unwrap_or(now) - self.arrived),
+            ttft_ms: self.first_token.map_or(0.0, |t| ms(t - self.arrived)),
+            decode_ms: self.first_token.map_or(0.0, |t| ms(now - t)),
+        };
+        let _ = self.events.send(GenerateEvent::Done {
+            finish_reason: reason,
+            usage: Usage {
+                prompt_tokens: self.prompt_len as u32,
+                cached_tokens: self.cached_tokens,
+                completion_tokens: self.generated,
+            },
+            timings,
+        });
+        metrics.finished(reason);
+        metrics.prompt_tokens.increment(self.prompt_len as u64);
+        metrics
+            .cached_tokens
+            .increment(u64::from(self.cached_tokens));
+        if self.first_token.is_some() {
+            metrics.ttft.record(timings.ttft_ms / 1000.0);
+        }
+    }
+}
+
+/// Sample one token for `s`, stream what it releases, and say whether `s` is done.
+pub(super) fn sample_next(
+    model: &Model,
+    s: &mut Seq,
+    logits: &[f32],
+    now: Instant,
+) -> Option<FinishReason> {
+    let token = s.sampler.sample(logits);
+    s.sampler.accept(token);
+    let token = LlamaToken(token);
+    s.first_token.get_or_insert(now);
+    if model.is_eog(token) {
+        // The end token is not part of the output: usage counts what was sent.
+        return Some(FinishReason::Stop);
+    }
+    s.generated += 1;
+    s.tokens.push(token);
+    s.unsent_ids.push(token.0);
+    let release = s.text.push(&model.piece(token));
+    let (text, stopped) = match release {
+        Release::Text(t) => (t, false),
+        Release::Stopped(t) => (t, true),
+    };
+    if !text.is_empty() && !s.send_text(text) {
+        return Some(FinishReason::Cancelled);
+    }
+    if stopped {
+        return Some(FinishReason::Stop);
+    }
+    if s.generated >= s.max_tokens {
+        return Some(FinishReason::Length);
+    }
+    None
+}
