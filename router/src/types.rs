@@ -103,6 +103,29 @@ pub struct ConversationRef {
     pub id: String,
 }
 
+/// `"type": "function"`, the one tool type Spindle serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    Function,
+}
+
+/// A function tool: as validated from the request, and as echoed in the
+/// response object, where every key is present (`null` when not given).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionTool {
+    #[serde(rename = "type")]
+    pub kind: ToolKind,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A JSON Schema object for the arguments.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
 /// The response object; every key is always serialized (null where N/A).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseObject {
@@ -118,7 +141,7 @@ pub struct ResponseObject {
     pub output: Vec<Value>,
     pub previous_response_id: Option<String>,
     pub conversation: Option<ConversationRef>,
-    pub tools: Vec<Value>,
+    pub tools: Vec<FunctionTool>,
     pub tool_choice: Value,
     pub parallel_tool_calls: bool,
     pub temperature: f64,

@@ -14,7 +14,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::{chained_response_id, ResponseRecord};
 use crate::telemetry::ModelTag;
 use crate::types::{
-    new_id, now_secs, ConversationRef, CreateResponseRequest, ResponseObject, ResponseStatus,
+    new_id, now_secs, ConversationRef, CreateResponseRequest, FunctionTool, ResponseObject,
+    ResponseStatus,
 };
 
 /// Everything a validated create request turns into.
@@ -103,6 +104,7 @@ pub(super) async fn prepare(
             ))
         }
     };
+    let tools = validate_tools(req.tools.as_deref().unwrap_or_default())?;
     let input_items = normalize_input(req.input.as_ref())?;
 
     // Context before this input: the previous response's chain, or the conversation.
@@ -230,7 +232,7 @@ pub(super) async fn prepare(
         conversation: req.conversation.as_ref().map(|c| ConversationRef {
             id: c.id().to_owned(),
         }),
-        tools: req.tools.clone().unwrap_or_default(),
+        tools,
         tool_choice,
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
         temperature,
@@ -341,4 +343,49 @@ async fn follow_up(
         id,
         chain_key: Some(chain_key),
     })
+}
+
+/// The request's `tools`, validated into typed function tools: names as the
+/// API allows them (1–64 of `a-zA-Z0-9_-`), `parameters` an object or null.
+fn validate_tools(tools: &[Value]) -> ApiResult<Vec<FunctionTool>> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let at = format!("tools[{i}]");
+            match tool.get("type").and_then(Value::as_str) {
+                Some("function") => {}
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        format!("tool type '{other}' is not supported; use 'function'"),
+                        Some(&format!("{at}.type")),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        format!("missing required parameter '{at}.type'"),
+                        Some(&format!("{at}.type")),
+                    ))
+                }
+            }
+            let tool: FunctionTool = serde_json::from_value(tool.clone()).map_err(|e| {
+                ApiError::invalid(format!("invalid function tool at '{at}': {e}"), Some(&at))
+            })?;
+            let name_ok = (1..=64).contains(&tool.name.len())
+                && tool
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(ApiError::invalid(
+                    format!(
+                        "invalid function name '{}' at '{at}.name': use 1 to 64 letters, digits, '_' or '-'",
+                        tool.name
+                    ),
+                    Some(&format!("{at}.name")),
+                ));
+            }
+            Ok(tool)
+        })
+        .collect()
 }

@@ -1,0 +1,12 @@
+//! End-to-end tests of the public API over real HTTP against the test kit's
+//! fake generator (failure keywords: see `spindle_testkit::fake_generator`).
+//! Every response object and stream event is also parsed with the strict
+//! `async-openai` types and validated against the Open Responses schema.
+
+mod chat;
+mod conversations;
+mod errors;
+mod http_worker;
+mod responses;
+mod streams;
+mod support;
