@@ -152,6 +152,34 @@ async fn a_short_shared_prefix_does_not_evict_a_long_cached_one() {
     assert_eq!(first.1, again.1);
 }
 
+/// A chain truncated by whole turns keeps its system prompt and newer turns
+/// but drops the oldest: the cached entry is reused past the dropped span
+/// (its cells removed, the rest shifted back) and gives the cold output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_that_drops_a_middle_span_reuses_the_rest_by_shifting() {
+    let head = "Once upon a time, there was a little girl named Lily.";
+    let old = " She had a red ball and a big dog named Max. Every day they ran to the hill and back, and Max barked at the birds in the tall trees.";
+    let kept = " One day Lily saw a small cat under the bench in the park. The cat was sad and hungry, so Lily gave it some milk and a soft blanket. The cat purred and played with the red ball all afternoon, and Lily laughed and laughed.";
+    let w = worker_with(config()).await;
+    run(&w, prompt_req(&format!("{head}{old}{kept}"), greedy(5))).await;
+    let truncated = format!("{head}{kept} Then");
+    let warm = run(&w, prompt_req(&truncated, greedy(20))).await;
+    let cold = run(
+        &worker_with(config()).await,
+        prompt_req(&truncated, greedy(20)),
+    )
+    .await;
+    assert!(cold.3 <= 1);
+    // More than the shared head: the kept turn's KV was reused too.
+    let head_only = run(&worker_with(config()).await, prompt_req(head, greedy(1))).await;
+    assert!(
+        warm.3 as usize > head_only.1.len() + 64,
+        "reused only {} tokens",
+        warm.3
+    );
+    assert_eq!(warm.1, cold.1, "shifted KV gave another output");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_sequences_prefix_is_copied_to_a_new_one() {
     let w = worker_with(config()).await;

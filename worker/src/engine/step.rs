@@ -1,6 +1,13 @@
 //! The step loop on the engine thread ([`StepLoop`]): admission into KV
 //! slots with prefix-cache reuse (and copies between slots), building one
 //! batch per step, decoding, sampling and cancellation.
+//!
+//! Reuse goes beyond a common prefix in one case: a prompt that drops a
+//! middle span of a cached entry, as a chain does when `truncation: auto`
+//! drops its oldest turns (system prompt kept, then the newer turns). The
+//! entry's cells for the dropped span are removed and the rest shifted
+//! back (llama.cpp re-rotates the keys: a RoPE K-shift), so only the new
+//! turn is computed instead of the whole window.
 
 use super::seq::{sample_next, Seq};
 use super::{Command, EngineConfig, EngineStats};
@@ -8,6 +15,7 @@ use crate::metrics::WorkerMetrics;
 use crate::model::Model;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::RopeType;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use spindle_proto::{FailureCode, FinishReason, GenerateEvent};
@@ -33,11 +41,61 @@ pub(super) struct Slot {
 /// when it saves recomputing at least this many prompt tokens.
 pub(super) const MIN_COPY_GAIN: usize = 16;
 
+/// A KV shift is worth it only when it saves recomputing at least this many
+/// prompt tokens (it costs one pass over the shifted cells).
+const MIN_SHIFT_GAIN: usize = 64;
+
+/// Prompt tokens after the common prefix looked up in a cached entry to
+/// find where the prompt resumes it.
+const SHIFT_PROBE: usize = 16;
+
+/// What a prompt can reuse of a cached entry: the common `prefix`, and then,
+/// when the prompt skips part of the entry, the run `cached[from..from + len]`
+/// that it continues with (`shift`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Reuse {
+    pub(super) prefix: usize,
+    pub(super) shift: Option<(usize, usize)>,
+}
+
+impl Reuse {
+    /// Prompt tokens whose KV is reused.
+    pub(super) fn tokens(&self) -> usize {
+        self.prefix + self.shift.map_or(0, |(_, len)| len)
+    }
+}
+
+/// How much of `cached` `prompt` can reuse (see [`Reuse`]); shifts only
+/// when `shift_ok` (the model's KV supports it) and worth [`MIN_SHIFT_GAIN`].
+pub(super) fn plan_reuse(cached: &[LlamaToken], prompt: &[LlamaToken], shift_ok: bool) -> Reuse {
+    let prefix = common_prefix(cached, prompt);
+    let mut reuse = Reuse {
+        prefix,
+        shift: None,
+    };
+    let rest = &prompt[prefix..];
+    if !shift_ok || rest.len() < MIN_SHIFT_GAIN || cached.len() < prefix + MIN_SHIFT_GAIN {
+        return reuse;
+    }
+    let probe = &rest[..SHIFT_PROBE];
+    for from in prefix + 1..=cached.len() - SHIFT_PROBE {
+        if cached[from..from + SHIFT_PROBE] == *probe {
+            let len = common_prefix(&cached[from..], rest);
+            if len >= MIN_SHIFT_GAIN && reuse.shift.is_none_or(|(_, best)| len > best) {
+                reuse.shift = Some((from, len));
+            }
+        }
+    }
+    reuse
+}
+
 pub(super) struct StepLoop<'m> {
     model: &'m Model,
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     config: EngineConfig,
+    /// The model's KV cache can shift positions (plain RoPE, not recurrent).
+    shift_ok: bool,
     stats: Arc<EngineStats>,
     metrics: Arc<WorkerMetrics>,
     waiting: VecDeque<Seq>,
@@ -67,6 +125,11 @@ impl<'m> StepLoop<'m> {
             ctx,
             batch: LlamaBatch::new(n_batch, 1),
             config: config.clone(),
+            shift_ok: !model.llama.is_recurrent()
+                && matches!(
+                    model.llama.rope_type(),
+                    Some(RopeType::Norm | RopeType::NeoX)
+                ),
             stats,
             metrics,
             waiting: VecDeque::new(),
@@ -171,14 +234,20 @@ impl<'m> StepLoop<'m> {
             self.tick += 1;
             // Keep at least one token to decode: its logits start generation.
             let limit = s.tokens.len() - 1;
-            let prefix =
-                |this: &Self, id: usize| common_prefix(this.slot_tokens(id), &s.tokens).min(limit);
-            // Extend an entry the request mostly covers; never overwrite a
-            // long entry for a short match (a shared system prompt): take an
-            // empty or the least recently used slot instead.
+            let plans: Vec<Reuse> = (0..self.slots.len())
+                .map(|i| {
+                    // Only an idle entry can be shifted in place.
+                    let shift_ok = self.shift_ok && !self.slots[i].busy;
+                    plan_reuse(self.slot_tokens(i), &s.tokens[..limit], shift_ok)
+                })
+                .collect();
+            // Extend an entry the request mostly covers, or continues past a
+            // dropped span; never overwrite a long entry for a short match (a
+            // shared system prompt): take an empty or the least recently used
+            // slot instead.
             let score = |this: &Self, i: usize| {
-                let n = prefix(this, i);
-                let extends = 2 * n >= this.slots[i].cached.len();
+                let n = plans[i].tokens();
+                let extends = 2 * n >= this.slots[i].cached.len() || plans[i].shift.is_some();
                 (
                     if extends { n } else { 0 },
                     this.slots[i].cached.is_empty(),
@@ -193,22 +262,23 @@ impl<'m> StepLoop<'m> {
                 self.stats.waiting.fetch_add(1, Ordering::SeqCst);
                 return;
             };
-            let own = prefix(self, target);
+            let own = plans[target];
             let best_other = (0..self.slots.len())
                 .filter(|&i| i != target)
-                .map(|i| (i, prefix(self, i)))
+                .map(|i| (i, plans[i].prefix))
                 .max_by_key(|&(_, n)| n)
-                .filter(|&(_, n)| n >= own + MIN_COPY_GAIN);
+                .filter(|&(_, n)| n >= own.tokens() + MIN_COPY_GAIN);
             let id = target as i32;
-            let reuse = match best_other {
-                Some((src, n)) => {
+            let reuse = match (best_other, own.shift) {
+                (Some((src, n)), _) => {
                     // Cross-stream copies are whole-stream; trim the tail after.
                     let _ = self.ctx.kv_cache_seq_cp(src as i32, id, None, None);
                     self.slots[src].last_used = self.tick;
                     self.metrics.prefix_copies.increment(1);
                     n
                 }
-                None => own,
+                (None, Some((from, len))) => self.shift_kv(id, own.prefix, from, len),
+                (None, None) => own.prefix,
             };
             let _ = self.ctx.kv_cache_seq_rm(id, Some(reuse as u32), None);
             let slot = &mut self.slots[target];
@@ -233,6 +303,34 @@ impl<'m> StepLoop<'m> {
             }
             s.n_past = reuse;
             self.running.push(s);
+        }
+    }
+
+    /// Make slot `id`'s KV hold its first `prefix` tokens followed by its
+    /// cells `from..from + len` (moved back to follow the prefix): the rest
+    /// is removed. Returns how many tokens are reusable after that; only
+    /// `prefix` when llama.cpp refuses a removal.
+    fn shift_kv(&mut self, id: i32, prefix: usize, from: usize, len: usize) -> usize {
+        let pos = |n: usize| u32::try_from(n).ok();
+        let (Some(p), Some(f), Some(e), Ok(delta)) = (
+            pos(prefix),
+            pos(from),
+            pos(from + len),
+            i32::try_from(from - prefix),
+        ) else {
+            return prefix;
+        };
+        let shifted = self.ctx.kv_cache_seq_rm(id, Some(p), Some(f)).is_ok()
+            && self.ctx.kv_cache_seq_rm(id, Some(e), None).is_ok()
+            && self
+                .ctx
+                .kv_cache_seq_add(id, Some(f), Some(e), -delta)
+                .is_ok();
+        if shifted {
+            self.metrics.prefix_shifts.increment(1);
+            prefix + len
+        } else {
+            prefix
         }
     }
 
@@ -440,5 +538,39 @@ impl<'m> StepLoop<'m> {
         m.kv_used_cells.set(used);
         m.kv_usage_ratio
             .set(if total > 0.0 { used / total } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(v: &[i32]) -> Vec<LlamaToken> {
+        v.iter().copied().map(LlamaToken).collect()
+    }
+
+    #[test]
+    fn a_dropped_middle_span_is_found_after_the_common_prefix() {
+        // cached: head (0..10), old turns (100..200), kept turn (1000..1100)
+        let head: Vec<i32> = (0..10).collect();
+        let cached = toks(&[head.clone(), (100..200).collect(), (1000..1100).collect()].concat());
+        let prompt = toks(&[head, (1000..1100).collect(), vec![7, 7, 7]].concat());
+        let r = plan_reuse(&cached, &prompt, true);
+        assert_eq!(r.prefix, 10);
+        assert_eq!(r.shift, Some((110, 100)));
+        assert_eq!(r.tokens(), 110);
+        // Not when the model cannot shift, nor for a short run.
+        assert_eq!(plan_reuse(&cached, &prompt, false).shift, None);
+        let short = toks(&[(0..10).collect::<Vec<_>>(), (1000..1030).collect()].concat());
+        assert_eq!(plan_reuse(&cached, &short, true).shift, None);
+        // A plain extension is a prefix, with no shift.
+        let ext = toks(&[cached.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]].concat());
+        assert_eq!(
+            plan_reuse(&cached, &ext, true),
+            Reuse {
+                prefix: 210,
+                shift: None
+            }
+        );
     }
 }
