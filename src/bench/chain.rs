@@ -284,11 +284,28 @@ fn report(args: &ChainArgs, turns: &[Turn]) -> Value {
         percentile(&sorted(warm), 0.5),
         percentile(&sorted(cold), 0.5),
     );
+    let p50 = |n: usize, v: f64| {
+        if n == 0 {
+            "-".to_owned()
+        } else {
+            format!("{v:.0} ms")
+        }
+    };
+    let engine_s: f64 = turns.iter().map(|t| t.engine_ms).sum::<f64>() / 1000.0;
+    let prompt: u64 = turns.iter().map(|t| t.input_tokens).sum();
+    let computed: u64 = turns
+        .iter()
+        .map(|t| t.input_tokens.saturating_sub(t.cached_tokens))
+        .sum();
     println!(
         "\nstore bytes per turn, turn {last} / turn {from}: {bytes_ratio:.2} (target 0.8–1.2)\n\
          router ms per turn (p50 of 10), turn {last} / turn {from}: {router_ratio:.2} (target ≤ 1.5)\n\
-         engine: {nw} turns reused the cached prefix (p50 {warm_p50:.0} ms), \
-         {nc} re-read the window after a truncation step (p50 {cold_p50:.0} ms)"
+         engine: {engine_s:.1} s in all; {computed} of {prompt} prompt tokens computed, the rest \
+         reused from the prefix cache\n\
+         engine: {nw} turns reused the cached prefix (p50 {}), \
+         {nc} re-read the window after a truncation step (p50 {})",
+        p50(nw, warm_p50),
+        p50(nc, cold_p50),
     );
     json!({
         "turns": args.turns, "tool_bytes": args.tool_bytes, "ctx_size": args.ctx_size,
@@ -296,7 +313,8 @@ fn report(args: &ChainArgs, turns: &[Turn]) -> Value {
         "checkpoints": rows,
         "store_bytes_ratio": bytes_ratio,
         "router_ms_ratio": router_ratio,
-        "engine": {"warm_turns": nw, "warm_ms_p50": warm_p50,
+        "engine": {"total_s": engine_s, "prompt_tokens": prompt, "computed_tokens": computed,
+                   "warm_turns": nw, "warm_ms_p50": warm_p50,
                    "cold_turns": nc, "cold_ms_p50": cold_p50},
         "per_turn": turns,
     })
