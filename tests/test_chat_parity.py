@@ -33,7 +33,7 @@ CASES = [
              "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "12C"},
     ], "max_tokens": 3, "ignore_eos": True}, 200),
-    (CHAT, {"messages": MSG, "max_tokens": 2, "stop": ["a", "b", "c", "d"]}, 200),
+    (CHAT, {"messages": MSG, "max_tokens": 2, "temperature": 0, "stop": ["a", "b", "c", "d"]}, 200),
     (COMPLETIONS, {"prompt": "Once upon a time", "ignore_eos": True}, 200),  # default max_tokens
     (COMPLETIONS, {"prompt": ["Once upon a time"], "max_tokens": 3, "ignore_eos": True}, 200),
     # invalid
@@ -49,6 +49,9 @@ CASES = [
     (CHAT, {"messages": MSG, "max_tokens": 0}, 400),
     (CHAT, {"messages": MSG, "n": 2}, 400),
     (CHAT, {"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, 400),
+    (CHAT, {"messages": MSG, "stop": "x" * 100_000}, 400),
+    (COMPLETIONS, {"prompt": "hi", "max_tokens": 2, "temperature": 0, "ignore_eos": True, "stop": ["y" * 512]}, 200),
+    (COMPLETIONS, {"prompt": "hi", "stop": ["y" * 513]}, 400),
     (CHAT, {"messages": MSG, "model": "gpt-7"}, 404),
     (COMPLETIONS, {"prompt": ""}, 400),
     (COMPLETIONS, {"prompt": ["a", "b"]}, 400),

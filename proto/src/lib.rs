@@ -43,6 +43,32 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
 }
 
+/// Most stop sequences a request may give (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+/// Longest stop sequence, in bytes. The engine thread holds back and checks
+/// each sequence's text against its stop strings on every token, so their
+/// size must be bounded or one request slows every other.
+pub const MAX_STOP_BYTES: usize = 512;
+
+impl SamplingParams {
+    /// Why `stop` is refused, if it is: every entry point (the OpenAI
+    /// endpoints and the worker's own `/v1/generate`) applies this.
+    pub fn stop_error(&self) -> Option<String> {
+        if self.stop.len() > MAX_STOP {
+            Some(format!("at most {MAX_STOP} stop sequences are allowed"))
+        } else if self.stop.iter().any(String::is_empty) {
+            Some("stop sequences must not be empty".into())
+        } else if self.stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            Some(format!(
+                "stop sequences must be at most {MAX_STOP_BYTES} bytes long"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -236,6 +262,20 @@ pub struct LoadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_sequences_are_bounded_in_count_and_size() {
+        let with = |stop: Vec<String>| SamplingParams {
+            stop,
+            ..SamplingParams::default()
+        };
+        assert_eq!(with(vec!["a".into(); MAX_STOP]).stop_error(), None);
+        assert_eq!(with(vec!["y".repeat(MAX_STOP_BYTES)]).stop_error(), None);
+        assert!(with(vec!["a".into(); MAX_STOP + 1]).stop_error().is_some());
+        assert!(with(vec![String::new()]).stop_error().is_some());
+        let long = with(vec!["y".repeat(MAX_STOP_BYTES + 1)]).stop_error();
+        assert!(long.is_some_and(|m| m.contains("bytes")));
+    }
 
     #[test]
     fn failure_codes_are_typed_on_the_wire() {

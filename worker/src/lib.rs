@@ -108,6 +108,9 @@ impl Worker {
                 return Err(WorkerError::UnknownModel(m.to_owned()));
             }
         }
+        if let Some(message) = req.sampling.stop_error() {
+            return Err(WorkerError::invalid(message, Some("stop")));
+        }
         let model = &self.engine.model;
         let mut tokens = match &req.input {
             PromptInput::Messages(m) if m.is_empty() => {

@@ -7,9 +7,7 @@ use serde_json::Value;
 
 use super::{invalid, InvalidParam};
 use crate::SamplingParams;
-
-/// Most stop sequences a request may give (OpenAI's limit).
-pub const MAX_STOP: usize = 4;
+pub use crate::MAX_STOP;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +102,7 @@ impl SamplingFields {
         let stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],
+            // Checked before copying: the list's length is the client's.
             Some(Stop::Many(v)) if v.len() > MAX_STOP => {
                 return Err(invalid(
                     "stop",
@@ -112,10 +111,7 @@ impl SamplingFields {
             }
             Some(Stop::Many(v)) => v.clone(),
         };
-        if stop.iter().any(String::is_empty) {
-            return Err(invalid("stop", "stop sequences must not be empty"));
-        }
-        Ok(SamplingParams {
+        let params = SamplingParams {
             temperature: self.temperature.unwrap_or(d.temperature),
             top_p: self.top_p.unwrap_or(d.top_p),
             top_k: self.top_k.unwrap_or(d.top_k),
@@ -127,6 +123,10 @@ impl SamplingFields {
             stop,
             max_tokens: max_tokens.or(default_max),
             ignore_eos: self.ignore_eos.unwrap_or(false),
-        })
+        };
+        match params.stop_error() {
+            Some(message) => Err(invalid("stop", message)),
+            None => Ok(params),
+        }
     }
 }
