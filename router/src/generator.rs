@@ -105,6 +105,26 @@ impl HttpWorker {
 /// Longest silence tolerated from a worker stream before it counts as failed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Longest NDJSON line read from a worker (an event is a few hundred bytes
+/// at most); a longer one fails the request instead of filling memory.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Most of a worker's error body that is read.
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// The start of `resp`'s body, at most `cap` bytes, as text.
+async fn body_prefix(mut resp: reqwest::Response, cap: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(cap);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Tells the worker to cancel `request_id` when dropped before [`CancelOnDrop::disarm`].
 struct CancelOnDrop {
     url: Option<String>,
@@ -171,7 +191,7 @@ impl Generator for HttpWorker {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
-                let body = resp.text().await.unwrap_or_default();
+                let body = body_prefix(resp, MAX_ERROR_BODY_BYTES).await;
                 let error = parse_error_body(&body);
                 return Err(match status.as_u16() {
                     400 | 422 => GenerateError::BadRequest(error),
@@ -192,13 +212,26 @@ impl Generator for HttpWorker {
             let bytes = resp.bytes_stream();
             let stream =
                 futures::stream::unfold(
-                    (bytes, Vec::<u8>::new(), guard, false),
-                    |(mut bytes, mut buf, mut guard, finished)| async move {
+                    (bytes, Vec::<u8>::new(), 0usize, guard, false),
+                    |(mut bytes, mut buf, mut scanned, mut guard, finished)| async move {
                         if finished {
                             return None;
                         }
                         loop {
-                            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                            // Each byte is looked at once, however the line is chunked.
+                            let newline = buf[scanned..].iter().position(|&b| b == b'\n');
+                            scanned = newline.map_or(buf.len(), |p| scanned + p);
+                            if newline.is_none() && buf.len() > MAX_LINE_BYTES {
+                                let ev = GenerateEvent::Error {
+                                    code: FailureCode::BadWorkerResponse,
+                                    message: format!(
+                                        "worker sent a line longer than {MAX_LINE_BYTES} bytes"
+                                    ),
+                                };
+                                return Some((ev, (bytes, Vec::new(), 0, guard, true)));
+                            }
+                            if let Some(pos) = newline.map(|_| scanned) {
+                                scanned = 0;
                                 let line: Vec<u8> = buf.drain(..=pos).collect();
                                 let line = line.trim_ascii();
                                 if line.is_empty() {
@@ -213,7 +246,7 @@ impl Generator for HttpWorker {
                                 if last {
                                     guard.disarm();
                                 }
-                                return Some((ev, (bytes, buf, guard, last)));
+                                return Some((ev, (bytes, buf, scanned, guard, last)));
                             }
                             match tokio::time::timeout(IDLE_TIMEOUT, bytes.next()).await {
                                 Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
@@ -222,7 +255,7 @@ impl Generator for HttpWorker {
                                         code: FailureCode::WorkerStreamError,
                                         message: format!("worker stream broke: {e}"),
                                     };
-                                    return Some((ev, (bytes, buf, guard, true)));
+                                    return Some((ev, (bytes, buf, scanned, guard, true)));
                                 }
                                 Ok(None) => {
                                     if !buf.trim_ascii().is_empty() {
@@ -234,14 +267,14 @@ impl Generator for HttpWorker {
                                         message: "worker stream ended before completion".into(),
                                     };
                                     guard.disarm();
-                                    return Some((ev, (bytes, buf, guard, true)));
+                                    return Some((ev, (bytes, buf, scanned, guard, true)));
                                 }
                                 Err(_) => {
                                     let ev = GenerateEvent::Error {
                                         code: FailureCode::WorkerTimeout,
                                         message: "worker sent nothing for too long".into(),
                                     };
-                                    return Some((ev, (bytes, buf, guard, true)));
+                                    return Some((ev, (bytes, buf, scanned, guard, true)));
                                 }
                             }
                         }

@@ -85,3 +85,42 @@ async fn http_worker_parses_ndjson_and_errors() {
         other => panic!("{:?}", other.err()),
     }
 }
+
+/// A worker's stream and error bodies are read within bounds: a line longer
+/// than the cap fails the request (as a bad worker response, so it can be
+/// retried elsewhere) instead of filling memory; a huge error body is cut.
+#[tokio::test]
+async fn http_worker_bounds_lines_and_error_bodies() {
+    use spindle_proto::FailureCode;
+    use spindle_router::HttpWorker;
+    let line: &'static str = Box::leak(
+        format!(
+            "{{\"type\":\"delta\",\"text\":\"a\",\"token_ids\":[1]}}\n{}",
+            "x".repeat(3 << 20)
+        )
+        .into_boxed_str(),
+    );
+    let events: Vec<_> = HttpWorker::new(fake_worker(200, line).await)
+        .generate(gen_req())
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(events.len(), 2, "{:?}", events.last());
+    assert!(matches!(events[0], GenerateEvent::Delta { .. }));
+    match &events[1] {
+        GenerateEvent::Error { code, message } => {
+            assert_eq!(*code, FailureCode::BadWorkerResponse);
+            assert!(message.contains("longer than"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let huge: &'static str = Box::leak("y".repeat(8 << 20).into_boxed_str());
+    match HttpWorker::new(fake_worker(500, huge).await)
+        .generate(gen_req())
+        .await
+    {
+        Err(GenerateError::Upstream(m)) => assert!(m.len() < 100 << 10, "{}", m.len()),
+        other => panic!("{:?}", other.err()),
+    }
+}
