@@ -2,8 +2,9 @@
 //! greedy): a stream whose worker is killed mid-way migrates and the output
 //! equals the uninterrupted one; dropping a stream frees the worker.
 //!
-//! Needs `cargo build --release` (target/release/spindle) and
-//! ../shared/models/stories260K.gguf; skipped (with a message) without them.
+//! A test of the `spindle` package, so Cargo builds the binary it runs
+//! (`CARGO_BIN_EXE_spindle`, same profile); the router crate's own tests
+//! stay free of llama.cpp. Needs ../shared/models/stories260K.gguf.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -15,19 +16,10 @@ use spindle_router::cluster::{ClusterConfig, ClusterGenerator};
 use spindle_router::Generator;
 use spindle_testkit::Proc;
 
-/// The release binary (built by scripts/test before `cargo test`; `SPINDLE_BIN`
-/// overrides) and the small model. Missing either is a failure, not a skip.
+/// The binary under test and the small model (missing, it is a failure).
 fn paths() -> (PathBuf, PathBuf) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = std::env::var_os("SPINDLE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/spindle"));
-    let model = root.join("../shared/models/stories260K.gguf");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release` first (scripts/test does)",
-        bin.display()
-    );
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_spindle"));
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K.gguf");
     assert!(model.exists(), "{} is missing", model.display());
     (bin, model)
 }
