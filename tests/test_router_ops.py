@@ -125,8 +125,10 @@ def test_sigterm_drains_streams_and_leaves_nothing_in_progress(spindle, redis_se
     assert router.wait(timeout=30) == 0
 
     # A background generation that outlives the drain deadline ends `failed`
-    # in the shared store; another replica reports it.
-    short = spindle(["router", "--port", "0", *common, "--drain-timeout", "500ms"])
+    # in the shared store; another replica reports it. The deadline is far
+    # shorter than any generation: SmolLM2 answers this prompt in ~80 tokens
+    # (0.7 s), which a 500 ms deadline sometimes let finish.
+    short = spindle(["router", "--port", "0", *common, "--drain-timeout", "1ms"])
     wait_ready(short.url)
     c2 = openai.OpenAI(base_url=f"{short.url}/v1", api_key="unused", max_retries=0, timeout=60)
     bg = c2.responses.create(model="SmolLM2-135M-Instruct.Q4_1", input="Count to one thousand.",
