@@ -41,14 +41,17 @@ def chain_server(request, spindle):
     return spindle(args).url, redis_port
 
 
-def turn(api, prev, i, truncation):
+def turn(api, prev, i, truncation, **context):
+    """One long turn: after `prev` (a response id), or in `context` (`conversation=`)."""
+    if prev is not None:
+        context["previous_response_id"] = prev
     return api.responses.create(
         model=api.models.list().data[0].id,
         input=f"Turn {i}. {FILLER}",
-        previous_response_id=prev,
         truncation=truncation,
         max_output_tokens=4,
         temperature=0,
+        **context,
     )
 
 
@@ -106,17 +109,6 @@ def store_bytes(port: int) -> int:
     return sum(int(redis_cli(port, "MEMORY", "USAGE", k, "SAMPLES", "0").strip() or 0) for k in keys)
 
 
-def conv_turn(api, conv_id, i, truncation):
-    return api.responses.create(
-        model=api.models.list().data[0].id,
-        input=f"Turn {i}. {FILLER}",
-        conversation=conv_id,
-        truncation=truncation,
-        max_output_tokens=4,
-        temperature=0,
-    )
-
-
 def test_a_long_conversation_costs_the_same_per_turn(chain_server):
     url, redis_port = chain_server
     api = client(url)
@@ -124,7 +116,7 @@ def test_a_long_conversation_costs_the_same_per_turn(chain_server):
     added, cached = {}, []
     for i in range(24):
         before = store_bytes(redis_port) if redis_port else 0
-        r = conv_turn(api, conv.id, i, "auto")
+        r = turn(api, None, i, "auto", conversation=conv.id)
         assert r.status in ("completed", "incomplete"), r
         assert r.usage.input_tokens < CTX
         cached.append(r.usage.input_tokens_details.cached_tokens)
@@ -148,7 +140,7 @@ def test_a_conversation_too_long_for_disabled_truncation_is_refused(chain_server
     conv = api.conversations.create()
     for i in range(40):
         try:
-            conv_turn(api, conv.id, i, "disabled")
+            turn(api, None, i, "disabled", conversation=conv.id)
         except BadRequestError as e:
             assert e.code == "context_length_exceeded", e
             assert i >= 3, "the first turns fit"

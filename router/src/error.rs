@@ -56,6 +56,11 @@ impl ApiError {
         }
     }
 
+    /// 400 for a required parameter the request left out.
+    pub fn missing(param: &str) -> Self {
+        Self::invalid(format!("missing required parameter '{param}'"), Some(param))
+    }
+
     /// 400 with a machine-readable `code`.
     pub fn invalid_code(message: impl Into<String>, param: Option<&str>, code: &str) -> Self {
         Self::InvalidRequest {

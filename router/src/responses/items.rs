@@ -37,10 +37,7 @@ fn str_field<'a>(
             format!("'{at}.{key}' must be a string"),
             Some(&format!("{at}.{key}")),
         )),
-        None => Err(ApiError::invalid(
-            format!("missing required parameter '{at}.{key}'"),
-            Some(&format!("{at}.{key}")),
-        )),
+        None => Err(ApiError::missing(&format!("{at}.{key}"))),
     }
 }
 
@@ -48,10 +45,7 @@ fn str_field<'a>(
 /// Returns an error for empty input or items the router cannot use.
 pub fn normalize_input(input: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     match input {
-        None | Some(Value::Null) => Err(ApiError::invalid(
-            "missing required parameter 'input'",
-            Some("input"),
-        )),
+        None | Some(Value::Null) => Err(ApiError::missing("input")),
         Some(Value::String(s)) => {
             if s.is_empty() {
                 return Err(ApiError::invalid(
@@ -155,12 +149,7 @@ fn normalize_item(item: &Value, at: &str) -> Result<Value, ApiError> {
                         Some(&format!("{at}.content")),
                     ))
                 }
-                None => {
-                    return Err(ApiError::invalid(
-                        format!("missing required parameter '{at}.content'"),
-                        Some(&format!("{at}.content")),
-                    ))
-                }
+                None => return Err(ApiError::missing(&format!("{at}.content"))),
             };
             let mut m = message_item(role, content);
             if let Some(Value::String(id)) = obj.get("id") {

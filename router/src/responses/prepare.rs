@@ -361,12 +361,7 @@ fn validate_tools(tools: &[Value]) -> ApiResult<Vec<FunctionTool>> {
                         Some(&format!("{at}.type")),
                     ))
                 }
-                None => {
-                    return Err(ApiError::invalid(
-                        format!("missing required parameter '{at}.type'"),
-                        Some(&format!("{at}.type")),
-                    ))
-                }
+                None => return Err(ApiError::missing(&format!("{at}.type"))),
             }
             let tool: FunctionTool = serde_json::from_value(tool.clone()).map_err(|e| {
                 ApiError::invalid(format!("invalid function tool at '{at}': {e}"), Some(&at))

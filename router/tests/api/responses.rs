@@ -218,19 +218,7 @@ async fn chain_carries_full_history_without_instructions() {
     assert_eq!(st, 200);
     assert_eq!(s.last_messages().len(), 7);
     // A deleted previous id is a 400.
-    let (st, e) = s
-        .post(
-            "/v1/responses",
-            json!({"model": "spindle", "input": "x", "previous_response_id": r2["id"]}),
-        )
-        .await;
-    assert_error(
-        st,
-        &e,
-        400,
-        Some("previous_response_id"),
-        Some("previous_response_not_found"),
-    );
+    assert_previous_not_found(&s, r2["id"].as_str().unwrap()).await;
 }
 
 #[tokio::test]
@@ -248,19 +236,7 @@ async fn store_false_is_not_retrievable() {
     let id = r["id"].as_str().unwrap();
     let (st, e) = s.get(&format!("/v1/responses/{id}")).await;
     assert_error(st, &e, 404, None, None);
-    let (st, e) = s
-        .post(
-            "/v1/responses",
-            json!({"model": "spindle", "input": "x", "previous_response_id": id}),
-        )
-        .await;
-    assert_error(
-        st,
-        &e,
-        400,
-        Some("previous_response_id"),
-        Some("previous_response_not_found"),
-    );
+    assert_previous_not_found(&s, id).await;
 }
 
 #[tokio::test]
@@ -368,4 +344,21 @@ async fn chains_keep_their_first_turns_routing_key() {
     assert!(k[4].starts_with("h:"), "hashed key: {}", k[4]);
     assert_eq!(k[4], k[5], "same leading messages, same key");
     assert_eq!(k[4], k[6], "follow-up inherits the key");
+}
+
+/// A follow-up to `id` is refused: 400 `previous_response_not_found`.
+async fn assert_previous_not_found(s: &Server, id: &str) {
+    let (st, e) = s
+        .post(
+            "/v1/responses",
+            json!({"model": "spindle", "input": "x", "previous_response_id": id}),
+        )
+        .await;
+    assert_error(
+        st,
+        &e,
+        400,
+        Some("previous_response_id"),
+        Some("previous_response_not_found"),
+    );
 }

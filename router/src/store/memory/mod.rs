@@ -6,7 +6,7 @@
 //! item logs hold at most `max_records` entries in all: past that, the least
 //! recently extended chain goes first.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,9 @@ use super::{
     Subscription,
 };
 use crate::sync;
+use bounded::{Aged, Bounded};
+
+mod bounded;
 use crate::types::{now_secs, ResponseObject, ResponseStatus};
 
 struct RespEntry {
@@ -61,26 +64,6 @@ impl Aged for ChainLog {
     }
 }
 
-/// Insertion-ordered bounded map with TTL.
-struct Bounded<E> {
-    map: HashMap<String, E>,
-    order: VecDeque<(u64, String)>,
-}
-
-impl<E> Default for Bounded<E> {
-    fn default() -> Self {
-        Self {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-}
-
-trait Aged {
-    fn expires(&self) -> Instant;
-    fn seq(&self) -> u64;
-}
-
 impl Aged for RespEntry {
     fn expires(&self) -> Instant {
         self.expires
@@ -96,50 +79,6 @@ impl Aged for ConvEntry {
     }
     fn seq(&self) -> u64 {
         self.seq
-    }
-}
-
-impl<E: Aged> Bounded<E> {
-    fn insert(&mut self, id: String, entry: E, max: usize) {
-        self.order.push_back((entry.seq(), id.clone()));
-        self.map.insert(id, entry);
-        self.evict(max);
-    }
-
-    /// Drop expired entries and the oldest beyond `max`.
-    fn evict(&mut self, max: usize) {
-        let now = Instant::now();
-        while let Some((seq, id)) = self.order.front() {
-            let live = self.map.get(id).filter(|e| e.seq() == *seq);
-            match live {
-                None => {
-                    self.order.pop_front();
-                }
-                Some(e) if e.expires() <= now || self.map.len() > max => {
-                    let id = id.clone();
-                    self.order.pop_front();
-                    self.map.remove(&id);
-                }
-                Some(_) => break,
-            }
-        }
-        if self.order.len() > 2 * max.max(16) {
-            let map = &self.map;
-            self.order
-                .retain(|(seq, id)| map.get(id).is_some_and(|e| e.seq() == *seq));
-        }
-    }
-
-    fn get_mut(&mut self, id: &str) -> Option<&mut E> {
-        let expired = self
-            .map
-            .get(id)
-            .is_some_and(|e| e.expires() <= Instant::now());
-        if expired {
-            self.map.remove(id);
-            return None;
-        }
-        self.map.get_mut(id)
     }
 }
 
