@@ -40,12 +40,14 @@ impl Generator for InProcess {
         &self,
         req: GenerateRequest,
     ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>> {
-        let result = self
-            .worker
-            .generate(req)
-            .map(StreamExt::boxed)
-            .map_err(to_generate_error);
-        Box::pin(std::future::ready(result))
+        let worker = self.worker.clone();
+        Box::pin(async move {
+            worker
+                .generate(req)
+                .await
+                .map(StreamExt::boxed)
+                .map_err(to_generate_error)
+        })
     }
 
     fn models(&self) -> Vec<ModelCard> {

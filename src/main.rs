@@ -18,6 +18,7 @@ mod bench;
 #[path = "bench_missing.rs"]
 mod bench;
 mod inprocess;
+mod listen;
 mod server;
 
 use clap::{Parser, Subcommand};

@@ -8,30 +8,18 @@
 //! at the deadline `failed` in the store, so nothing stays `in_progress`.
 
 use crate::inprocess::InProcess;
+use crate::listen::Listen;
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use spindle_router::cluster::config::parse_duration;
 use spindle_router::store::StoreError;
 use spindle_router::{ClusterConfig, ClusterGenerator, Lifecycle, ResponseStore, RouterConfig};
 use spindle_worker::{Worker, WorkerConfig};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-
-/// Where a server listens.
-#[derive(Args, Debug, Clone)]
-pub struct Listen {
-    /// Address to bind.
-    #[arg(long, env = "SPINDLE_HOST", default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to bind (0 picks a free one; the chosen port is logged).
-    #[arg(long, env = "SPINDLE_PORT", default_value_t = 8080)]
-    pub port: u16,
-}
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -110,16 +98,6 @@ fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")
 }
 
-async fn bind(listen: &Listen) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind((listen.host.as_str(), listen.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", listen.host, listen.port))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    // Tests and scripts wait for this exact line.
-    eprintln!("spindle listening on http://{addr}");
-    Ok(listener)
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -150,21 +128,18 @@ struct Drain {
 
 /// Serve `app` until a shutdown signal, then drain within `drain.timeout`.
 async fn run_until_signal(
+    listen: &Listen,
     listener: TcpListener,
     app: axum::Router,
     drain: Drain,
 ) -> anyhow::Result<()> {
-    // Without TCP_NODELAY, Nagle and delayed ACKs hold small SSE frames ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let limits = listen.clone();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
+        crate::listen::serve(listener, app, &limits, async {
+            let _ = stop_rx.await;
+        })
+        .await
     });
     shutdown_signal().await;
     let deadline = Instant::now() + drain.timeout;
@@ -246,17 +221,34 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let metrics = metrics_recorder()?;
     let worker = Worker::start(&args.worker).await?;
     let app = spindle_worker::api::router(worker.clone(), Some(metrics));
-    let listener = bind(&args.listen).await?;
+    let listener = args.listen.bind().await?;
     let drain = Drain {
         timeout: args.worker.drain_timeout,
         worker: Some(worker),
         router: None,
     };
-    run_until_signal(listener, app, drain).await
+    run_until_signal(&args.listen, listener, app, drain).await
 }
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Without API keys a router answers anyone who reaches it: on loopback it
+/// checks `Host` (DNS rebinding), elsewhere it says loudly that it is open.
+fn guard_keyless(router: &mut RouterConfig, listen: &Listen) {
+    let keyless = router.api_keys.is_empty();
+    router.host_check = keyless && listen.is_loopback();
+    if keyless && !listen.is_loopback() {
+        tracing::warn!(
+            host = %listen.host,
+            "NO API KEYS: anyone who can reach {}:{} can generate, read and delete every \
+             response; set SPINDLE_API_KEYS or bind to 127.0.0.1",
+            listen.host,
+            listen.port
+        );
+    }
+}
+
+pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
+    guard_keyless(&mut args.router, &args.listen);
     let metrics = metrics_recorder()?;
     let worker = Worker::start(&args.worker).await?;
     let store = response_store(&args.router).await?;
@@ -273,17 +265,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker.clone(),
         Some(metrics),
     ));
-    let listener = bind(&args.listen).await?;
+    let listener = args.listen.bind().await?;
     let drain = Drain {
         timeout: args.worker.drain_timeout,
         worker: Some(worker),
         router: Some((lifecycle, store)),
     };
-    run_until_signal(listener, app, drain).await
+    run_until_signal(&args.listen, listener, app, drain).await
 }
 
-pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
+pub async fn router(mut args: RouterArgs) -> anyhow::Result<()> {
     args.validate()?;
+    guard_keyless(&mut args.router, &args.listen);
     let metrics = metrics_recorder()?;
     let generator = Arc::new(ClusterGenerator::start(args.cluster()).await?);
     let store = response_store(&args.router).await?;
@@ -295,13 +288,13 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         lifecycle.clone(),
     )
     .merge(metrics_route(metrics));
-    let listener = bind(&args.listen).await?;
+    let listener = args.listen.bind().await?;
     let drain = Drain {
         timeout: args.drain_timeout,
         worker: None,
         router: Some((lifecycle, store)),
     };
-    run_until_signal(listener, app, drain).await
+    run_until_signal(&args.listen, listener, app, drain).await
 }
 
 /// `spindle download`: resolve (and fetch) a model, print its path.

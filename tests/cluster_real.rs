@@ -53,6 +53,7 @@ fn req() -> GenerateRequest {
             ..SamplingParams::default()
         },
         cache_key: Some("conv:real".into()),
+        cache_salt: None,
     }
 }
 

@@ -107,7 +107,8 @@ def test_generate_ndjson_framing(worker_url):
     with post(f"{worker_url}/v1/generate", body) as r:
         assert r.headers["content-type"] == "application/x-ndjson"
         lines = r.read().decode().splitlines()
-    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    # Every line is one JSON object, but for blank keep-alive lines.
+    events = [json.loads(line) for line in lines if line.strip()]
     assert [e["type"] for e in events[:-1]] == ["delta"] * (len(events) - 1)
     done = events[-1]
     assert done["type"] == "done"
@@ -162,7 +163,8 @@ def test_sigterm_drains_in_flight_then_exits_zero(spindle):
 
     def stream():
         with post(f"{w.url}/v1/generate", body) as r:
-            result["events"] = [json.loads(l) for l in r.read().decode().splitlines()]
+            # Blank lines are keep-alives (the stream waits while others run).
+            result["events"] = [json.loads(l) for l in r.read().decode().splitlines() if l.strip()]
 
     t = threading.Thread(target=stream)
     t.start()
@@ -199,3 +201,51 @@ def test_bad_model_files_give_one_error_line(tmp_path, kind):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: model file"), r.stderr
     assert "panicked" not in r.stderr
+
+
+def test_a_queued_stream_carries_keepalive_lines(spindle):
+    """A request waiting for a slot still writes a line every second, so a
+    router can tell a busy worker from a hung one."""
+    w = spindle(["worker", "--port", "0", "--model", str(SMOLLM), "--max-seqs", "1", "--threads", "1"])
+    body = {"messages": [{"role": "user", "content": "Tell a long story."}],
+            "sampling": {"temperature": 0, "max_tokens": 400, "ignore_eos": True}}
+    with post(f"{w.url}/v1/generate", body) as first:
+        first.readline()  # running: the only slot is taken
+        started = time.time()
+        with post(f"{w.url}/v1/generate", body) as queued:
+            line = queued.readline()
+            assert line == b"\n", line
+            assert time.time() - started < 3
+    w.stop()
+
+
+def test_a_prompt_too_large_in_bytes_is_refused_before_tokenizing(spindle):
+    """Prompts that cannot fit the context by their size alone get a 400 at
+    once, and tokenizing never holds up the worker's other requests."""
+    w = spindle(["worker", "--port", "0", "--model", str(SMOLLM), "--ctx-size", "512", "--threads", "1"])
+    prompt = "lorem ipsum dolor " * 100_000  # 1.8 MB
+    errors, health = [], []
+
+    def big():
+        try:
+            post(f"{w.url}/v1/completions", {"prompt": prompt, "max_tokens": 1}, timeout=30)
+        except urllib.error.HTTPError as e:
+            errors.append((e.code, json.loads(e.read())["error"]))
+
+    started = time.time()
+    threads = [threading.Thread(target=big) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        t0 = time.time()
+        assert get(f"{w.url}/health")[0] == 200
+        health.append(time.time() - t0)
+    for t in threads:
+        t.join()
+    assert len(errors) == 4
+    for code, err in errors:
+        assert code == 400 and err["code"] == "context_length_exceeded", err
+        assert "bytes" in err["message"]
+    assert time.time() - started < 10
+    assert max(health) < 1.0, health
+    w.stop()

@@ -124,6 +124,11 @@ pub struct GenerateRequest {
     /// only log it.
     #[serde(default)]
     pub cache_key: Option<String>,
+    /// Prefix-cache isolation (like vLLM's `cache_salt`): a prompt reuses
+    /// only cached KV computed for a request with the same salt, so one
+    /// tenant cannot learn another's prompts from `cached_tokens` timing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_salt: Option<String>,
 }
 
 /// Why generation ended.
@@ -255,9 +260,19 @@ pub struct LoadReport {
     pub kv_total: u32,
     /// Generated tokens per second over the last few seconds.
     pub tokens_per_second: f64,
+    /// The slowest engine step of the last few seconds, in seconds: a
+    /// router sizes its stream deadlines by it. (0 from older workers.)
+    #[serde(default)]
+    pub step_seconds_max: f64,
     /// True once SIGTERM arrived: finish in-flight work, take no more.
     pub draining: bool,
 }
+
+/// A worker writes an empty line into a `/v1/generate` stream that has been
+/// silent this long (queued, or prefilling a long prompt) while its engine
+/// is making progress, so a silent stream means a hung worker (or a stuck
+/// engine) and a router can put a deadline on the gap.
+pub const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

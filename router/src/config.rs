@@ -36,6 +36,14 @@ pub struct RouterConfig {
     /// Per-command Redis timeout in milliseconds; slower calls fail with 503.
     #[arg(long, env = "SPINDLE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
+    /// Most final states (responses that finished while the store was
+    /// unreachable) kept in memory and retried until it is back; beyond
+    /// it the oldest is dropped and the reaper ends it from its event log.
+    #[arg(long, env = "SPINDLE_STORE_BACKLOG_MAX", default_value_t = 10_000)]
+    pub store_backlog_max: usize,
+    /// Most bytes those final states may hold in memory.
+    #[arg(long, env = "SPINDLE_STORE_BACKLOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub store_backlog_bytes: usize,
     /// API keys (comma-separated). When set, every request needs
     /// `Authorization: Bearer <key>` and sees only its own tenant's objects.
     #[arg(
@@ -45,6 +53,27 @@ pub struct RouterConfig {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// With API keys, whether tenants share the workers' prefix cache:
+    /// `tenant` (default) salts each tenant's cache and routing keys, so one
+    /// key cannot confirm guesses about another's prompts from
+    /// `cached_tokens` or latency; `shared` lets identical prompts of
+    /// different tenants reuse each other's cache.
+    #[arg(long, env = "SPINDLE_CACHE_ISOLATION", value_enum, default_value_t = CacheIsolation::Tenant)]
+    pub cache_isolation: CacheIsolation,
+    /// Answer only requests whose `Host` is loopback: set by the binary when
+    /// it listens on loopback without API keys (DNS-rebinding defence).
+    #[arg(skip)]
+    pub host_check: bool,
+}
+
+/// Who may reuse whose prefix cache (with API keys).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheIsolation {
+    /// Each tenant its own.
+    #[default]
+    Tenant,
+    /// Everyone's with everyone's.
+    Shared,
 }
 
 /// Response store backend.
@@ -67,7 +96,11 @@ impl Default for RouterConfig {
             store: StoreKind::Memory,
             redis_url: None,
             redis_timeout_ms: 1000,
+            store_backlog_max: 10_000,
+            store_backlog_bytes: 64 * 1024 * 1024,
             api_keys: Vec::new(),
+            cache_isolation: CacheIsolation::Tenant,
+            host_check: false,
         }
     }
 }

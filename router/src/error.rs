@@ -32,9 +32,11 @@ pub enum ApiError {
     /// The body is larger than the configured limit (413).
     #[error("the request body is larger than the maximum allowed size")]
     PayloadTooLarge,
-    /// No route or method for this path (404/405).
+    /// Refused at the HTTP level, before any handler: unknown URL (404),
+    /// method (405), URI too long (414), not JSON (415), wrong `Host` (421),
+    /// headers too large (431).
     #[error("{message}")]
-    Route { status: StatusCode, message: String },
+    Http { status: StatusCode, message: String },
     /// No worker can take the request now (503, with Retry-After).
     #[error("{message}")]
     Unavailable { message: String, retry_after: u64 },
@@ -86,7 +88,7 @@ impl ApiError {
             Self::NotFound { .. } | Self::UnknownModel(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Route { status, .. } => *status,
+            Self::Http { status, .. } => *status,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,8 +101,9 @@ impl ApiError {
             Self::InvalidRequest { .. }
             | Self::UnknownModel(_)
             | Self::PayloadTooLarge
-            | Self::Unauthorized(_) => "invalid_request_error",
-            Self::NotFound { .. } | Self::Route { .. } => "not_found_error",
+            | Self::Unauthorized(_)
+            | Self::Http { .. } => "invalid_request_error",
+            Self::NotFound { .. } => "not_found_error",
             Self::Unavailable { .. } | Self::BadGateway(_) | Self::Internal(_) => "server_error",
         }
     }
@@ -121,7 +124,15 @@ impl ApiError {
             Self::UnknownModel(_) => Some("model_not_found"),
             Self::PayloadTooLarge => Some("request_too_large"),
             Self::Unauthorized(_) => Some("invalid_api_key"),
-            Self::Route { .. } => None,
+            Self::Http { status, .. } => match *status {
+                StatusCode::NOT_FOUND => Some("unknown_url"),
+                StatusCode::METHOD_NOT_ALLOWED => Some("method_not_allowed"),
+                StatusCode::URI_TOO_LONG => Some("uri_too_long"),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => Some("unsupported_media_type"),
+                StatusCode::MISDIRECTED_REQUEST => Some("invalid_host"),
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Some("headers_too_large"),
+                _ => None,
+            },
             Self::Unavailable { .. } => Some("service_unavailable"),
             Self::BadGateway(_) => Some("bad_gateway"),
             Self::Internal(_) => Some("internal_error"),

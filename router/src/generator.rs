@@ -1,6 +1,8 @@
 //! The [`Generator`] abstraction over token generation and [`HttpWorker`], the
 //! implementation that calls a worker's `POST /v1/generate` and reads NDJSON.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -81,16 +83,81 @@ pub trait Generator: Send + Sync + 'static {
     }
 }
 
+/// How long a worker may keep a stream waiting before it counts as hung:
+/// until the response headers (`first_byte`), and between two lines
+/// (`token_gap`; a live worker writes a keep-alive line every
+/// [`spindle_proto::STREAM_KEEPALIVE`]). Each is the configured floor or
+/// [`Deadlines::STEP_FACTOR`] times the worker's slowest recent step,
+/// whichever is longer, so a worker with slow steps is not cut off.
+#[derive(Debug)]
+pub struct Deadlines {
+    first_byte_floor: Duration,
+    token_gap_floor: Duration,
+    first_byte_ms: AtomicU64,
+    token_gap_ms: AtomicU64,
+}
+
+impl Deadlines {
+    /// How many of the slowest recent step a deadline covers at least.
+    pub const STEP_FACTOR: f64 = 4.0;
+
+    pub fn new(first_byte: Duration, token_gap: Duration) -> Self {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        Self {
+            first_byte_floor: first_byte,
+            token_gap_floor: token_gap,
+            first_byte_ms: AtomicU64::new(ms(first_byte)),
+            token_gap_ms: AtomicU64::new(ms(token_gap)),
+        }
+    }
+
+    /// Follow the worker's slowest recent step (from its `/load`).
+    pub fn adapt(&self, step_seconds_max: f64) {
+        let scaled = if step_seconds_max.is_finite() && step_seconds_max > 0.0 {
+            Duration::from_secs_f64((step_seconds_max * Self::STEP_FACTOR).min(3600.0))
+        } else {
+            Duration::ZERO
+        };
+        let ms = |floor: Duration| floor.max(scaled).as_millis() as u64;
+        self.first_byte_ms
+            .store(ms(self.first_byte_floor), Ordering::Relaxed);
+        self.token_gap_ms
+            .store(ms(self.token_gap_floor), Ordering::Relaxed);
+    }
+
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn token_gap(&self) -> Duration {
+        Duration::from_millis(self.token_gap_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for Deadlines {
+    /// 10 s to the headers, 5 s between lines.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10), Duration::from_secs(5))
+    }
+}
+
 /// A [`Generator`] backed by one worker over HTTP.
 #[derive(Clone, Debug)]
 pub struct HttpWorker {
     base_url: String,
     client: reqwest::Client,
+    deadlines: Arc<Deadlines>,
 }
 
 impl HttpWorker {
-    /// A worker at `base_url` (e.g. `http://127.0.0.1:8081`).
+    /// A worker at `base_url` (e.g. `http://127.0.0.1:8081`), with the
+    /// default [`Deadlines`].
     pub fn new(base_url: impl Into<String>) -> Self {
+        Self::with_deadlines(base_url, Deadlines::default())
+    }
+
+    /// A worker at `base_url` whose streams must keep to `deadlines`.
+    pub fn with_deadlines(base_url: impl Into<String>, deadlines: Deadlines) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -98,12 +165,15 @@ impl HttpWorker {
         Self {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             client,
+            deadlines: Arc::new(deadlines),
         }
     }
-}
 
-/// Longest silence tolerated from a worker stream before it counts as failed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// This worker's stream deadlines (the prober adapts them).
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+}
 
 /// Longest NDJSON line read from a worker (an event is a few hundred bytes
 /// at most); a longer one fails the request instead of filling memory.
@@ -164,6 +234,93 @@ fn parse_error_body(body: &str) -> ErrorObject {
         })
 }
 
+/// Reads a worker's NDJSON stream into events: each line once, lines
+/// capped at [`MAX_LINE_BYTES`], silence capped by the token-gap deadline;
+/// every way the stream can break ends in one error event.
+struct LineReader {
+    bytes: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
+    guard: CancelOnDrop,
+    deadlines: Arc<Deadlines>,
+    finished: bool,
+}
+
+impl LineReader {
+    /// Ends the stream with `code`.
+    fn fail(&mut self, code: FailureCode, message: String) -> Option<GenerateEvent> {
+        self.finished = true;
+        Some(GenerateEvent::Error { code, message })
+    }
+
+    async fn next_event(&mut self) -> Option<GenerateEvent> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            // Each byte is looked at once, however the line is chunked.
+            let newline = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+            self.scanned = newline.map_or(self.buf.len(), |p| self.scanned + p);
+            // The line so far (up to its newline, or all that came).
+            if self.scanned > MAX_LINE_BYTES {
+                self.buf = Vec::new();
+                return self.fail(
+                    FailureCode::BadWorkerResponse,
+                    format!("worker sent a line longer than {MAX_LINE_BYTES} bytes"),
+                );
+            }
+            if newline.is_some() {
+                let line: Vec<u8> = self.buf.drain(..=self.scanned).collect();
+                self.scanned = 0;
+                let line = line.trim_ascii();
+                if line.is_empty() {
+                    // A keep-alive.
+                    continue;
+                }
+                let ev = serde_json::from_slice::<GenerateEvent>(line).unwrap_or_else(|e| {
+                    GenerateEvent::Error {
+                        code: FailureCode::BadWorkerResponse,
+                        message: format!("unreadable line from worker: {e}"),
+                    }
+                });
+                if !matches!(ev, GenerateEvent::Delta { .. }) {
+                    self.finished = true;
+                    self.guard.disarm();
+                }
+                return Some(ev);
+            }
+            let gap = self.deadlines.token_gap();
+            match tokio::time::timeout(gap, self.bytes.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(Some(Err(e))) => {
+                    return self.fail(
+                        FailureCode::WorkerStreamError,
+                        format!("worker stream broke: {e}"),
+                    )
+                }
+                Ok(None) => {
+                    if !self.buf.trim_ascii().is_empty() {
+                        self.buf.push(b'\n');
+                        continue;
+                    }
+                    self.guard.disarm();
+                    return self.fail(
+                        FailureCode::WorkerStreamError,
+                        "worker stream ended before completion".into(),
+                    );
+                }
+                Err(_) => {
+                    return self.fail(
+                        FailureCode::WorkerTimeout,
+                        format!("worker sent nothing for {}s", gap.as_secs_f64()),
+                    )
+                }
+            }
+        }
+    }
+}
+
 impl Generator for HttpWorker {
     fn generate(
         &self,
@@ -176,12 +333,17 @@ impl Generator for HttpWorker {
         let url = format!("{}/v1/generate", self.base_url);
         let cancel_url = format!("{}/v1/generate/{}/cancel", self.base_url, request_id);
         let client = self.client.clone();
+        let deadlines = self.deadlines.clone();
         Box::pin(async move {
-            let resp = client
-                .post(&url)
-                .json(&req)
-                .send()
+            let first_byte = deadlines.first_byte();
+            let resp = tokio::time::timeout(first_byte, client.post(&url).json(&req).send())
                 .await
+                .map_err(|_| {
+                    GenerateError::Connect(format!(
+                        "no answer within {}s",
+                        first_byte.as_secs_f64()
+                    ))
+                })?
                 .map_err(|e| GenerateError::Connect(e.to_string()))?;
             let status = resp.status();
             if !status.is_success() {
@@ -209,77 +371,18 @@ impl Generator for HttpWorker {
                 url: Some(cancel_url),
                 client,
             };
-            let bytes = resp.bytes_stream();
-            let stream =
-                futures::stream::unfold(
-                    (bytes, Vec::<u8>::new(), 0usize, guard, false),
-                    |(mut bytes, mut buf, mut scanned, mut guard, finished)| async move {
-                        if finished {
-                            return None;
-                        }
-                        loop {
-                            // Each byte is looked at once, however the line is chunked.
-                            let newline = buf[scanned..].iter().position(|&b| b == b'\n');
-                            scanned = newline.map_or(buf.len(), |p| scanned + p);
-                            if newline.is_none() && buf.len() > MAX_LINE_BYTES {
-                                let ev = GenerateEvent::Error {
-                                    code: FailureCode::BadWorkerResponse,
-                                    message: format!(
-                                        "worker sent a line longer than {MAX_LINE_BYTES} bytes"
-                                    ),
-                                };
-                                return Some((ev, (bytes, Vec::new(), 0, guard, true)));
-                            }
-                            if let Some(pos) = newline.map(|_| scanned) {
-                                scanned = 0;
-                                let line: Vec<u8> = buf.drain(..=pos).collect();
-                                let line = line.trim_ascii();
-                                if line.is_empty() {
-                                    continue;
-                                }
-                                let ev = serde_json::from_slice::<GenerateEvent>(line)
-                                    .unwrap_or_else(|e| GenerateEvent::Error {
-                                        code: FailureCode::BadWorkerResponse,
-                                        message: format!("unreadable line from worker: {e}"),
-                                    });
-                                let last = !matches!(ev, GenerateEvent::Delta { .. });
-                                if last {
-                                    guard.disarm();
-                                }
-                                return Some((ev, (bytes, buf, scanned, guard, last)));
-                            }
-                            match tokio::time::timeout(IDLE_TIMEOUT, bytes.next()).await {
-                                Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
-                                Ok(Some(Err(e))) => {
-                                    let ev = GenerateEvent::Error {
-                                        code: FailureCode::WorkerStreamError,
-                                        message: format!("worker stream broke: {e}"),
-                                    };
-                                    return Some((ev, (bytes, buf, scanned, guard, true)));
-                                }
-                                Ok(None) => {
-                                    if !buf.trim_ascii().is_empty() {
-                                        buf.push(b'\n');
-                                        continue;
-                                    }
-                                    let ev = GenerateEvent::Error {
-                                        code: FailureCode::WorkerStreamError,
-                                        message: "worker stream ended before completion".into(),
-                                    };
-                                    guard.disarm();
-                                    return Some((ev, (bytes, buf, scanned, guard, true)));
-                                }
-                                Err(_) => {
-                                    let ev = GenerateEvent::Error {
-                                        code: FailureCode::WorkerTimeout,
-                                        message: "worker sent nothing for too long".into(),
-                                    };
-                                    return Some((ev, (bytes, buf, scanned, guard, true)));
-                                }
-                            }
-                        }
-                    },
-                );
+            let reader = LineReader {
+                bytes: resp.bytes_stream().boxed(),
+                buf: Vec::new(),
+                scanned: 0,
+                guard,
+                deadlines,
+                finished: false,
+            };
+            let stream = futures::stream::unfold(reader, |mut r| async move {
+                let ev = r.next_event().await?;
+                Some((ev, r))
+            });
             Ok(stream.boxed())
         })
     }
@@ -287,5 +390,24 @@ impl Generator for HttpWorker {
     /// One worker's models are learned by the cluster's probes, not here.
     fn models(&self) -> Vec<ModelCard> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_follow_slow_steps_but_never_drop_below_their_floors() {
+        let d = Deadlines::new(Duration::from_secs(10), Duration::from_secs(5));
+        d.adapt(0.05);
+        assert_eq!(d.first_byte(), Duration::from_secs(10));
+        assert_eq!(d.token_gap(), Duration::from_secs(5));
+        // A worker whose steps take 3 s gets 4 × 3 s.
+        d.adapt(3.0);
+        assert_eq!(d.first_byte(), Duration::from_secs(12));
+        assert_eq!(d.token_gap(), Duration::from_secs(12));
+        d.adapt(f64::NAN);
+        assert_eq!(d.token_gap(), Duration::from_secs(5));
     }
 }

@@ -34,14 +34,14 @@ pub use lifecycle::Lifecycle;
 pub use store::{MemoryStore, RedisStore, ResponseStore};
 
 async fn not_found() -> ApiError {
-    ApiError::Route {
+    ApiError::Http {
         status: StatusCode::NOT_FOUND,
         message: "Unknown endpoint.".into(),
     }
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::Route {
+    ApiError::Http {
         status: StatusCode::METHOD_NOT_ALLOWED,
         message: "Method not allowed for this endpoint.".into(),
     }
@@ -69,11 +69,18 @@ pub fn app_with_lifecycle(
     use api::{chat, conversations, models, ops};
     use responses::handlers as responses;
     metrics::gauge!("spindle_router_draining").set(if lifecycle.is_draining() { 1.0 } else { 0.0 });
+    let store: Arc<dyn ResponseStore> = Arc::new(store::metered::MeteredStore::new(store));
+    let backlog = crate::responses::Backlog::new(
+        store.clone(),
+        config.store_backlog_max,
+        config.store_backlog_bytes,
+    );
     let state = Arc::new(api::AppState {
         generator: Arc::new(telemetry::MeteredGenerator::new(generator)),
-        store: Arc::new(store::metered::MeteredStore::new(store)),
+        store,
         config: config.clone(),
         lifecycle: lifecycle.clone(),
+        backlog,
     });
     let api = axum::Router::new()
         .route("/v1/responses", post(responses::create))
@@ -110,6 +117,10 @@ pub fn app_with_lifecycle(
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::guard::check,
         ))
         .layer(axum::middleware::from_fn_with_state(
             lifecycle,

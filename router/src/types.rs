@@ -44,6 +44,18 @@ impl ResponseStatus {
     pub fn is_terminal(self) -> bool {
         !matches!(self, Self::Queued | Self::InProgress)
     }
+
+    /// The wire name (`in_progress`, ...), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Incomplete => "incomplete",
+        }
+    }
 }
 
 /// `error` of a failed response.
@@ -294,5 +306,18 @@ impl ListQuery {
             }
         };
         Ok((limit, desc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_are_the_serialized_ones() {
+        use ResponseStatus::*;
+        for s in [Queued, InProgress, Completed, Failed, Cancelled, Incomplete] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 }

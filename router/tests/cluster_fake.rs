@@ -22,6 +22,7 @@ fn req(key: &str) -> GenerateRequest {
         continuation: None,
         sampling: SamplingParams::default(),
         cache_key: Some(key.into()),
+        cache_salt: None,
     }
 }
 
@@ -418,4 +419,87 @@ async fn one_ring_per_model() {
         collect(&gen, r).await.1,
         GenerateEvent::Done { .. }
     ));
+}
+
+/// Deadlines short enough for tests: a hung worker is given up on quickly.
+fn impatient(fakes: &[&FakeWorker]) -> ClusterConfig {
+    ClusterConfig {
+        first_byte_timeout: Duration::from_millis(300),
+        token_gap_timeout: Duration::from_millis(300),
+        ..config(fakes)
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_goes_silent_mid_stream_loses_it_after_the_token_gap() {
+    let f = fakes(2, 20, 1).await;
+    let gen = ClusterGenerator::new(impatient(&[&f[0], &f[1]])).unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f[0].url);
+    f[0].ctl.stall_after.store(5, Ordering::Relaxed);
+    let t = std::time::Instant::now();
+    let (text, last) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(20));
+    assert!(matches!(last, GenerateEvent::Done { .. }), "{last:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(gen.stats().migrations.load(Ordering::Relaxed), 1);
+    let st = gen.members();
+    let hung = st.iter().find(|m| m.url == f[0].url).unwrap();
+    assert_eq!(hung.breaker, "open", "the silent worker is ejected");
+}
+
+#[tokio::test]
+async fn a_worker_that_never_answers_is_skipped_after_the_first_byte_deadline() {
+    let f = fakes(2, 20, 1).await;
+    let gen = ClusterGenerator::new(impatient(&[&f[0], &f[1]])).unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f[0].url);
+    f[0].ctl.stall_headers.store(true, Ordering::Relaxed);
+    let t = std::time::Instant::now();
+    let (text, _) = collect(&gen, req(&key)).await;
+    assert_eq!(text, expected(20));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(served(&f[1]), 1);
+}
+
+#[tokio::test]
+async fn ejecting_a_worker_moves_its_open_streams_at_once() {
+    let f = fakes(2, 20, 1).await;
+    // Deadlines far away: only the ejection can move the stream.
+    let cfg = ClusterConfig {
+        token_gap_timeout: Duration::from_secs(60),
+        ..config(&[&f[0], &f[1]])
+    };
+    let gen = ClusterGenerator::new(cfg).unwrap();
+    gen.probe_now().await;
+    let key = key_owned_by(&gen, &f[0].url);
+    f[0].ctl.stall_after.store(5, Ordering::Relaxed);
+    let mut s = gen.generate(req(&key)).await.expect("stream starts");
+    let mut text = String::new();
+    for _ in 0..5 {
+        match s.next().await {
+            Some(GenerateEvent::Delta { text: t, .. }) => text.push_str(&t),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The worker is hung (silent for longer than a live leg ever is); its
+    // health checks fail and eject it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    f[0].ctl.unhealthy.store(true, Ordering::Relaxed);
+    let t = std::time::Instant::now();
+    gen.probe_now().await;
+    let last = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.next().await.expect("a last event") {
+                GenerateEvent::Delta { text: t, .. } => text.push_str(&t),
+                ev => return ev,
+            }
+        }
+    })
+    .await
+    .expect("the stream moved without waiting for the token gap");
+    assert!(matches!(last, GenerateEvent::Done { .. }), "{last:?}");
+    assert_eq!(text, expected(20));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(gen.stats().migrations.load(Ordering::Relaxed), 1);
 }

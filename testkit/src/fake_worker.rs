@@ -36,6 +36,11 @@ pub struct FakeControl {
     pub die_after: AtomicU32,
     /// When set, a stream breaks before its first token.
     pub die_before_first: AtomicBool,
+    /// When non-zero, a stream goes silent (still open) after this many
+    /// tokens, like a worker under SIGSTOP.
+    pub stall_after: AtomicU32,
+    /// When set, `/v1/generate` never answers (a hung worker).
+    pub stall_headers: AtomicBool,
     /// When set, `/ready` and `/load` answer 500.
     pub unhealthy: AtomicBool,
     /// Streams open now.
@@ -149,8 +154,8 @@ async fn load(State(ctl): State<Arc<FakeControl>>) -> Response {
         max_seqs: 64,
         kv_used: 0,
         kv_total: 4096,
-        tokens_per_second: 0.0,
         draining: ctl.draining.load(Ordering::Relaxed),
+        ..LoadReport::default()
     })
     .into_response()
 }
@@ -187,6 +192,7 @@ fn token_stream(
     } else {
         Some(ctl.die_after.load(Ordering::Relaxed)).filter(|&d| d > 0)
     };
+    let stall_after = Some(ctl.stall_after.load(Ordering::Relaxed)).filter(|&d| d > 0);
     futures::stream::unfold((start, false, guard), move |(i, done, guard)| async move {
         if done {
             return None;
@@ -196,6 +202,9 @@ fn token_stream(
         }
         if die_after == Some(i - start) {
             return Some((None, (i, true, guard)));
+        }
+        if stall_after == Some(i - start) {
+            std::future::pending::<()>().await;
         }
         if i < end {
             let ev = GenerateEvent::Delta {
@@ -233,6 +242,9 @@ async fn generate(
             Json(json!({"error": {"message": "model not served here", "type": "not_found_error"}})),
         )
             .into_response();
+    }
+    if ctl.stall_headers.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
     let status = ctl.generate_status.load(Ordering::Relaxed);
     if status != 0 {

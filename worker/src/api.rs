@@ -10,6 +10,7 @@
 //! A client that goes away drops the response body, which drops the event
 //! receiver, which the engine notices at its next step and cancels.
 
+use crate::engine::EngineStats;
 use crate::error::WorkerError;
 use crate::Worker;
 use axum::body::{Body, Bytes};
@@ -26,9 +27,10 @@ use serde_json::json;
 use spindle_proto::openai::{
     parse_body, ChatCompletionRequest, Completer, CompletionRequest, Endpoint, ModelCard, ModelList,
 };
-use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport};
+use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport, STREAM_KEEPALIVE};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// JSON body extractor whose rejections are OpenAI-shaped errors.
@@ -92,16 +94,45 @@ pub fn stats_router(worker: Worker, metrics: Option<PrometheusHandle>) -> Router
         .with_state(AppState { worker, metrics })
 }
 
+/// The NDJSON lines of `events`, with an empty line whenever the stream has
+/// been silent for [`STREAM_KEEPALIVE`] (queued or prefilling) while the
+/// engine loop kept turning: the router treats a longer silence as a hung
+/// worker, and a stuck engine writes no keep-alives to hide it.
+fn with_keepalives(
+    events: impl Stream<Item = GenerateEvent> + Send + Unpin + 'static,
+    stats: Arc<EngineStats>,
+) -> impl Stream<Item = Vec<u8>> + Send + 'static {
+    let beat = stats.beats.load(Ordering::Relaxed);
+    futures::stream::unfold(
+        (events, stats, beat),
+        |(mut events, stats, mut beat)| async move {
+            loop {
+                match tokio::time::timeout(STREAM_KEEPALIVE, events.next()).await {
+                    Err(_) => {
+                        let now = stats.beats.load(Ordering::Relaxed);
+                        if now != beat {
+                            beat = now;
+                            return Some((b"\n".to_vec(), (events, stats, beat)));
+                        }
+                    }
+                    Ok(None) => return None,
+                    Ok(Some(e)) => {
+                        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+                        line.push(b'\n');
+                        return Some((line, (events, stats, beat)));
+                    }
+                }
+            }
+        },
+    )
+}
+
 async fn generate(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, WorkerError> {
-    let events = st.worker.generate(req)?;
-    let lines = events.map(|e| {
-        let mut line = serde_json::to_vec(&e).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, Infallible>(line)
-    });
+    let events = st.worker.generate(req).await?;
+    let lines = with_keepalives(events, st.worker.engine.stats.clone()).map(Ok::<_, Infallible>);
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
@@ -176,7 +207,7 @@ async fn chat_completions(
 ) -> Result<Response, WorkerError> {
     check_model(&st, req.model.as_deref())?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let events = st.worker.generate(req.to_generate(id.clone())?)?;
+    let events = st.worker.generate(req.to_generate(id.clone())?).await?;
     let model = st.worker.model_name().to_owned();
     let completer = Completer::new(Endpoint::Chat, id, now_secs(), model, req.include_usage());
     complete(events, completer, req.stream).await
@@ -188,7 +219,7 @@ async fn completions(
 ) -> Result<Response, WorkerError> {
     check_model(&st, req.model.as_deref())?;
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-    let events = st.worker.generate(req.to_generate(id.clone())?)?;
+    let events = st.worker.generate(req.to_generate(id.clone())?).await?;
     let model = st.worker.model_name().to_owned();
     let endpoint = Endpoint::Completions;
     let completer = Completer::new(endpoint, id, now_secs(), model, req.include_usage());

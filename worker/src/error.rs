@@ -65,7 +65,7 @@ impl WorkerError {
                 None,
                 Some("server_unavailable"),
             ),
-            Self::Submit(PromptTooLong { .. }) => (
+            Self::Submit(PromptTooLong { .. } | PromptTooLarge { .. }) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("messages".into()),

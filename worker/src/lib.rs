@@ -17,7 +17,7 @@ pub mod sampler;
 pub mod template;
 pub mod text;
 
-use engine::{Engine, Job};
+use engine::{Engine, Job, SubmitError};
 use error::WorkerError;
 use futures::Stream;
 use metrics::{Rejection, WorkerMetrics};
@@ -36,6 +36,14 @@ pub struct Worker {
     /// Names clients use for the model: `--served-model-name` (first one
     /// reported), else the file name.
     names: Arc<Vec<String>>,
+    /// Bounds the prompts being rendered and tokenized at once (on Tokio's
+    /// blocking pool, never on the async runtime's threads).
+    tokenizing: Arc<tokio::sync::Semaphore>,
+}
+
+/// Prompts rendered and tokenized at once: one per core, at least two.
+fn tokenizer_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 impl Worker {
@@ -63,6 +71,7 @@ impl Worker {
         Ok(Self {
             engine,
             names: Arc::new(names),
+            tokenizing: Arc::new(tokio::sync::Semaphore::new(tokenizer_threads())),
         })
     }
 
@@ -82,11 +91,44 @@ impl Worker {
     }
 
     /// Tokenize and submit a request; its events follow on the stream.
-    /// Dropping the stream cancels the request.
-    pub fn generate(
+    /// Dropping the stream cancels the request. A prompt too large for the
+    /// context in bytes is refused before any work; the rest is rendered and
+    /// tokenized on the blocking pool, a bounded number at once.
+    pub async fn generate(
         &self,
         req: GenerateRequest,
     ) -> Result<impl Stream<Item = GenerateEvent> + Send + Unpin + 'static, WorkerError> {
+        let ctx = self.engine.config.ctx_size;
+        let max_token_bytes = self.engine.model.max_token_bytes;
+        let bytes = prompt_bytes(&req);
+        if bytes > (ctx as usize).saturating_mul(max_token_bytes) {
+            self.engine.metrics.rejected(Rejection::TooLong);
+            return Err(WorkerError::Submit(SubmitError::PromptTooLarge {
+                bytes,
+                ctx,
+                max_token_bytes,
+            }));
+        }
+        let permit = self
+            .tokenizing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| WorkerError::Submit(SubmitError::Stopped))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.generate_now(req)
+        })
+        .await
+        .map_err(|e| WorkerError::Engine(format!("tokenizing failed: {e}")))?
+    }
+
+    /// [`Worker::generate`] on the calling thread, without the size check.
+    fn generate_now(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<UnboundedReceiverStream<GenerateEvent>, WorkerError> {
         let result = self.submit(req);
         if matches!(
             result,
@@ -100,7 +142,7 @@ impl Worker {
     fn submit(
         &self,
         req: GenerateRequest,
-    ) -> Result<impl Stream<Item = GenerateEvent> + Send + Unpin + 'static, WorkerError> {
+    ) -> Result<UnboundedReceiverStream<GenerateEvent>, WorkerError> {
         // A router that routes by model says which one it meant: refuse
         // rather than answer with another model.
         if let Some(m) = req.model.as_deref().filter(|m| !m.is_empty()) {
@@ -146,6 +188,7 @@ impl Worker {
             id,
             tokens,
             sampling: req.sampling,
+            cache_salt: req.cache_salt,
         })?;
         Ok(UnboundedReceiverStream::new(rx))
     }
@@ -159,7 +202,20 @@ impl Worker {
             kv_used: s.kv_used.load(Ordering::Relaxed),
             kv_total: self.engine.config.ctx_size,
             tokens_per_second: s.tokens_per_second(),
+            step_seconds_max: s.step_seconds_max(),
             draining: s.draining.load(Ordering::SeqCst),
         }
     }
+}
+
+/// The bytes of plain text a request asks to tokenize: message contents (the
+/// template adds tokens, never fewer), prompt and continuation. A token list
+/// counts one byte per token (it is tokens already).
+fn prompt_bytes(req: &GenerateRequest) -> usize {
+    let input = match &req.input {
+        PromptInput::Messages(m) => m.iter().map(|m| m.content.len()).sum(),
+        PromptInput::Prompt(p) => p.len(),
+        PromptInput::Tokens(t) => t.len(),
+    };
+    input + req.continuation.as_ref().map_or(0, String::len)
 }

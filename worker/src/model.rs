@@ -48,6 +48,9 @@ pub struct Model {
     bos_text: String,
     /// Every end-of-generation token (banned under `ignore_eos`).
     pub eog_tokens: Vec<i32>,
+    /// The longest text any one token stands for, in bytes: a prompt of
+    /// more than `ctx × this` bytes cannot fit, and is refused untokenized.
+    pub max_token_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,11 @@ impl Model {
         let eog_tokens = (0..llama.n_vocab())
             .filter(|&t| vocab.is_eog(LlamaToken(t)))
             .collect();
+        let max_token_bytes = (0..llama.n_vocab())
+            .map(|t| vocab.token_to_piece(LlamaToken(t), false, None).len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let template = ChatTemplate::new(&source, &bos_text, &eos_text)
             .map_err(|e| LoadError::Template(name.clone(), e))?;
         Ok(Self {
@@ -120,6 +128,7 @@ impl Model {
             bos,
             bos_text,
             eog_tokens,
+            max_token_bytes,
         })
     }
 

@@ -57,12 +57,13 @@ fn prompt_req(prompt: &str, sampling: SamplingParams) -> GenerateRequest {
         continuation: None,
         sampling,
         cache_key: None,
+        cache_salt: None,
     }
 }
 
 /// Run one request to the end: (text, token ids, finish reason, cached tokens).
 async fn run(w: &Worker, req: GenerateRequest) -> (String, Vec<i32>, FinishReason, u32) {
-    let mut s = w.generate(req).expect("accepted");
+    let mut s = w.generate(req).await.expect("accepted");
     let (mut text, mut ids) = (String::new(), Vec::new());
     while let Some(e) = s.next().await {
         match e {
@@ -152,6 +153,31 @@ async fn a_short_shared_prefix_does_not_evict_a_long_cached_one() {
     assert_eq!(first.1, again.1);
 }
 
+/// A cache salt (one per tenant) isolates prefix-cache entries: the same
+/// prompt under another salt is computed cold, under the same salt reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_salt_keeps_tenants_out_of_each_others_cache() {
+    let w = worker_with(config()).await;
+    let prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside";
+    let salted = |salt: &str| GenerateRequest {
+        cache_salt: Some(salt.into()),
+        ..prompt_req(prompt, greedy(5))
+    };
+    let a = run(&w, salted("tenant-a")).await;
+    assert!(a.3 <= 1);
+    let b = run(&w, salted("tenant-b")).await;
+    assert!(b.3 <= 1, "tenant b reused tenant a's cache: {}", b.3);
+    let unsalted = run(&w, prompt_req(prompt, greedy(5))).await;
+    assert!(
+        unsalted.3 <= 1,
+        "no salt reused a salted entry: {}",
+        unsalted.3
+    );
+    let a_again = run(&w, salted("tenant-a")).await;
+    assert!(a_again.3 > 10, "tenant a lost its own cache: {}", a_again.3);
+    assert_eq!(a.1, a_again.1);
+}
+
 /// A chain truncated by whole turns keeps its system prompt and newer turns
 /// but drops the oldest: the cached entry is reused past the dropped span
 /// (its cells removed, the rest shifted back) and gives the cold output.
@@ -189,6 +215,7 @@ async fn a_running_sequences_prefix_is_copied_to_a_new_one() {
     // A runs long; B arrives with the same prompt while A's slot is busy.
     let mut a = w
         .generate(prompt_req(prompt, greedy(400)))
+        .await
         .expect("accepted");
     a.next().await.expect("a delta");
     let b = run(&w, prompt_req(prompt, greedy(20))).await;
@@ -232,6 +259,7 @@ async fn cancellation_frees_the_sequence_and_its_kv() {
     let before = w.load_report().kv_used;
     let mut s = w
         .generate(prompt_req("Once upon a time", greedy(3000)))
+        .await
         .expect("accepted");
     // Let it produce a few tokens, then hang up.
     for _ in 0..3 {
@@ -254,7 +282,7 @@ async fn cancellation_frees_the_sequence_and_its_kv() {
     // Explicit cancel by id ends the stream with finish_reason "cancelled".
     let mut req = prompt_req("The little dog", greedy(3000));
     req.request_id = Some("cancel-me".into());
-    let mut s = w.generate(req).expect("accepted");
+    let mut s = w.generate(req).await.expect("accepted");
     s.next().await.expect("a delta");
     w.engine.cancel("cancel-me");
     let mut last = None;
@@ -275,21 +303,48 @@ async fn full_queue_and_long_prompts_are_refused() {
     let mut c = config();
     c.max_seqs = 1;
     c.max_waiting = 1;
-    c.ctx_size = 256;
+    c.ctx_size = 4096;
     let w = worker_with(c).await;
-    let long = prompt_req("Once upon a time", greedy(200));
-    let _running = w.generate(long.clone()).expect("first runs");
+    let long = prompt_req(
+        "Once upon a time",
+        SamplingParams {
+            ignore_eos: true,
+            ..greedy(4000)
+        },
+    );
+    // One runs (4,000 tokens keep it busy), one waits, the next is refused.
+    let mut accepted = vec![w.generate(long.clone()).await.expect("first runs")];
     // Give the engine a moment to admit it, so the next one waits.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let _waiting = w.generate(long.clone()).expect("second waits");
-    match w.generate(long) {
-        Err(WorkerError::Submit(SubmitError::QueueFull)) => {}
-        other => panic!("expected QueueFull, got {:?}", other.err()),
-    }
-    let huge = "Once upon a time ".repeat(200);
-    match w.generate(prompt_req(&huge, greedy(5))) {
-        Err(WorkerError::Submit(SubmitError::PromptTooLong { ctx: 256, .. })) => {}
+    let refused = loop {
+        match w.generate(long.clone()).await {
+            Ok(s) if accepted.len() < 8 => accepted.push(s),
+            Ok(_) => panic!("no queue limit after {} requests", accepted.len()),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(refused, WorkerError::Submit(SubmitError::QueueFull)),
+        "{refused:?}"
+    );
+    assert!(accepted.len() >= 2, "refused too early: {}", accepted.len());
+    // More tokens than the context, in few bytes.
+    let huge = "a ".repeat(4200);
+    assert!(huge.len() <= 4096 * w.engine.model.max_token_bytes);
+    match w.generate(prompt_req(&huge, greedy(5))).await {
+        Err(WorkerError::Submit(SubmitError::PromptTooLong { ctx: 4096, .. })) => {}
         other => panic!("expected PromptTooLong, got {:?}", other.err()),
+    }
+    // More bytes than 4096 tokens can cover: refused before tokenizing.
+    let max = w.engine.model.max_token_bytes;
+    let larger = "a".repeat(4096 * max + 1);
+    match w.generate(prompt_req(&larger, greedy(5))).await {
+        Err(WorkerError::Submit(SubmitError::PromptTooLarge {
+            ctx: 4096, bytes, ..
+        })) => {
+            assert_eq!(bytes, 4096 * max + 1)
+        }
+        other => panic!("expected PromptTooLarge, got {:?}", other.err()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! OpenAI Chat Completions and (legacy) Completions: one protocol for the
 //! worker (standing alone) and the router.
 //!
-//! - [`parse_body`] reads a JSON body, errors naming the offending field;
+//! - [`parse_body`] reads a JSON body, errors naming the offending field,
+//!   after [`shape`] refused duplicate keys and deep nesting;
 //! - [`request`] holds the request types, whose `to_generate` validates
 //!   sampling and renders messages (tool calls included) into a
 //!   [`crate::GenerateRequest`] in one place;
@@ -14,6 +15,7 @@
 pub mod request;
 pub mod response;
 mod sampling;
+pub mod shape;
 
 pub use request::{ChatCompletionRequest, CompletionRequest, RequestMessage};
 pub use response::{
@@ -54,6 +56,33 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Inv
             message: "the request body is empty; send a JSON object".into(),
             code: None,
         });
+    }
+    match shape::check(bytes) {
+        Err(e @ shape::ShapeError::TooDeep) => {
+            return Err(InvalidParam {
+                param: None,
+                message: format!("Invalid request body: {e}."),
+                code: Some("too_deep"),
+            })
+        }
+        Err(shape::ShapeError::DuplicateKey { key, path }) => {
+            let at = path
+                .strip_prefix('$')
+                .unwrap_or(&path)
+                .trim_start_matches('.');
+            let param = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            return Err(InvalidParam {
+                message: format!("Invalid request body: the key '{key}' appears twice in one object ('{param}')."),
+                param: Some(param),
+                code: Some("duplicate_key"),
+            });
+        }
+        // Syntax errors: the parser below says where.
+        Err(shape::ShapeError::Syntax) | Ok(()) => {}
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = match serde_path_to_error::deserialize(&mut de) {

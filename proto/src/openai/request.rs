@@ -205,6 +205,7 @@ impl ChatCompletionRequest {
             continuation: None,
             sampling,
             cache_key: None,
+            cache_salt: None,
         })
     }
 
@@ -241,6 +242,7 @@ impl CompletionRequest {
             continuation: None,
             sampling,
             cache_key: None,
+            cache_salt: None,
         })
     }
 

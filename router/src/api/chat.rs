@@ -15,7 +15,7 @@ use spindle_proto::openai::{
 };
 use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 
-use super::SharedState;
+use super::{SharedState, Tenant};
 use crate::cluster::key::{assign_routing_key, session_id, KeySources};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
@@ -33,6 +33,8 @@ struct Call {
     user: Option<String>,
     /// `X-Session-Id`, a routing identity.
     session: Option<String>,
+    /// Who asks (their prefix cache is their own, see `AppState::cache_salt`).
+    tenant: String,
 }
 
 fn frame(item: &StreamItem) -> axum::response::sse::Event {
@@ -58,6 +60,7 @@ async fn run(
         &KeySources {
             session_header: call.session.as_deref(),
             user: call.user.as_deref(),
+            salt: st.cache_salt(&call.tenant),
             ..KeySources::default()
         },
     );
@@ -113,6 +116,7 @@ async fn run(
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     Extension(tag): Extension<ModelTag>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
@@ -124,6 +128,7 @@ pub async fn chat_completions(
         include_usage: req.include_usage(),
         user: req.user.clone(),
         session: session_id(&headers).map(str::to_owned),
+        tenant,
     };
     run(st, call, |id| req.to_generate(id), &tag).await
 }
@@ -131,6 +136,7 @@ pub async fn chat_completions(
 /// `POST /v1/completions`.
 pub async fn completions(
     State(st): State<SharedState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     Extension(tag): Extension<ModelTag>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
@@ -142,6 +148,7 @@ pub async fn completions(
         include_usage: req.include_usage(),
         user: req.user.clone(),
         session: session_id(&headers).map(str::to_owned),
+        tenant,
     };
     run(st, call, |id| req.to_generate(id), &tag).await
 }

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod conversations;
+pub mod guard;
 pub mod models;
 pub mod ops;
 
@@ -24,6 +25,8 @@ pub struct AppState {
     pub store: Arc<dyn ResponseStore>,
     pub config: RouterConfig,
     pub lifecycle: Arc<Lifecycle>,
+    /// Final states waiting for the store to come back.
+    pub backlog: Arc<crate::responses::Backlog>,
 }
 
 /// Shared state handle.
@@ -33,6 +36,13 @@ impl AppState {
     /// Names of the models served now (from the generator: the workers' listings).
     pub fn model_names(&self) -> Vec<String> {
         self.generator.models().into_iter().map(|m| m.id).collect()
+    }
+
+    /// The prefix-cache salt of `tenant`'s generations: the tenant itself
+    /// under `--cache-isolation tenant` (with API keys on), else none.
+    pub fn cache_salt<'a>(&self, tenant: &'a str) -> Option<&'a str> {
+        let isolate = self.config.cache_isolation == crate::config::CacheIsolation::Tenant;
+        (isolate && tenant != ANONYMOUS_TENANT).then_some(tenant)
     }
 
     /// Context window of `model` in tokens, as its workers report it.

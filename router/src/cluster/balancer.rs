@@ -116,7 +116,7 @@ impl ClusterGenerator {
             .filter(|w| !w.trim().is_empty())
             .map(|w| normalize_url(w))
             .filter(|u| seen.insert(u.clone()))
-            .map(|u| Member::new(u, None))
+            .map(|u| Member::new(u, None, config.deadlines()))
             .collect();
         let inner = Arc::new(Inner {
             view: RwLock::new(Arc::new(View {

@@ -88,6 +88,18 @@ pub struct ClusterConfig {
     /// (continuing from the text so far) when its worker fails.
     #[arg(long, env = "SPINDLE_MAX_MIGRATIONS", default_value_t = 1)]
     pub max_migrations: u32,
+    /// Longest wait for a worker to answer a generation request (its
+    /// response headers); a worker that misses it is ejected and the request
+    /// retried elsewhere. Raised to 4× the worker's slowest recent engine
+    /// step when that is longer.
+    #[arg(long, env = "SPINDLE_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub first_byte_timeout: Duration,
+    /// Longest silence inside a worker's stream (workers write a keep-alive
+    /// line every second); a worker that misses it is ejected and the stream
+    /// migrates. Raised to 4× the worker's slowest recent engine step when
+    /// that is longer.
+    #[arg(long, env = "SPINDLE_TOKEN_GAP_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub token_gap_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -104,6 +116,8 @@ impl Default for ClusterConfig {
             breaker_cooldown: Duration::from_secs(5),
             max_retries: 2,
             max_migrations: 1,
+            first_byte_timeout: Duration::from_secs(10),
+            token_gap_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -115,6 +129,11 @@ impl ClusterConfig {
             workers: workers.into_iter().map(Into::into).collect(),
             ..Self::default()
         }
+    }
+
+    /// A worker's stream deadlines before it reports its step times.
+    pub fn deadlines(&self) -> crate::generator::Deadlines {
+        crate::generator::Deadlines::new(self.first_byte_timeout, self.token_gap_timeout)
     }
 
     /// Checks the values that clap cannot.

@@ -27,6 +27,10 @@ pub struct KeySources<'a> {
     pub session_header: Option<&'a str>,
     /// The request's `safety_identifier`, else its `user`.
     pub user: Option<&'a str>,
+    /// The tenant's prefix-cache salt (`--cache-isolation tenant` with API
+    /// keys): it goes into the request and in front of the key, so two
+    /// tenants' identical prompts never share a cache entry or a route.
+    pub salt: Option<&'a str>,
 }
 
 /// The `cache_key` to put into [`GenerateRequest`]: the first non-empty source,
@@ -52,7 +56,11 @@ pub fn cache_key_from(s: &KeySources<'_>) -> Option<String> {
 /// else a hash of the prompt's stable start (see [`routing_key`]).
 pub fn assign_routing_key(req: &mut GenerateRequest, sources: &KeySources<'_>) -> String {
     req.cache_key = cache_key_from(sources);
-    let key = routing_key(req);
+    let mut key = routing_key(req);
+    if let Some(salt) = sources.salt {
+        key = format!("{salt}|{key}");
+    }
+    req.cache_salt = sources.salt.map(str::to_owned);
     req.cache_key = Some(key.clone());
     key
 }
@@ -129,6 +137,7 @@ mod tests {
             continuation: None,
             sampling: SamplingParams::default(),
             cache_key: cache_key.map(str::to_owned),
+            cache_salt: None,
         }
     }
 
@@ -140,6 +149,7 @@ mod tests {
             prompt_cache_key: Some("pck"),
             session_header: Some("sess"),
             user: Some("alice"),
+            salt: None,
         };
         assert_eq!(cache_key_from(&all).unwrap(), "conv:conv_1");
         let s = KeySources {
@@ -179,6 +189,23 @@ mod tests {
         let mut anon = req(PromptInput::Messages(vec![msg("user", "hi")]), None);
         let key = assign_routing_key(&mut anon, &KeySources::default());
         assert!(key.starts_with("h:") && anon.cache_key == Some(key));
+        assert_eq!(anon.cache_salt, None);
+    }
+
+    #[test]
+    fn a_salt_isolates_the_cache_and_the_route() {
+        let hi = || req(PromptInput::Messages(vec![msg("user", "hi")]), None);
+        let (mut a, mut b) = (hi(), hi());
+        let salted = |salt| KeySources {
+            salt: Some(salt),
+            ..KeySources::default()
+        };
+        let ka = assign_routing_key(&mut a, &salted("t_a"));
+        let kb = assign_routing_key(&mut b, &salted("t_b"));
+        assert_ne!(ka, kb, "same prompt, different tenants: different keys");
+        assert!(ka.starts_with("t_a|h:"), "{ka}");
+        assert_eq!(a.cache_salt.as_deref(), Some("t_a"));
+        assert_eq!(b.cache_salt.as_deref(), Some("t_b"));
     }
 
     #[test]

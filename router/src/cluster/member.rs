@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use spindle_proto::openai::ModelCard;
 use spindle_proto::LoadReport;
 
-use crate::generator::HttpWorker;
+use tokio::sync::watch;
+
+use crate::generator::{Deadlines, HttpWorker};
 use crate::sync;
 
 /// Circuit-breaker state.
@@ -48,6 +50,9 @@ pub struct Member {
     pub(crate) http: HttpWorker,
     inflight: AtomicU32,
     pub(crate) health: Mutex<Health>,
+    /// Counts ejections: streams open on the worker watch it and move to
+    /// another worker at once when it is ejected.
+    ejections: watch::Sender<u64>,
 }
 
 /// A snapshot of one worker's state, for status pages and tests.
@@ -64,7 +69,7 @@ pub struct MemberStatus {
 }
 
 impl Member {
-    pub(crate) fn new(url: String, source: Option<String>) -> Arc<Self> {
+    pub(crate) fn new(url: String, source: Option<String>, deadlines: Deadlines) -> Arc<Self> {
         let label = url
             .split_once("://")
             .map_or(url.as_str(), |(_, rest)| rest)
@@ -72,7 +77,7 @@ impl Member {
         // The series exists from the start: "no ejections", not "no data".
         metrics::counter!("spindle_router_ejections_total", "worker" => label.clone()).increment(0);
         Arc::new(Self {
-            http: HttpWorker::new(url.clone()),
+            http: HttpWorker::with_deadlines(url.clone(), deadlines),
             url,
             label,
             source,
@@ -85,7 +90,13 @@ impl Member {
                 last_load: None,
                 models: Vec::new(),
             }),
+            ejections: watch::Sender::new(0),
         })
+    }
+
+    /// Changes when the worker is ejected from now on.
+    pub(crate) fn watch_ejections(&self) -> watch::Receiver<u64> {
+        self.ejections.subscribe()
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -152,7 +163,9 @@ impl Member {
             until: Instant::now() + cooldown,
             cooldown,
         };
+        drop(h);
         tracing::warn!(worker = %self.url, ?cooldown, "worker ejected");
+        self.ejections.send_modify(|n| *n += 1);
         metrics::counter!("spindle_router_ejections_total", "worker" => self.label.clone())
             .increment(1);
         true

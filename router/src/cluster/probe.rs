@@ -71,7 +71,11 @@ pub(crate) async fn resolve(inner: &Arc<Inner>) {
         for (name, answer) in names.iter().zip(&answers) {
             for url in answer.iter().flatten() {
                 if known.insert(url.clone()) {
-                    added.push(Member::new(url.clone(), Some(name.clone())));
+                    added.push(Member::new(
+                        url.clone(),
+                        Some(name.clone()),
+                        inner.cfg.deadlines(),
+                    ));
                 }
             }
         }
@@ -143,6 +147,7 @@ async fn probe(inner: &Inner, m: &Arc<Member>) {
     if let Some(l) = &load {
         h.external_load = (l.running + l.waiting).saturating_sub(own);
         ready &= !l.draining;
+        m.http.deadlines().adapt(l.step_seconds_max);
     }
     h.last_load = load;
     match models {

@@ -5,9 +5,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
 use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
+use tokio::sync::watch;
 
 use super::balancer::Inner;
 use super::config::Policy;
@@ -47,7 +49,7 @@ pub(crate) struct Run {
     req: GenerateRequest,
     candidates: Vec<Arc<Member>>,
     next: usize,
-    leg: Option<(BoxStream<'static, GenerateEvent>, InflightGuard)>,
+    leg: Option<Leg>,
     /// Text already sent to the caller by earlier legs of this request.
     text: String,
     /// Tokens already sent to the caller.
@@ -61,6 +63,59 @@ pub(crate) struct Run {
     spilled: bool,
     /// Workers asked so far (a leg opened or refused).
     tried: u32,
+}
+
+/// A leg that had an event this recently is still being served: its
+/// worker's ejection (a probe timing out under load) does not end it; the
+/// token-gap deadline still watches it.
+const LIVE_LEG: Duration = Duration::from_secs(2);
+
+/// A stream's next event; its end before the last event is a failure.
+fn or_ended(ev: Option<GenerateEvent>) -> GenerateEvent {
+    ev.unwrap_or_else(|| GenerateEvent::Error {
+        code: FailureCode::WorkerStreamError,
+        message: "worker stream ended before completion".into(),
+    })
+}
+
+/// The stream open on one worker.
+struct Leg {
+    events: BoxStream<'static, GenerateEvent>,
+    /// Changes when the worker is ejected (probes or another request failed
+    /// on it): a leg that is not delivering then ends at once instead of
+    /// waiting on a dead worker.
+    ejections: watch::Receiver<u64>,
+    last_event: Instant,
+    guard: InflightGuard,
+}
+
+impl Leg {
+    async fn next(&mut self) -> GenerateEvent {
+        loop {
+            tokio::select! {
+                ev = self.events.next() => {
+                    self.last_event = Instant::now();
+                    return or_ended(ev);
+                }
+                changed = self.ejections.changed() => {
+                    if changed.is_err() {
+                        // The member is gone (never while a leg holds it):
+                        // nothing to watch but the stream.
+                        let ev = self.events.next().await;
+                        self.last_event = Instant::now();
+                        return or_ended(ev);
+                    }
+                    if self.last_event.elapsed() >= LIVE_LEG {
+                        return GenerateEvent::Error {
+                            code: FailureCode::WorkerTimeout,
+                            message: "the worker was ejected (failed health checks or requests)"
+                                .into(),
+                        };
+                    }
+                }
+            }
+        }
+    }
 }
 
 enum Opened {
@@ -141,11 +196,17 @@ impl Run {
             attempts -= 1;
             self.tried += 1;
             let guard = m.start_stream();
+            let ejections = m.watch_ejections();
             match m.http.generate(self.leg_request()).await {
-                Ok(stream) => {
+                Ok(events) => {
                     m.record_success();
                     self.record_decision(&m);
-                    self.leg = Some((stream, guard));
+                    self.leg = Some(Leg {
+                        events,
+                        ejections,
+                        last_event: Instant::now(),
+                        guard,
+                    });
                     self.leg_base = self.produced;
                     return Opened::Ok;
                 }
@@ -210,11 +271,8 @@ impl Run {
                     }
                 }
             }
-            let (stream, guard) = self.leg.as_mut()?;
-            let ev = stream.next().await.unwrap_or_else(|| GenerateEvent::Error {
-                code: FailureCode::WorkerStreamError,
-                message: "worker stream ended before completion".into(),
-            });
+            let leg = self.leg.as_mut()?;
+            let ev = leg.next().await;
             match ev {
                 GenerateEvent::Delta {
                     ref token_ids,
@@ -248,7 +306,7 @@ impl Run {
                         self.finished = true;
                         return Some(GenerateEvent::Error { code, message });
                     }
-                    let m = guard.member().clone();
+                    let m = leg.guard.member().clone();
                     tracing::warn!(worker = %m.url, produced = self.produced, "worker stream failed: {message}");
                     self.leg = None;
                     self.inner.eject(&m);

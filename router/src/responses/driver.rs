@@ -5,16 +5,25 @@
 //! driver; background drivers stop when the stored status becomes
 //! `cancelled` or the record is deleted. They watch status changes only, so
 //! their own appended events never wake them.
+//!
+//! While the store is unavailable, events that could not be logged wait in
+//! order and are retried at most every [`LOG_RETRY`]; the final writes go
+//! to the [`super::backlog`] with the lease, never lost in a log line.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
 use spindle_proto::{FailureCode, FinishReason, GenerateEvent, GenerateRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::backlog::{ConversationAppend, FinalWrite, Lease};
 use super::events::{ResponseStreamEvent, Sequenced};
 use super::items::{output_message, output_text_part};
 use crate::api::SharedState;
 use crate::lifecycle::ActiveGuard;
+use crate::store::StoreError;
 use crate::types::{
     new_id, now_secs, IncompleteDetails, ResponseErrorInfo, ResponseObject, ResponseStatus,
     ResponseUsage,
@@ -51,23 +60,39 @@ impl CancelSource {
 /// A generation to start in the driver (background) or already started by
 /// the handler (foreground, so start errors become HTTP errors: 400, 503 + Retry-After).
 pub(super) enum Start {
-    Pending(GenerateRequest),
+    Pending(Box<GenerateRequest>),
     Ready(futures::stream::BoxStream<'static, GenerateEvent>),
+}
+
+/// How long appending events waits after the store failed one.
+const LOG_RETRY: Duration = Duration::from_secs(1);
+
+/// Where a driver's events go.
+pub(super) enum Events {
+    /// Appended to the store (background: followers replay them).
+    Logged,
+    /// Sent to the client's live stream (foreground streaming).
+    Live(mpsc::UnboundedSender<Sequenced>),
+    /// Nowhere (foreground, not streamed).
+    Dropped,
 }
 
 /// Runs one generation and emits its events.
 pub(super) struct Driver {
-    pub st: SharedState,
-    pub resp: ResponseObject,
-    pub owner: String,
-    pub input_items: Vec<Value>,
-    /// Append events to the store (background: followers replay them).
-    pub log_events: bool,
-    /// Send events to a live stream (foreground streaming).
-    pub live: Option<mpsc::UnboundedSender<Sequenced>>,
-    pub seq: u64,
+    st: SharedState,
+    resp: ResponseObject,
+    owner: String,
+    input_items: Vec<Value>,
+    events: Events,
+    seq: u64,
+    /// Events the store did not take yet, oldest first.
+    unlogged: VecDeque<(u64, Vec<u8>)>,
+    /// No append is tried before this (the store just failed one).
+    log_paused_until: Option<Instant>,
+    /// Keeps a stored response's lease renewed while the driver runs.
+    lease: Option<Lease>,
     /// Registered with the life cycle until the driver ends (drain waits on it).
-    pub _active: ActiveGuard,
+    active: Option<ActiveGuard>,
 }
 
 enum Outcome {
@@ -77,32 +102,90 @@ enum Outcome {
 }
 
 impl Driver {
+    pub fn new(
+        st: SharedState,
+        resp: ResponseObject,
+        owner: String,
+        input_items: Vec<Value>,
+        events: Events,
+        active: ActiveGuard,
+    ) -> Self {
+        let lease = resp.store.then(|| Lease::new(st.store.clone(), &resp.id));
+        Self {
+            st,
+            resp,
+            owner,
+            input_items,
+            events,
+            seq: 0,
+            unlogged: VecDeque::new(),
+            log_paused_until: None,
+            lease,
+            active: Some(active),
+        }
+    }
+
     async fn emit(&mut self, event: ResponseStreamEvent) {
         let seq = self.seq;
         self.seq += 1;
-        if self.log_events {
-            let bytes = event.encode();
-            if let Err(e) = self.st.store.append_event(&self.resp.id, seq, bytes).await {
-                tracing::warn!(error = %e, "could not log stream event");
+        match &self.events {
+            Events::Logged => self.log(seq, event.encode()).await,
+            Events::Live(tx) => {
+                let _ = tx.send(Sequenced {
+                    event,
+                    sequence_number: seq,
+                });
+            }
+            Events::Dropped => {}
+        }
+    }
+
+    /// Append event `seq` after those still waiting, in order.
+    async fn log(&mut self, seq: u64, bytes: Vec<u8>) {
+        self.unlogged.push_back((seq, bytes));
+        if self.log_paused_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        while let Some((seq, bytes)) = self.unlogged.pop_front() {
+            match self
+                .st
+                .store
+                .append_event(&self.resp.id, seq, bytes.clone())
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "store unavailable: stream events wait");
+                    self.unlogged.push_front((seq, bytes));
+                    self.log_paused_until = Some(Instant::now() + LOG_RETRY);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not log stream event"),
             }
         }
-        if let Some(tx) = &self.live {
-            let _ = tx.send(Sequenced {
-                event,
-                sequence_number: seq,
-            });
-        }
+        self.log_paused_until = None;
     }
 
     fn snapshot(&self) -> Box<ResponseObject> {
         Box::new(self.resp.clone())
     }
 
-    async fn save(&self) {
-        if self.resp.store {
-            if let Err(e) = self.st.store.update_if_active(self.resp.clone()).await {
-                tracing::warn!(error = %e, "could not update stored response");
-            }
+    /// The final writes: waiting events, the object (when stored) and the
+    /// conversation's new items. What the store cannot take now goes to the
+    /// backlog, with the lease and the drain registration.
+    async fn save_final(&mut self, conversation: Option<ConversationAppend>) {
+        let mut write = FinalWrite {
+            id: self.resp.id.clone(),
+            events: std::mem::take(&mut self.unlogged),
+            response: self.resp.store.then(|| self.resp.clone()),
+            conversation,
+            lease: self.lease.take(),
+            active: self.active.take(),
+        };
+        match write.apply(self.st.store.as_ref()).await {
+            Ok(()) => {}
+            Err(StoreError::Unavailable(_)) => self.st.backlog.push(write),
+            Err(e) => tracing::warn!(error = %e, "could not record the final state"),
         }
     }
 
@@ -119,8 +202,13 @@ impl Driver {
             })
             .await;
             self.resp.status = ResponseStatus::InProgress;
+            // Cancelled or deleted while queued. (A store outage is no reason
+            // to stop: the final state waits in the backlog if need be.)
             if self.resp.store
-                && !matches!(st.store.update_if_active(self.resp.clone()).await, Ok(true))
+                && matches!(
+                    st.store.update_if_active(self.resp.clone()).await,
+                    Ok(false)
+                )
             {
                 return self.cancelled_object().await;
             }
@@ -133,7 +221,7 @@ impl Driver {
         let started = match gen {
             Start::Ready(stream) => Some(Ok(stream)),
             Start::Pending(gen) => tokio::select! {
-                r = st.generator.generate(gen) => Some(r),
+                r = st.generator.generate(*gen) => Some(r),
                 _ = cancel.cancelled(&st, &id) => None,
             },
         };
@@ -248,18 +336,16 @@ impl Driver {
                     self.resp.status = ResponseStatus::Completed;
                 }
                 self.emit(ResponseStreamEvent::terminal(&self.resp)).await;
-                self.save().await;
-                if let Some(conv) = &self.resp.conversation {
+                let conversation = self.resp.conversation.as_ref().map(|conv| {
                     let mut items = std::mem::take(&mut self.input_items);
                     items.extend(self.resp.output.iter().cloned());
-                    if let Err(e) = st
-                        .store
-                        .append_conversation_items(&self.owner, &conv.id, items)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "could not append to conversation");
+                    ConversationAppend {
+                        owner: self.owner.clone(),
+                        id: conv.id.clone(),
+                        items,
                     }
-                }
+                });
+                self.save_final(conversation).await;
                 self.resp
             }
         }
@@ -279,7 +365,7 @@ impl Driver {
         self.resp.error = Some(ResponseErrorInfo { code, message });
         self.resp.completed_at = Some(now_secs());
         self.emit(ResponseStreamEvent::terminal(&self.resp)).await;
-        self.save().await;
+        self.save_final(None).await;
         self.resp
     }
 
@@ -287,7 +373,7 @@ impl Driver {
         self.resp.status = ResponseStatus::Cancelled;
         self.resp.completed_at = Some(now_secs());
         // Foreground: the client left; record that. Background: the cancel call already did.
-        self.save().await;
+        self.save_final(None).await;
         match self.st.store.get_response(&self.owner, &self.resp.id).await {
             Ok(Some(rec)) if rec.response.store => rec.response,
             _ => self.resp,

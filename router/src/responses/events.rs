@@ -9,7 +9,7 @@ use axum::response::sse::Event;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::types::{now_secs, ResponseErrorInfo, ResponseObject, ResponseStatus};
+use crate::types::{ResponseObject, ResponseStatus};
 
 /// One event of a response's stream (the `type` tag is the SSE event name).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,27 +155,6 @@ impl Sequenced {
         let data = serde_json::to_string(self).unwrap_or_default();
         Event::default().event(self.event.kind()).data(data)
     }
-}
-
-/// Why a response whose generating replica vanished ended.
-pub const LOST_MESSAGE: &str = "generation lost: router replica stopped";
-
-/// How the store's reaper ends a response whose replica's lease expired:
-/// `failed` with [`LOST_MESSAGE`], announced by `error` and
-/// `response.failed` (see [`crate::store::LostFn`]).
-pub fn lost(mut response: ResponseObject) -> (ResponseObject, Vec<Vec<u8>>) {
-    let code = spindle_proto::FailureCode::ServerError.as_str();
-    response.status = ResponseStatus::Failed;
-    response.error = Some(ResponseErrorInfo {
-        code: code.into(),
-        message: LOST_MESSAGE.into(),
-    });
-    response.completed_at = Some(now_secs());
-    let events = vec![
-        ResponseStreamEvent::error(code, LOST_MESSAGE).encode(),
-        ResponseStreamEvent::terminal(&response).encode(),
-    ];
-    (response, events)
 }
 
 #[cfg(test)]

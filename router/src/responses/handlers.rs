@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::driver::{CancelSource, Driver, Start};
+use super::driver::{CancelSource, Driver, Events, Start};
 use super::items::list_page;
 use super::prepare::{prepare, Prepared};
 use super::replay::follow;
@@ -42,7 +42,7 @@ pub async fn create(
     // Foreground: start generating before anything is stored or streamed, so a
     // worker refusal is an HTTP error the SDKs understand (and retry on 503).
     let start = if response.background {
-        Start::Pending(gen)
+        Start::Pending(Box::new(gen))
     } else {
         Start::Ready(st.generator.generate(gen).await?)
     };
@@ -57,16 +57,14 @@ pub async fn create(
             .await?
             .ok_or_else(|| ApiError::Internal("stored response vanished".into()))?;
         let active = st.lifecycle.begin(&tenant, &response);
-        let driver = Driver {
-            st: st.clone(),
-            resp: response.clone(),
-            owner: tenant.clone(),
+        let driver = Driver::new(
+            st.clone(),
+            response.clone(),
+            tenant.clone(),
             input_items,
-            log_events: true,
-            live: None,
-            seq: 0,
-            _active: active,
-        };
+            Events::Logged,
+            active,
+        );
         tokio::spawn(driver.run(start, CancelSource::Store(status)));
         if stream {
             return Ok(sse_response(follow(st, id, None)));
@@ -77,16 +75,14 @@ pub async fn create(
     if stream {
         let (tx, rx) = mpsc::unbounded_channel();
         let active = st.lifecycle.begin(&tenant, &response);
-        let driver = Driver {
-            st: st.clone(),
-            resp: response,
-            owner: tenant.clone(),
+        let driver = Driver::new(
+            st.clone(),
+            response,
+            tenant.clone(),
             input_items,
-            log_events: false,
-            live: Some(tx),
-            seq: 0,
-            _active: active,
-        };
+            Events::Live(tx),
+            active,
+        );
         tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
         let events = UnboundedReceiverStream::new(rx)
             .map(move |ev| {
@@ -97,16 +93,14 @@ pub async fn create(
         return Ok(sse_response(events));
     }
     let active = st.lifecycle.begin(&tenant, &response);
-    let driver = Driver {
-        st: st.clone(),
-        resp: response,
-        owner: tenant,
+    let driver = Driver::new(
+        st.clone(),
+        response,
+        tenant,
         input_items,
-        log_events: false,
-        live: None,
-        seq: 0,
-        _active: active,
-    };
+        Events::Dropped,
+        active,
+    );
     let handle = tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
     let result = handle
         .await

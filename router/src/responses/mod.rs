@@ -3,14 +3,19 @@
 //! - [`prepare`] validates a create request once, into a typed plan;
 //! - [`driver`] runs a generation and emits [`events`];
 //! - [`replay`] serves stored events to followers on any replica;
+//! - [`lost`] ends a response whose generating replica vanished;
+//! - [`backlog`] holds final states the store could not take yet;
 //! - [`items`] normalizes and renders input and output items;
 //! - [`handlers`] are the HTTP endpoints.
 
+pub mod backlog;
 mod driver;
 pub mod events;
 pub mod handlers;
 pub mod items;
+mod lost;
 mod prepare;
 mod replay;
 
-pub use events::lost;
+pub use backlog::Backlog;
+pub use lost::{lost, LOST_MESSAGE};

@@ -193,6 +193,7 @@ pub(super) async fn prepare(
             ..SamplingParams::default()
         },
         cache_key: None,
+        cache_salt: None,
     };
     // A follow-up inherits its chain's key. Otherwise, without any identity,
     // the key hashes the leading messages (system and first user turn); it
@@ -200,6 +201,7 @@ pub(super) async fn prepare(
     let routing_key = match chain_key {
         Some(key) => {
             gen.cache_key = Some(key.clone());
+            gen.cache_salt = st.cache_salt(tenant).map(str::to_owned);
             key
         }
         None => assign_routing_key(
@@ -210,6 +212,7 @@ pub(super) async fn prepare(
                 prompt_cache_key: req.prompt_cache_key.as_deref(),
                 session_header: session,
                 user: req.safety_identifier.as_deref().or(req.user.as_deref()),
+                salt: st.cache_salt(tenant),
             },
         ),
     };
@@ -307,6 +310,18 @@ async fn follow_up(
                 "previous_response_not_found",
             )
         })?;
+    // A chain continues only from a final answer: an unfinished one (still
+    // generating, or its final state waiting for the store) has no output yet.
+    if !prev.response.status.is_terminal() {
+        return Err(ApiError::invalid_code(
+            format!(
+                "Previous response with id '{prev_id}' is still {}; wait until it has finished.",
+                prev.response.status.as_str()
+            ),
+            Some("previous_response_id"),
+            "previous_response_not_finished",
+        ));
+    }
     let encode = |v: &[Value]| {
         serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("serializing items: {e}")))
     };

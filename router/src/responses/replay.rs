@@ -8,7 +8,10 @@ use tokio::sync::mpsc;
 use super::events::Sequenced;
 use crate::api::SharedState;
 use crate::sse::done_event;
-use crate::store::Subscription;
+use crate::store::{StoreError, Subscription};
+
+/// How long a follower waits before reading an unavailable store again.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Replay stored events after `after`, then follow live ones until the
 /// response is terminal; ends with `[DONE]`.
@@ -32,12 +35,28 @@ pub(super) fn follow(
             events.borrow_and_update();
             // Read the status first: once terminal, the events read after it
             // are all there will be.
-            let terminal = match st.store.response_status(&id).await {
-                Ok(Some(s)) => s.is_terminal(),
-                _ => true,
+            let read = async {
+                let terminal = st
+                    .store
+                    .response_status(&id)
+                    .await?
+                    .is_none_or(|s| s.is_terminal());
+                Ok::<_, StoreError>((terminal, st.store.events_after(&id, last).await?))
             };
-            let Ok(Some(stored)) = st.store.events_after(&id, last).await else {
-                break;
+            let (terminal, stored) = match read.await {
+                Ok((terminal, Some(stored))) => (terminal, stored),
+                // Deleted.
+                Ok((_, None)) => break,
+                Err(e) => {
+                    // The store is down: the response goes on (or its final
+                    // state waits in a backlog); keep the follower until the
+                    // store is back or the client leaves.
+                    tracing::debug!(id, error = %e, "follower waits for the store");
+                    tokio::select! {
+                        _ = tokio::time::sleep(STORE_RETRY) => continue,
+                        _ = tx.closed() => return,
+                    }
+                }
             };
             for ev in stored {
                 last = Some(ev.seq);

@@ -188,4 +188,8 @@ impl ResponseStore for MeteredStore {
     async fn ping(&self) -> StoreResult<()> {
         timed("ping", self.inner.ping()).await
     }
+
+    fn release(&self, id: &str) {
+        self.inner.release(id)
+    }
 }

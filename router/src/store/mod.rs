@@ -141,9 +141,10 @@ pub struct Subscription {
 }
 
 /// How a response the store ends by itself (its replica's lease expired)
-/// is finished: given the stored object, the API layer returns the final
-/// object and its closing stream events. The store only writes them.
-pub type LostFn = fn(ResponseObject) -> (ResponseObject, Vec<Vec<u8>>);
+/// is finished: given the stored object and its logged stream events, the
+/// API layer returns the final object (its output rebuilt from the events)
+/// and its closing stream events. The store only reads and writes bytes.
+pub type LostFn = fn(ResponseObject, &[StoredEvent]) -> (ResponseObject, Vec<Vec<u8>>);
 
 /// A conversation object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,4 +256,9 @@ pub trait ResponseStore: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
+
+    /// This replica no longer generates active response `id` and holds no
+    /// final state for it: stop keeping it alive, so that its lease expires
+    /// and the reaper ends it (a no-op for stores without leases).
+    fn release(&self, _id: &str) {}
 }

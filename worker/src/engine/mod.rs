@@ -57,6 +57,12 @@ pub enum SubmitError {
     Draining,
     #[error("the prompt is {tokens} tokens but the context holds {ctx} (prompt plus at least one generated token)")]
     PromptTooLong { tokens: usize, ctx: u32 },
+    #[error("the prompt is {bytes} bytes, more than a {ctx}-token context can hold (no token stands for more than {max_token_bytes} bytes)")]
+    PromptTooLarge {
+        bytes: usize,
+        ctx: u32,
+        max_token_bytes: usize,
+    },
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("the engine has stopped")]
@@ -72,12 +78,21 @@ pub struct EngineStats {
     pub retained: AtomicU32,
     /// f64 bits: generated tokens per second over the last few seconds.
     tokens_per_second: AtomicU64,
+    /// f64 bits: the slowest step of the last few seconds, in seconds.
+    step_seconds_max: AtomicU64,
+    /// Turns of the engine loop (steps, and idle wake-ups every second):
+    /// it moves while the engine is alive.
+    pub beats: AtomicU64,
     pub draining: AtomicBool,
 }
 
 impl EngineStats {
     pub fn tokens_per_second(&self) -> f64 {
         f64::from_bits(self.tokens_per_second.load(Ordering::Relaxed))
+    }
+
+    pub fn step_seconds_max(&self) -> f64 {
+        f64::from_bits(self.step_seconds_max.load(Ordering::Relaxed))
     }
 }
 
@@ -101,6 +116,8 @@ pub struct Job {
     pub id: String,
     pub tokens: Vec<LlamaToken>,
     pub sampling: SamplingParams,
+    /// Reuse only prefix-cache entries made with the same salt.
+    pub cache_salt: Option<String>,
 }
 
 impl Engine {
@@ -155,7 +172,9 @@ impl Engine {
             self.metrics.rejected(match e {
                 SubmitError::QueueFull | SubmitError::Stopped => Rejection::QueueFull,
                 SubmitError::Draining => Rejection::Draining,
-                SubmitError::PromptTooLong { .. } => Rejection::TooLong,
+                SubmitError::PromptTooLong { .. } | SubmitError::PromptTooLarge { .. } => {
+                    Rejection::TooLong
+                }
                 SubmitError::EmptyPrompt => Rejection::Invalid,
             });
         }

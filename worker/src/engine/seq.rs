@@ -23,6 +23,8 @@ pub(super) struct Seq {
     pub(super) prompt_len: usize,
     /// llama.cpp sequence id while admitted.
     pub(super) seq_id: Option<i32>,
+    /// Its prefix-cache isolation salt (see `GenerateRequest::cache_salt`).
+    pub(super) cache_salt: Option<String>,
     pub(super) sampler: Sampler,
     pub(super) text: TextStream,
     pub(super) max_tokens: u32,
@@ -56,6 +58,7 @@ impl Seq {
             n_past: 0,
             prompt_len,
             seq_id: None,
+            cache_salt: job.cache_salt,
             sampler: if job.sampling.ignore_eos {
                 Sampler::new(job.sampling).with_banned(eog.to_vec())
             } else {

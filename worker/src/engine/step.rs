@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 pub(super) struct Slot {
     /// Tokens whose KV an idle slot holds.
     cached: Vec<LlamaToken>,
+    /// The cache salt of the sequence whose KV it holds: only sequences
+    /// with the same salt reuse it.
+    salt: Option<String>,
     busy: bool,
     last_used: u64,
 }
@@ -104,7 +107,8 @@ pub(super) struct StepLoop<'m> {
     cancelled: HashSet<String>,
     tick: u64,
     /// (time, tokens generated in that step), for tokens/s.
-    recent: VecDeque<(Instant, u32)>,
+    /// Recent steps: when they ended, tokens generated, how long they took.
+    recent: VecDeque<(Instant, u32, Duration)>,
 }
 
 pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
@@ -143,9 +147,10 @@ impl<'m> StepLoop<'m> {
 
     pub(super) fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
+            self.stats.beats.fetch_add(1, Ordering::Relaxed);
             let idle = self.running.is_empty() && self.waiting.is_empty();
             if idle {
-                self.publish_stats(0);
+                self.publish_stats(0, Duration::ZERO);
                 match rx.recv_timeout(Duration::from_secs(1)) {
                     Ok(cmd) => self.command(cmd),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -157,8 +162,9 @@ impl<'m> StepLoop<'m> {
             }
             self.reap_cancelled();
             self.admit();
+            let started = Instant::now();
             let generated = self.step();
-            self.publish_stats(generated);
+            self.publish_stats(generated, started.elapsed());
         }
     }
 
@@ -236,6 +242,9 @@ impl<'m> StepLoop<'m> {
             let limit = s.tokens.len() - 1;
             let plans: Vec<Reuse> = (0..self.slots.len())
                 .map(|i| {
+                    if self.slots[i].salt != s.cache_salt {
+                        return Reuse::default();
+                    }
                     // Only an idle entry can be shifted in place.
                     let shift_ok = self.shift_ok && !self.slots[i].busy;
                     plan_reuse(self.slot_tokens(i), &s.tokens[..limit], shift_ok)
@@ -288,6 +297,7 @@ impl<'m> StepLoop<'m> {
             }
             slot.busy = true;
             slot.cached.clear();
+            slot.salt.clone_from(&s.cache_salt);
             slot.last_used = self.tick;
             s.seq_id = Some(id);
             // A preempted sequence comes back with its generated tokens: those
@@ -493,21 +503,27 @@ impl<'m> StepLoop<'m> {
         self.slots.iter().map(|s| s.cached.len()).sum()
     }
 
-    pub(super) fn publish_stats(&mut self, generated: u32) {
+    pub(super) fn publish_stats(&mut self, generated: u32, took: Duration) {
         let now = Instant::now();
-        self.recent.push_back((now, generated));
+        self.recent.push_back((now, generated, took));
         while self
             .recent
             .front()
-            .is_some_and(|(t, _)| now - *t > Duration::from_secs(5))
+            .is_some_and(|(t, _, _)| now - *t > Duration::from_secs(5))
         {
             self.recent.pop_front();
         }
         let span = self
             .recent
             .front()
-            .map_or(0.0, |(t, _)| (now - *t).as_secs_f64());
-        let total: u32 = self.recent.iter().map(|(_, n)| n).sum();
+            .map_or(0.0, |(t, _, _)| (now - *t).as_secs_f64());
+        let total: u32 = self.recent.iter().map(|(_, n, _)| n).sum();
+        let slowest = self
+            .recent
+            .iter()
+            .map(|(_, _, d)| *d)
+            .max()
+            .unwrap_or_default();
         let tps = if span > 0.0 {
             f64::from(total) / span
         } else {
@@ -516,6 +532,8 @@ impl<'m> StepLoop<'m> {
         let running_cells: usize = self.running.iter().map(|s| s.n_past).sum();
         let st = &self.stats;
         st.tokens_per_second.store(tps.to_bits(), Ordering::Relaxed);
+        st.step_seconds_max
+            .store(slowest.as_secs_f64().to_bits(), Ordering::Relaxed);
         st.running
             .store(self.running.len() as u32, Ordering::SeqCst);
         st.kv_used.store(

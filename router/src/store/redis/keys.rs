@@ -4,8 +4,6 @@
 //! JSON / status string encodings of stored fields. Every key and value
 //! format lives here so the scripts and the callers agree on it.
 
-use serde_json::Value;
-
 use super::Inner;
 use crate::store::{chain_tag, StoreError, StoreResult};
 use crate::types::ResponseStatus;
@@ -56,11 +54,8 @@ pub(super) fn de<T: serde::de::DeserializeOwned>(s: &str) -> StoreResult<T> {
 }
 
 /// The `status` field of a record (`queued`, `in_progress`, ...).
-pub(super) fn status_str(s: ResponseStatus) -> String {
-    match serde_json::to_value(s) {
-        Ok(Value::String(s)) => s,
-        _ => "in_progress".into(),
-    }
+pub(super) fn status_str(s: ResponseStatus) -> &'static str {
+    s.as_str()
 }
 
 /// A record's status from its `status` field.

@@ -40,6 +40,13 @@ impl Inner {
         }
     }
 
+    /// This replica gave up response `id` (still active in Redis): stop
+    /// renewing its lease but leave it in the lease set, so that it expires
+    /// and a reaper ends the response.
+    pub(super) fn abandon(&self, id: &str) {
+        sync::lock(&self.local).active.remove(id);
+    }
+
     /// Run `insert` (the record's insert script) while taking the lease on
     /// the new active response `id` (both concurrently); this replica renews
     /// the lease from now on, unless either fails.
@@ -103,14 +110,18 @@ impl Inner {
     }
 
     /// Fail every response whose lease expired; returns how many were failed.
+    /// A lease counts as expired two heartbeats after its deadline, so a
+    /// live replica that could not renew during a Redis outage renews it
+    /// first when Redis is back.
     pub(super) async fn reap(&self) -> StoreResult<usize> {
+        let grace = 2 * self.opts.heartbeat.as_millis() as u64;
         let mut c = self.conn();
         let expired: Vec<String> = self
             .run(
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(self.leases_key())
                     .arg("-inf")
-                    .arg(now_ms())
+                    .arg(now_ms().saturating_sub(grace))
                     .arg("LIMIT")
                     .arg(0)
                     .arg(100)
@@ -125,7 +136,8 @@ impl Inner {
             }
             if let Some(rec) = Self::record(self.raw_rec(&id).await?)? {
                 if !rec.response.status.is_terminal() {
-                    let (resp, events) = (self.opts.lost)(rec.response);
+                    let logged = self.events_after(&id, None).await?.unwrap_or_default();
+                    let (resp, events) = (self.opts.lost)(rec.response, &logged);
                     let (code, _) = self
                         .transition(
                             &id,

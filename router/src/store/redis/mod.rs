@@ -225,6 +225,10 @@ impl ResponseStore for RedisStore {
         Ok(Inner::record(self.inner.raw_rec(id).await?)?.filter(|r| r.owner == tenant))
     }
 
+    fn release(&self, id: &str) {
+        self.inner.abandon(id);
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let i = &self.inner;
         let mut c = i.conn();
@@ -320,26 +324,7 @@ impl ResponseStore for RedisStore {
         id: &str,
         after: Option<u64>,
     ) -> StoreResult<Option<Vec<StoredEvent>>> {
-        let i = &self.inner;
-        let start = match after {
-            None => "-".to_owned(),
-            Some(a) => stream_id(a.saturating_add(1)),
-        };
-        let mut inv = i.scripts.events.prepare_invoke();
-        inv.key(i.rec_key(id)).key(i.events_key(id)).arg(start);
-        let mut c = i.conn();
-        type Entries = Option<Vec<(String, Vec<Vec<u8>>)>>;
-        let entries: Entries = i.run(inv.invoke_async::<Entries>(&mut c)).await?;
-        Ok(entries.map(|es| {
-            es.into_iter()
-                .filter_map(|(entry, fv)| {
-                    Some(StoredEvent {
-                        seq: seq_of(&entry)?,
-                        bytes: fv.into_iter().nth(1)?,
-                    })
-                })
-                .collect()
-        }))
+        self.inner.events_after(id, after).await
     }
 
     async fn subscribe(&self, id: &str) -> StoreResult<Option<Subscription>> {
@@ -492,5 +477,36 @@ impl ResponseStore for RedisStore {
             0 => Some(false),
             _ => Some(true),
         })
+    }
+}
+
+impl Inner {
+    /// Events numbered after `after` (all when `None`); `None` when unknown.
+    pub(super) async fn events_after(
+        &self,
+        id: &str,
+        after: Option<u64>,
+    ) -> StoreResult<Option<Vec<StoredEvent>>> {
+        let start = match after {
+            None => "-".to_owned(),
+            Some(a) => stream_id(a.saturating_add(1)),
+        };
+        let mut inv = self.scripts.events.prepare_invoke();
+        inv.key(self.rec_key(id))
+            .key(self.events_key(id))
+            .arg(start);
+        let mut c = self.conn();
+        type Entries = Option<Vec<(String, Vec<Vec<u8>>)>>;
+        let entries: Entries = self.run(inv.invoke_async::<Entries>(&mut c)).await?;
+        Ok(entries.map(|es| {
+            es.into_iter()
+                .filter_map(|(entry, fv)| {
+                    Some(StoredEvent {
+                        seq: seq_of(&entry)?,
+                        bytes: fv.into_iter().nth(1)?,
+                    })
+                })
+                .collect()
+        }))
     }
 }

@@ -1,0 +1,180 @@
+//! The HTTP listener of every server: at most `--max-connections` open
+//! connections, a request head due within `--header-timeout` (also between
+//! the requests of a keep-alive connection, so idle and half-sent sockets
+//! are closed), and a graceful stop that lets open responses finish.
+//!
+//! Over the cap a new connection gets one `503` with `Retry-After` and is
+//! closed: file descriptors stay bounded, and the client learns why instead
+//! of hanging in the accept queue.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use spindle_router::cluster::config::parse_duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Where a server listens, and its connection limits.
+#[derive(Args, Debug, Clone)]
+pub struct Listen {
+    /// Address to bind.
+    #[arg(long, env = "SPINDLE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind (0 picks a free one; the chosen port is logged).
+    #[arg(long, env = "SPINDLE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Most open client connections; more get a 503 and are closed. Kept
+    /// below the process's open-file limit.
+    #[arg(long, env = "SPINDLE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Longest wait for a request head: for a new connection, and for the
+    /// next request on a kept-alive one (the idle timeout).
+    #[arg(long, env = "SPINDLE_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+}
+
+/// File descriptors kept free for everything but client connections
+/// (worker and Redis connections, model files, logs).
+const RESERVED_FDS: usize = 64;
+
+/// The process's soft open-file limit, from `/proc/self/limits`.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+impl Listen {
+    /// `--max-connections`, lowered to fit the open-file limit.
+    fn connection_cap(&self) -> usize {
+        let cap = match open_file_limit() {
+            Some(fds) => self.max_connections.min(fds.saturating_sub(RESERVED_FDS)),
+            None => self.max_connections,
+        };
+        cap.max(1)
+    }
+
+    /// Whether `--host` is a loopback address (only this machine can connect).
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Bind, and print the line tests and scripts wait for.
+    pub async fn bind(&self) -> anyhow::Result<TcpListener> {
+        let listener = TcpListener::bind((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", self.host, self.port))?;
+        let addr: SocketAddr = listener.local_addr()?;
+        eprintln!("spindle listening on http://{addr}");
+        Ok(listener)
+    }
+}
+
+/// Serve `app` on `listener` until `stop` resolves; then stop accepting and
+/// wait for open connections to finish their responses.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: &Listen,
+    stop: impl Future<Output = ()>,
+) {
+    let cap = limits.connection_cap();
+    let permits = Arc::new(Semaphore::new(cap));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let graceful = GracefulShutdown::new();
+    metrics::counter!("spindle_http_connections_refused_total").increment(0);
+    metrics::gauge!("spindle_http_connections").set(0.0);
+    tracing::info!(max_connections = cap, header_timeout = ?limits.header_timeout, "accepting");
+    tokio::pin!(stop);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, or the peer left: pause, not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        // Without TCP_NODELAY, Nagle and delayed ACKs hold small SSE frames ~40 ms.
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("spindle_http_connections_refused_total").increment(1);
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(tcp),
+                TowerToHyperService::new(app.clone()),
+            )
+            .into_owned();
+        let conn = graceful.watch(conn);
+        metrics::gauge!("spindle_http_connections").increment(1.0);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            metrics::gauge!("spindle_http_connections").decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The whole answer to a connection over the cap.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 130\r\n\r\n\
+{\"error\":{\"message\":\"Too many open connections; retry shortly.\",\"type\":\"server_error\",\"param\":null,\"code\":\"too_many_connections\"}}";
+
+async fn refuse(mut tcp: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(REFUSAL).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_complete_openai_error_response() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), length);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "too_many_connections");
+        assert_eq!(v["error"]["type"], "server_error");
+    }
+}
