@@ -101,8 +101,11 @@ def test_worker_sigkill_mid_stream_migrates(cluster2):
     the text so far); the client sees no error and exactly one terminal
     event, and the stored record has the text the client saw."""
     router, workers = cluster2
+    request = counting(tokens=150)
+    # The same greedy request uninterrupted: what a clean migration must reproduce.
+    reference = post_json(router.url, request)
     migrations = metric_sum(router.url, "spindle_router_routing_decisions_total", reason="migration")
-    s = create_stream(router.url, counting())
+    s = create_stream(router.url, request)
     s.wait_deltas(5)
     victim = busy_worker(workers)
     victim.signal(signal.SIGKILL)
@@ -110,12 +113,16 @@ def test_worker_sigkill_mid_stream_migrates(cluster2):
     at_kill = len(s.deltas())
     s.join(60)
 
-    s.check_one_terminal({"completed", "incomplete"})
+    final = s.check_one_terminal({"completed", "incomplete"})
     assert not s.errors(), s.errors()
     assert len(s.deltas()) > at_kill, "no text after the kill"
     assert metric_sum(router.url, "spindle_router_routing_decisions_total", reason="migration") == migrations + 1
+    # Continued from the text so far: nothing repeated or lost, and
+    # max_output_tokens counts the tokens of both legs.
+    assert s.text == output_text(reference), f"migrated {s.text!r}\nuninterrupted {output_text(reference)!r}"
+    assert final["usage"]["output_tokens"] == reference["usage"]["output_tokens"], (final["usage"], reference["usage"])
     assert_record_matches(router.url, s)
-    assert_all_terminal(router.url, [s.response_id])
+    assert_all_terminal(router.url, [s.response_id, reference["id"]])
 
 
 def test_only_worker_sigkilled_stream_fails_cleanly(procs):
@@ -153,9 +160,16 @@ def test_worker_sigterm_drains_in_flight_streams(cluster2):
     assert max(running) > 0 and not any(s.terminals() for s in streams), \
         f"streams ended before SIGTERM (running={running}): make them longer"
 
-    # Meanwhile a new request is answered (by the worker still serving).
+    # Once it is draining, a new request is answered by the worker still serving.
+    deadline = time.monotonic() + 5
+    while Http(victim.url, timeout=5).get("/ready").status_code != 503:
+        assert time.monotonic() < deadline, "the worker's /ready did not turn 503 after SIGTERM"
+        time.sleep(0.02)
+    other = next(w for w in workers if w is not victim)
+    before = prompt_tokens(other)  # counted when a request ends
     answered = post_json(router.url, short("Name a color."))
     assert answered["status"] in ("completed", "incomplete"), answered
+    assert prompt_tokens(other) > before, "the new request was not served by the other worker"
 
     for s in streams:
         s.join(90)
