@@ -46,6 +46,8 @@ class SseStream:
         self.done = False
         self.started_at = time.monotonic()
         self.ended_at: float | None = None
+        # When the (first) terminal event arrived (time.monotonic()).
+        self.terminal_at: float | None = None
         self._cond = threading.Condition()
         self._conn: http.client.HTTPConnection | None = None
         self.finished = threading.Event()
@@ -95,7 +97,10 @@ class SseStream:
             if data == "[DONE]":
                 self.done = True
             else:
-                self.events.append((name, json.loads(data)))
+                event = json.loads(data)
+                self.events.append((name, event))
+                if event.get("type") in TERMINAL_EVENTS and self.terminal_at is None:
+                    self.terminal_at = time.monotonic()
             self._cond.notify_all()
 
     # -- waiting
@@ -336,6 +341,12 @@ class RedisAof:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def signal(self, sig: int) -> None:
+        """SIGSTOP freezes it (commands time out; what they sent waits in its
+        socket buffers), SIGCONT thaws it."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(sig)
 
     def close(self) -> None:
         self.kill()

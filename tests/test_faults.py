@@ -263,6 +263,8 @@ MALFORMED = {
     "cut_before_first_line": ([], "abort"),
     # Tokens, then silence on an open connection (a wedged engine behind a live HTTP server).
     "stall": ([_delta("Once"), _delta(" upon")], "stall"),
+    # Tokens, then only keep-alive blank lines: the engine is wedged, the HTTP side is not.
+    "keepalives_only_after_tokens": ([_delta("Once"), _delta(" upon")], "keepalives"),
 }
 
 # The control: a well-formed stream (with keep-alive blank lines) completes,
@@ -333,6 +335,12 @@ class FakeWorker:
                         self.connection.close()
                     elif end == "stall":
                         fake.closing.wait(60)
+                    elif end == "keepalives":
+                        # The worker's HTTP side lives on (it writes a blank keep-alive
+                        # line each second of silence) while its engine is wedged.
+                        while not fake.closing.wait(0.5):
+                            self.wfile.write(b"1\r\n\n\r\n")
+                            self.wfile.flush()
                     else:
                         self.wfile.write(b"0\r\n\r\n")
                         self.wfile.flush()
@@ -413,14 +421,17 @@ def test_malformed_worker_stream_background(fake_router):
     assert output_text(rec) == text == "Once upon"
 
 
-# ------------------------------------------------------------------ 5. Redis restart
+# ------------------------------------------------------------------ 5. Redis outage
 
 
-def test_redis_restart_under_load(procs, redis_aof):
-    """Fault: Redis (with AOF) is SIGKILLed while streaming and background
-    responses run, and restarted on the same port and directory ~2 s later.
+@pytest.mark.parametrize("fault", ["sigkill_restart", "sigstop"])
+def test_redis_outage_under_load(procs, redis_aof, fault):
+    """Fault: while streaming and background responses run, Redis (with AOF)
+    is SIGKILLed and restarted on the same port and directory ~2 s later
+    (`sigkill_restart`), or frozen for ~2 s (`sigstop`: commands time out,
+    and what they sent is applied late, when it thaws).
     Promise: every client stream ends in exactly one terminal event; after
-    the restart every record is terminal and holds what its client saw
+    the outage every record is terminal and holds what its client saw
     (foreground: the streamed text; background: its event log, which a
     follower replays, and what a live follower saw)."""
     worker = procs(WORKER)
@@ -437,10 +448,16 @@ def test_redis_restart_under_load(procs, redis_aof):
     quick.wait_deltas(1)
     streams.append(quick)
 
-    redis_aof.kill()
+    if fault == "sigkill_restart":
+        redis_aof.kill()
+    else:
+        redis_aof.signal(signal.SIGSTOP)
     down = time.monotonic()
     time.sleep(2)
-    redis_aof.start()
+    if fault == "sigkill_restart":
+        redis_aof.start()
+    else:
+        redis_aof.signal(signal.SIGCONT)
     up = time.monotonic()
 
     problems = []
@@ -453,9 +470,9 @@ def test_redis_restart_under_load(procs, redis_aof):
     records = wait_terminal(router.url, ids, timeout=15)
 
     def when(s) -> str:
-        if s.ended_at is None:
-            return "never ended"
-        return "ended while Redis was down" if s.ended_at < up else "ended after the restart"
+        if s.terminal_at is None:
+            return "no terminal event"
+        return "finished while Redis was down" if s.terminal_at < up else "finished after the outage"
 
     for s in streams:
         try:
@@ -487,8 +504,9 @@ def test_redis_restart_under_load(procs, redis_aof):
             problems.append(f"live follower ({when(f)}): {e}")
     assert not problems, f"Redis was down {up - down:.1f}s:\n" + "\n".join(problems)
     # The scenario happened as planned: one response finished during the outage.
-    assert quick.ended_at is not None and down < quick.ended_at < up, \
-        f"the quick stream ended {quick.ended_at and quick.ended_at - down:.1f}s after the kill, not while Redis was down"
+    assert quick.terminal_at is not None and down < quick.terminal_at < up, \
+        f"the quick stream finished {quick.terminal_at and quick.terminal_at - down:.1f}s after the fault, " \
+        f"not while Redis was down"
 
 
 # ------------------------------------------------------------------ 6. worker SIGSTOP
