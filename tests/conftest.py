@@ -88,6 +88,25 @@ def spindle():
         p.stop()
 
 
+@pytest.fixture
+def procs():
+    """Like `spindle`, for one test: `procs(["router", ...])`; every process is
+    killed when the test ends (also a stopped one), and a failing test shows
+    the tail of each one's log."""
+    started: list[Proc] = []
+
+    def start(args: list[str]) -> Proc:
+        p = Proc(args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+        print(f"--- spindle {' '.join(p.args)} (exit {p.proc.returncode}):")
+        print("".join(p.log[-30:]))
+
+
 @pytest.fixture(scope="session")
 def server_url(spindle) -> str:
     """`spindle serve` (router + worker + memory store) with SmolLM2."""

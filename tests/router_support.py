@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -155,3 +156,18 @@ def assert_error_body(resp: Resp, status: int, param: str | None = None, code: s
     if code is not None:
         assert err["code"] == code, body
     return err
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    """Wait until `url`/ready answers 200 (a router: every model has a ready worker)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            r = Http(url, timeout=5).get("/ready")
+            if r.status_code == 200:
+                return
+            last = f"{r.status_code} {r.text}"
+        except OSError as e:
+            last = repr(e)
+        assert time.time() < deadline, f"{url} never became ready: {last}"
+        time.sleep(0.1)

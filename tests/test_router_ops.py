@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from conftest import SMOLLM, STORIES
+from router_support import wait_ready
 
 
 def get(url: str, key: str | None = None) -> tuple[int, dict]:
@@ -31,13 +32,6 @@ def prompt_tokens(worker) -> int:
         text = r.read().decode()
     return int(sum(float(l.split()[-1]) for l in text.splitlines()
                    if l.startswith("spindle_worker_prompt_tokens_total")))
-
-
-def wait_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while get(f"{url}/ready")[0] != 200:
-        assert time.time() < deadline, f"{url} never became ready: {get(f'{url}/ready')}"
-        time.sleep(0.1)
 
 
 def test_one_router_two_pools(spindle):
