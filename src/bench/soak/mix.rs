@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::audit::{check_stream, Violation};
+use super::audit::Violation;
 use super::http::{self, CallErr};
-use super::wire::{ConversationObj, Envelope, Event, Frame, ResponseObj, SseParser, Status};
+use super::stream::{check_stream, read_stream};
+use super::wire::{ConversationObj, ResponseObj, Status};
 use crate::bench::cluster::Rng;
 
 /// What a client did: one row of the report each.
@@ -396,7 +396,7 @@ impl Client {
                 }
             }
             if Instant::now() > give_up {
-                rec.error = Some("poll timeout".into());
+                rec.error = Some("timeout".into());
                 sh.error(
                     "poll",
                     &CallErr::timeout("background response not terminal"),
@@ -434,75 +434,4 @@ impl Client {
             }
         }
     }
-}
-
-/// What reading one stream gave.
-#[derive(Debug, Default)]
-pub struct StreamRead {
-    pub events: Vec<Envelope>,
-    pub garbage: Vec<String>,
-    pub done: bool,
-    pub text: String,
-    pub ttft_ms: Option<f64>,
-    /// The client hung up on purpose.
-    pub dropped: bool,
-    /// A transport error (or timeout) cut the stream.
-    pub error: Option<CallErr>,
-}
-
-impl StreamRead {
-    /// The response id of `response.created`.
-    pub fn id(&self) -> Option<String> {
-        self.events.iter().find_map(|e| match &e.event {
-            Event::Created { response } => Some(response.id.clone()),
-            _ => None,
-        })
-    }
-
-    /// The first terminal event's response.
-    pub fn terminal(&self) -> Option<&ResponseObj> {
-        self.events.iter().find_map(|e| e.event.terminal())
-    }
-}
-
-async fn read_stream(resp: reqwest::Response, t0: Instant, drop_after: Option<u64>) -> StreamRead {
-    let mut out = StreamRead::default();
-    let mut parser = SseParser::default();
-    let mut body = resp.bytes_stream();
-    let mut deltas = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                out.error = Some(CallErr::from_reqwest(&e));
-                break;
-            }
-        };
-        for frame in parser.push(&chunk) {
-            match frame {
-                Frame::Done => out.done = true,
-                Frame::Garbage(g) => out.garbage.push(g),
-                Frame::Event(env) => {
-                    if let Event::Delta { delta } = &env.event {
-                        out.ttft_ms.get_or_insert(t0.elapsed().as_secs_f64() * 1e3);
-                        out.text.push_str(delta);
-                        deltas += 1;
-                    }
-                    out.events.push(*env);
-                }
-            }
-        }
-        let ended = out.terminal().is_some();
-        if !ended && drop_after.is_some_and(|n| deltas >= n) {
-            out.dropped = true;
-            break; // dropping `body` closes the connection
-        }
-    }
-    if !out.dropped && out.error.is_none() && parser.leftover() > 0 {
-        out.garbage.push(format!(
-            "{} bytes after the last complete frame",
-            parser.leftover()
-        ));
-    }
-    out
 }

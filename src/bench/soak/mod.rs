@@ -22,6 +22,7 @@ mod http;
 mod mix;
 mod report;
 mod rss;
+mod stream;
 mod wire;
 
 use std::collections::{BTreeSet, HashMap};

@@ -162,6 +162,8 @@ pub fn report(i: &Input) -> Value {
         rss_json.insert(name.clone(), json!({"summary": f, "samples": samples}));
     }
 
+    println!("(redis holds every stored response: its growth is data)");
+
     // Audit.
     let pass = i.audit.violations.is_empty();
     println!(
