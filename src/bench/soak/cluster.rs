@@ -227,6 +227,8 @@ impl Cluster {
         .iter()
         .map(OsString::from)
         .chain(["--dir".into(), dir.clone().into_os_string()])
+        // Appended across restarts; the audit reads it (see `redis_log`).
+        .chain(["--logfile".into(), dir.join("redis.log").into_os_string()])
         .collect();
         let redis = Proc::new(
             "redis".into(),
@@ -296,6 +298,11 @@ impl Cluster {
         std::iter::once(&self.redis)
             .chain(&self.workers)
             .chain(&self.routers)
+    }
+
+    /// Redis's log over every restart (empty when unreadable).
+    pub fn redis_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
 
     /// `(name, pid)` of every running process.

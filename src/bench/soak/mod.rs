@@ -219,6 +219,7 @@ async fn run(args: &SoakArgs, plan: Vec<faults::Fault>) -> anyhow::Result<(Value
             .filter(|f| f.action == faults::Action::KillRedis)
             .map(|f| f.at)
             .collect(),
+        aof_slow: cluster.redis_log().contains("fsync is taking too long"),
     };
     let mut audit = audit::audit(&records, &errors, &stored, &windows);
     for f in fault_log.iter().filter(|f| f.error.is_some()) {

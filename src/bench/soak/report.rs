@@ -167,11 +167,12 @@ pub fn report(i: &Input) -> Value {
     // Audit.
     let pass = i.audit.violations.is_empty();
     println!(
-        "\naudit: {} — {} ids checked, {} violations, {} tolerated (AOF loss window)",
+        "\naudit: {} — {} ids checked, {} violations, {} tolerated (Redis logged slow AOF fsyncs: {})",
         if pass { "PASS" } else { "FAIL" },
         i.audit.checked_ids,
         i.audit.violations.len(),
-        i.audit.tolerated.len()
+        i.audit.tolerated.len(),
+        if i.windows.aof_slow { "yes" } else { "no" }
     );
     let mut audit_json = BTreeMap::new();
     for (label, list) in [
