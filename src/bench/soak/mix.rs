@@ -338,6 +338,9 @@ impl Client {
             rec.error = Some(e.label());
         }
         rec.violations = check_stream(&read);
+        for x in &mut rec.violations {
+            x.detail = format!("{kind:?} call from {:.1}s: {}", rec.start, x.detail);
+        }
         rec.id = read.id();
         rec.seen = read.terminal().map(|t| t.status);
         rec.text = read.text.clone();
