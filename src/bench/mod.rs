@@ -6,7 +6,9 @@
 //!   TTFT (see [`engine`]);
 //! - `store`: the Redis response store beside `redis-benchmark` (see [`store`]);
 //! - `affinity`, `overhead`: cluster routing (see [`cluster`]);
-//! - `chain`: the cost of one more turn of a long chain (see [`chain`]).
+//! - `chain`: the cost of one more turn of a long chain (see [`chain`]);
+//! - `soak`: a Redis-backed cluster under mixed load and faults, audited
+//!   request by request (see [`soak`]; exits non-zero when the audit fails).
 //!
 //! Prints a table and writes the numbers as JSON (`--out`). Works against
 //! Spindle and llama.cpp's `llama-server` alike, so a script can run both in
@@ -15,6 +17,7 @@
 mod chain;
 mod cluster;
 mod engine;
+mod soak;
 mod store;
 
 use anyhow::Context;
@@ -24,6 +27,7 @@ use serde_json::json;
 use chain::ChainArgs;
 use cluster::ClusterBenchArgs;
 use engine::ClientArgs;
+use soak::SoakArgs;
 use store::StoreArgs;
 
 #[derive(Args, Debug)]
@@ -46,6 +50,8 @@ pub enum Scenario {
     Overhead(ClusterBenchArgs),
     /// A 500-turn chain with a 2 KB tool output per turn: router, engine and store cost per turn.
     Chain(ChainArgs),
+    /// Redis, 3 workers, 2 routers under mixed clients and optional faults; audits every request.
+    Soak(SoakArgs),
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
@@ -56,6 +62,9 @@ fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // `passed` is false only for a scenario whose own checks failed (soak's
+    // audit): its JSON is still written, then the command fails.
+    let mut passed = true;
     let (name, out, result) = match &args.scenario {
         Scenario::Streams(a) => ("streams", &a.out, engine::streams(&client()?, a).await?),
         Scenario::Followup(a) => ("followup", &a.out, engine::followup(&client()?, a).await?),
@@ -66,12 +75,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Affinity(a) => ("affinity", &a.out, cluster::affinity(a).await?),
         Scenario::Overhead(a) => ("overhead", &a.out, cluster::overhead(a).await?),
         Scenario::Chain(a) => ("chain", &a.out, chain::chain(a).await?),
+        Scenario::Soak(a) => {
+            let (r, ok) = soak::soak(a).await?;
+            passed = ok;
+            ("soak", &a.out, r)
+        }
     };
     if let Some(out) = out {
         let doc = json!({"scenario": name, "results": result});
         std::fs::write(out, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!("[bench] wrote {}", out.display());
+    }
+    if !passed {
+        anyhow::bail!("{name}: the audit failed (violations above)");
     }
     Ok(())
 }
