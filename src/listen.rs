@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use spindle_router::cluster::config::parse_duration;
@@ -75,11 +75,16 @@ impl Listen {
 
     /// Bind, and print the line tests and scripts wait for.
     pub async fn bind(&self) -> anyhow::Result<TcpListener> {
-        let listener = TcpListener::bind((self.host.as_str(), self.port))
+        self.bind_as("listening", self.port).await
+    }
+
+    /// Bind `port` on the same host for `what` (printed as `spindle <what> on URL`).
+    pub async fn bind_as(&self, what: &str, port: u16) -> anyhow::Result<TcpListener> {
+        let listener = TcpListener::bind((self.host.as_str(), port))
             .await
-            .with_context(|| format!("cannot listen on {}:{}", self.host, self.port))?;
+            .with_context(|| format!("cannot listen on {}:{port}", self.host))?;
         let addr: SocketAddr = listener.local_addr()?;
-        eprintln!("spindle listening on http://{addr}");
+        eprintln!("spindle {what} on http://{addr}");
         Ok(listener)
     }
 }
@@ -94,11 +99,16 @@ pub async fn serve(
 ) {
     let cap = limits.connection_cap();
     let permits = Arc::new(Semaphore::new(cap));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 (what OpenAI clients speak): sniffing for HTTP/2 first would
+    // wait on a silent socket before any timeout applies. hyper's own head
+    // limits answer with empty bodies: set them past the API's (router
+    // api::guard), which answers in the OpenAI shape.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(1024)
+        .max_buf_size(1 << 20);
     let graceful = GracefulShutdown::new();
     metrics::counter!("spindle_http_connections_refused_total").increment(0);
     metrics::gauge!("spindle_http_connections").set(0.0);
@@ -124,12 +134,8 @@ pub async fn serve(
             tokio::spawn(refuse(tcp));
             continue;
         };
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(tcp),
-                TowerToHyperService::new(app.clone()),
-            )
-            .into_owned();
+        let conn =
+            builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);
         metrics::gauge!("spindle_http_connections").increment(1.0);
         tokio::spawn(async move {

@@ -21,10 +21,22 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+/// Where activity counters are served.
+#[derive(Args, Debug, Clone)]
+pub struct Stats {
+    /// Serve `/metrics` (and `/load`) on this port of the same host instead of
+    /// the API port, where they need an API key when keys are set. Prometheus
+    /// scrapes it; keep it off the public network.
+    #[arg(long, env = "SPINDLE_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub listen: Listen,
+    #[command(flatten)]
+    pub stats: Stats,
     #[command(flatten)]
     pub worker: WorkerConfig,
     #[command(flatten)]
@@ -35,6 +47,8 @@ pub struct ServeArgs {
 pub struct RouterArgs {
     #[command(flatten)]
     pub listen: Listen,
+    #[command(flatten)]
+    pub stats: Stats,
     #[command(flatten)]
     pub router: RouterConfig,
     #[command(flatten)]
@@ -246,6 +260,24 @@ fn guard_keyless(router: &mut RouterConfig, listen: &Listen) {
     }
 }
 
+/// `stats` (activity counters) on `--metrics-port`, served there from now
+/// on; returns what the API port keeps of them (all, or nothing).
+async fn place_stats(
+    stats: axum::Router,
+    place: &Stats,
+    listen: &Listen,
+) -> anyhow::Result<axum::Router> {
+    let Some(port) = place.metrics_port else {
+        return Ok(stats);
+    };
+    let listener = listen.bind_as("metrics", port).await?;
+    let limits = listen.clone();
+    tokio::spawn(async move {
+        crate::listen::serve(listener, stats, &limits, std::future::pending()).await;
+    });
+    Ok(axum::Router::new())
+}
+
 pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
     guard_keyless(&mut args.router, &args.listen);
@@ -254,17 +286,16 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let store = response_store(&args.router).await?;
     let generator = Arc::new(InProcess::new(worker.clone()));
     let lifecycle = Arc::new(Lifecycle::default());
-    let app = spindle_router::app_with_lifecycle(
+    // The worker's /load and /metrics (the router answers /health, /ready).
+    let stats = spindle_worker::api::stats_router(worker.clone(), Some(metrics));
+    let stats = place_stats(stats, &args.stats, &args.listen).await?;
+    let app = spindle_router::app_with_ops(
         generator,
         store.clone(),
         &args.router,
         lifecycle.clone(),
-    )
-    // The worker's /load and /metrics on the same port (the router answers /health, /ready).
-    .merge(spindle_worker::api::stats_router(
-        worker.clone(),
-        Some(metrics),
-    ));
+        stats,
+    );
     let listener = args.listen.bind().await?;
     let drain = Drain {
         timeout: args.worker.drain_timeout,
@@ -281,13 +312,14 @@ pub async fn router(mut args: RouterArgs) -> anyhow::Result<()> {
     let generator = Arc::new(ClusterGenerator::start(args.cluster()).await?);
     let store = response_store(&args.router).await?;
     let lifecycle = Arc::new(Lifecycle::default());
-    let app = spindle_router::app_with_lifecycle(
+    let stats = place_stats(metrics_route(metrics), &args.stats, &args.listen).await?;
+    let app = spindle_router::app_with_ops(
         generator,
         store.clone(),
         &args.router,
         lifecycle.clone(),
-    )
-    .merge(metrics_route(metrics));
+        stats,
+    );
     let listener = args.listen.bind().await?;
     let drain = Drain {
         timeout: args.drain_timeout,

@@ -389,7 +389,9 @@ def fake_router(procs, request):
     """(router URL, fake worker) for one malformed kind: a router of its own
     per case, since a broken stream ejects the worker from the router."""
     fake = FakeWorker(request.param)
-    router = procs([*ROUTER, "--workers", fake.url])
+    # A worker whose HTTP side writes keep-alives for a wedged sequence is
+    # only stopped by the request deadline: a short one here.
+    router = procs([*ROUTER, "--request-timeout", "8s", "--workers", fake.url])
     wait_ready(router.url)
     yield router.url, fake
     fake.close()
@@ -401,7 +403,8 @@ def test_malformed_worker_stream_fails_cleanly(fake_router):
     an unknown event, a cut without `done`, a line over the 1 MiB bound, ...).
     Promise: the client's stream ends in one `error` then `response.failed`
     (nothing after, no hang: a silent worker is cut off by the token-gap
-    deadline), the stored record is `failed` with the text the client saw,
+    deadline, one writing only keep-alives by the request deadline), the
+    stored record is `failed` with the text the client saw,
     and the router stays healthy."""
     url, fake = fake_router
     s = create_stream(url, {"model": "fake", "input": "hi", "max_output_tokens": 16})

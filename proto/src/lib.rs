@@ -210,6 +210,8 @@ pub enum FailureCode {
     GenerationCancelled,
     /// The router stopped mid-generation (its drain deadline passed).
     ServerShutdown,
+    /// The generation ran past the router's request deadline.
+    RequestTimeout,
     /// A code from a newer worker this build does not know.
     #[serde(other)]
     Unknown,
@@ -241,6 +243,7 @@ impl FailureCode {
             Self::WorkerUnavailable => "worker_unavailable",
             Self::GenerationCancelled => "generation_cancelled",
             Self::ServerShutdown => "server_shutdown",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 }

@@ -36,6 +36,11 @@ pub struct RouterConfig {
     /// Per-command Redis timeout in milliseconds; slower calls fail with 503.
     #[arg(long, env = "SPINDLE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
+    /// Longest a generation may run, from its start to its last token;
+    /// one still running then ends with a `request_timeout` error (the
+    /// response `failed`) and its worker request is cancelled.
+    #[arg(long, env = "SPINDLE_REQUEST_TIMEOUT", default_value = "10m", value_parser = crate::cluster::config::parse_duration)]
+    pub request_timeout: std::time::Duration,
     /// Most final states (responses that finished while the store was
     /// unreachable) kept in memory and retried until it is back; beyond
     /// it the oldest is dropped and the reaper ends it from its event log.
@@ -96,6 +101,7 @@ impl Default for RouterConfig {
             store: StoreKind::Memory,
             redis_url: None,
             redis_timeout_ms: 1000,
+            request_timeout: std::time::Duration::from_secs(600),
             store_backlog_max: 10_000,
             store_backlog_bytes: 64 * 1024 * 1024,
             api_keys: Vec::new(),

@@ -410,4 +410,99 @@ mod tests {
         d.adapt(f64::NAN);
         assert_eq!(d.token_gap(), Duration::from_secs(5));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use spindle_proto::{FinishReason, Timings, Usage};
+
+        fn reader(chunks: Vec<Vec<u8>>) -> LineReader {
+            let bytes =
+                futures::stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from(c))));
+            LineReader {
+                bytes: bytes.boxed(),
+                buf: Vec::new(),
+                scanned: 0,
+                guard: CancelOnDrop {
+                    url: None,
+                    client: reqwest::Client::new(),
+                },
+                deadlines: Arc::new(Deadlines::default()),
+                finished: false,
+            }
+        }
+
+        fn read_all(chunks: Vec<Vec<u8>>) -> Vec<GenerateEvent> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut r = reader(chunks);
+                let mut out = Vec::new();
+                while let Some(ev) = r.next_event().await {
+                    out.push(ev);
+                }
+                out
+            })
+        }
+
+        /// `body` cut at `cuts` (positions taken modulo its length).
+        fn split(body: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+            at.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for a in at.into_iter().chain([body.len()]) {
+                chunks.push(body[last..a].to_vec());
+                last = a;
+            }
+            chunks
+        }
+
+        proptest! {
+            /// However the stream is chunked, with keep-alive lines anywhere,
+            /// the same events come out, ending with the `done`.
+            #[test]
+            fn any_chunking_gives_the_same_events(
+                texts in prop::collection::vec(".{0,12}", 0..20),
+                keepalives in prop::collection::vec(any::<bool>(), 20),
+                cuts in prop::collection::vec(any::<usize>(), 0..30),
+            ) {
+                let mut events: Vec<GenerateEvent> = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| GenerateEvent::Delta { text: t.clone(), token_ids: vec![i as i32] })
+                    .collect();
+                events.push(GenerateEvent::Done {
+                    finish_reason: FinishReason::Stop,
+                    usage: Usage::default(),
+                    timings: Timings::default(),
+                });
+                let mut body = Vec::new();
+                for (i, e) in events.iter().enumerate() {
+                    if keepalives.get(i).copied().unwrap_or(false) {
+                        body.push(b'\n');
+                    }
+                    body.extend(serde_json::to_vec(e).unwrap());
+                    body.push(b'\n');
+                }
+                prop_assert_eq!(read_all(split(&body, &cuts)), events);
+            }
+
+            /// Any bytes end in exactly one last event (`done` or an error),
+            /// nothing after it, and never a panic.
+            #[test]
+            fn any_bytes_end_in_one_last_event(
+                body in prop::collection::vec(any::<u8>(), 0..400),
+                cuts in prop::collection::vec(any::<usize>(), 0..10),
+            ) {
+                let events = read_all(split(&body, &cuts));
+                let last = events.iter().filter(|e| !matches!(e, GenerateEvent::Delta { .. })).count();
+                prop_assert_eq!(last, 1);
+                let is_last = !matches!(events.last(), Some(GenerateEvent::Delta { .. }));
+                prop_assert!(is_last);
+            }
+        }
+    }
 }

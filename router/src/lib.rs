@@ -9,6 +9,7 @@ pub mod api;
 pub mod chain;
 pub mod cluster;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod extract;
 pub mod generator;
@@ -57,14 +58,27 @@ pub fn app(
     app_with_lifecycle(generator, store, config, Arc::default())
 }
 
-/// The public API plus `/health` and `/ready`. The binary adds `/metrics`
-/// and drains through `lifecycle` on SIGTERM. The generator and store are
-/// wrapped here, so every route is measured the same way.
+/// The public API plus `/health` and `/ready`; see [`app_with_ops`].
 pub fn app_with_lifecycle(
     generator: Arc<dyn Generator>,
     store: Arc<dyn ResponseStore>,
     config: &RouterConfig,
     lifecycle: Arc<Lifecycle>,
+) -> axum::Router {
+    app_with_ops(generator, store, config, lifecycle, axum::Router::new())
+}
+
+/// The public API plus `/health` and `/ready` (open to all), and `stats`
+/// (the binary's `/metrics`, `/load`: activity counters), which need an API
+/// key when keys are set; none of them are in request metrics or logs. The
+/// binary drains through `lifecycle` on SIGTERM. The generator and store
+/// are wrapped here, so every route is measured the same way.
+pub fn app_with_ops(
+    generator: Arc<dyn Generator>,
+    store: Arc<dyn ResponseStore>,
+    config: &RouterConfig,
+    lifecycle: Arc<Lifecycle>,
+    stats: axum::Router,
 ) -> axum::Router {
     use api::{chat, conversations, models, ops};
     use responses::handlers as responses;
@@ -76,7 +90,9 @@ pub fn app_with_lifecycle(
         config.store_backlog_bytes,
     );
     let state = Arc::new(api::AppState {
-        generator: Arc::new(telemetry::MeteredGenerator::new(generator)),
+        generator: Arc::new(telemetry::MeteredGenerator::new(Arc::new(
+            deadline::Deadline::new(generator, config.request_timeout),
+        ))),
         store,
         config: config.clone(),
         lifecycle: lifecycle.clone(),
@@ -127,10 +143,15 @@ pub fn app_with_lifecycle(
             lifecycle::refuse_while_draining,
         ))
         .layer(axum::middleware::from_fn(telemetry::track_requests))
+        .layer(axum::middleware::from_fn(api::request_id::assign))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     // Probes: no API key, no per-request metrics or logs.
     let ops = axum::Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready));
-    ops.merge(api).with_state(state)
+    let stats = stats.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        api::authenticate,
+    ));
+    ops.merge(api).with_state(state).merge(stats)
 }

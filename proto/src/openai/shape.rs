@@ -191,3 +191,46 @@ mod tests {
         assert_eq!(check(b"{} trailing"), Err(ShapeError::Syntax));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON, nested a few levels.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(".{0,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Never panics, whatever the bytes.
+        #[test]
+        fn any_bytes_are_judged(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = check(&bytes);
+            let _ = crate::openai::parse_body::<crate::openai::ChatCompletionRequest>(&bytes);
+        }
+
+        /// Serialized JSON (keys unique by construction) passes; the same
+        /// with one object key repeated does not.
+        #[test]
+        fn serialized_json_passes_and_a_repeated_key_does_not(v in json(), key in "[a-z]{1,4}") {
+            let text = serde_json::to_string(&v).unwrap();
+            prop_assert_eq!(check(text.as_bytes()), Ok(()));
+            let dup = format!("{{\"{key}\":1,\"{key}\":2,\"v\":{text}}}");
+            let is_duplicate = matches!(check(dup.as_bytes()), Err(ShapeError::DuplicateKey { .. }));
+            prop_assert!(is_duplicate);
+        }
+    }
+}

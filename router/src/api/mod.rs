@@ -5,6 +5,7 @@ pub mod conversations;
 pub mod guard;
 pub mod models;
 pub mod ops;
+pub mod request_id;
 
 use std::sync::Arc;
 

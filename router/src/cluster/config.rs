@@ -26,20 +26,24 @@ impl Policy {
     }
 }
 
-/// Parses `2`, `2s`, `1.5s` or `500ms` into a duration.
+/// Parses `2`, `2s`, `1.5s`, `500ms`, `10m` or `1h` into a duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1e-3)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (s, 1.0)
     };
     let v: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("invalid duration {s:?} (use e.g. 2s or 500ms)"))?;
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 2s, 500ms or 10m)"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("invalid duration {s:?}"));
     }
@@ -171,6 +175,8 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("x").is_err());
     }
 

@@ -192,4 +192,30 @@ mod tests {
         assert_eq!(v["sequence_number"], 7);
         assert_eq!(v["error"]["code"], "server_error");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any delta text (newlines, quotes, any Unicode) survives the
+            /// store's bytes and the SSE frame's JSON unchanged.
+            #[test]
+            fn delta_events_round_trip(delta in any::<String>(), seq in any::<u64>()) {
+                let ev = ResponseStreamEvent::OutputTextDelta {
+                    item_id: "msg_1".into(),
+                    output_index: 0,
+                    content_index: 0,
+                    delta,
+                    logprobs: vec![],
+                };
+                let stored = Sequenced::decode(seq, &ev.encode()).unwrap();
+                prop_assert_eq!(&stored.event, &ev);
+                let data = serde_json::to_string(&stored).unwrap();
+                prop_assert!(!data.contains('\n'), "one SSE data line");
+                let back: Sequenced = serde_json::from_str(&data).unwrap();
+                prop_assert_eq!(back, stored);
+            }
+        }
+    }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::Instrument;
 
 use super::driver::{CancelSource, Driver, Events, Start};
 use super::items::list_page;
@@ -65,7 +66,11 @@ pub async fn create(
             Events::Logged,
             active,
         );
-        tokio::spawn(driver.run(start, CancelSource::Store(status)));
+        tokio::spawn(
+            driver
+                .run(start, CancelSource::Store(status))
+                .in_current_span(),
+        );
         if stream {
             return Ok(sse_response(follow(st, id, None)));
         }
@@ -83,7 +88,11 @@ pub async fn create(
             Events::Live(tx),
             active,
         );
-        tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
+        tokio::spawn(
+            driver
+                .run(start, CancelSource::Client(cancel_rx))
+                .in_current_span(),
+        );
         let events = UnboundedReceiverStream::new(rx)
             .map(move |ev| {
                 let _keep = &guard;
@@ -101,7 +110,11 @@ pub async fn create(
         Events::Dropped,
         active,
     );
-    let handle = tokio::spawn(driver.run(start, CancelSource::Client(cancel_rx)));
+    let handle = tokio::spawn(
+        driver
+            .run(start, CancelSource::Client(cancel_rx))
+            .in_current_span(),
+    );
     let result = handle
         .await
         .map_err(|e| ApiError::Internal(format!("generation task failed: {e}")));
