@@ -115,3 +115,11 @@ def test_metrics_can_move_to_their_own_port(spindle):
     assert r.status_code == 200 and "spindle_router_requests_total" in r.text
     assert ops.get("/load").status_code == 200
     s.stop()
+
+
+def test_too_many_items_in_one_request(http, model):
+    items = [{"role": "user", "content": "x"}] * 2049
+    r = http.post("/v1/responses", json={"model": model, "input": items})
+    assert_error_body(r, 400, param="input", code="too_many_items")
+    r = http.post("/v1/conversations", json={"items": items})
+    assert_error_body(r, 400, param="items", code="too_many_items")

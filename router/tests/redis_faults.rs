@@ -163,3 +163,21 @@ async fn a_chain_never_continues_from_an_unfinished_response() {
         .await;
     assert_eq!(code, 200);
 }
+
+/// The same with a second replica, whose reaper must not fail the response
+/// in the moment after Redis is back, before its owner renewed the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_does_not_reap_a_response_whose_owner_lives() {
+    let mut r = RedisServer::start_aof();
+    let (a, _) = serve(redis_store(&r.url()).await, RouterConfig::default()).await;
+    let (b, _) = serve(redis_store(&r.url()).await, RouterConfig::default()).await;
+    let (a, b) = (Client::new(&a), Client::new(&b));
+    let id = background(&a, "SLOW").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.restart();
+    let done = wait_terminal(&b, &id, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(output_text(&done), slow_text());
+}

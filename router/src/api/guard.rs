@@ -3,9 +3,10 @@
 //! - a request head within bounds: URI (414) and headers (431);
 //! - with `host_check` (no API keys, bound to loopback), a loopback `Host`
 //!   (421): a web page's DNS-rebound name cannot reach the server;
-//! - a `POST` says `Content-Type: application/json` (415): browsers send
-//!   form and text bodies across origins without asking, JSON they don't,
-//!   so a page cannot start generations on a local server.
+//! - a `POST` with a body says `Content-Type: application/json` (415):
+//!   browsers send form and text bodies across origins without asking, JSON
+//!   they don't, so a page cannot start generations on a local server. (A
+//!   bodiless `POST`, such as a cancel, names an unguessable id instead.)
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -66,7 +67,10 @@ pub async fn check(State(st): State<SharedState>, req: Request, next: Next) -> R
             );
         }
     }
-    if req.method() == Method::POST && !is_json(headers.get(header::CONTENT_TYPE)) {
+    if req.method() == Method::POST
+        && has_body(headers)
+        && !is_json(headers.get(header::CONTENT_TYPE))
+    {
         return refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Send the request body as JSON with 'Content-Type: application/json' \
@@ -75,6 +79,17 @@ pub async fn check(State(st): State<SharedState>, req: Request, next: Next) -> R
         );
     }
     next.run(req).await
+}
+
+/// Whether the request announces a body (a length above 0, or chunks).
+fn has_body(headers: &header::HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        None => false,
+        Some(v) => v.to_str().map_or(true, |v| v.trim() != "0"),
+    }
 }
 
 /// `application/json`, optionally with parameters (`; charset=utf-8`).

@@ -357,7 +357,17 @@ impl Driver {
         message: String,
         partial: Option<(String, String)>,
     ) -> ResponseObject {
-        self.emit(ResponseStreamEvent::error(&code, &message)).await;
+        // The SDKs raise on `error` and never show the `response.failed`
+        // after it: say there which record tells the rest.
+        let told = if self.resp.store {
+            format!(
+                "{message} (response {} is stored as failed, with the text so far)",
+                self.resp.id
+            )
+        } else {
+            format!("{message} (response {})", self.resp.id)
+        };
+        self.emit(ResponseStreamEvent::error(&code, &told)).await;
         if let Some((item_id, text)) = partial {
             self.resp.output = vec![output_message(&item_id, "incomplete", Some(&text))];
         }

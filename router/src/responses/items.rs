@@ -71,8 +71,23 @@ pub fn normalize_input(input: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     }
 }
 
+/// Most items one request may carry (input, or items added to a
+/// conversation): work and memory per request stay bounded by the count as
+/// well as by the body size.
+pub const MAX_ITEMS: usize = 2048;
+
 /// Normalize a list of items (request input or conversation items).
 pub fn normalize_items(items: &[Value], at: &str) -> Result<Vec<Value>, ApiError> {
+    if items.len() > MAX_ITEMS {
+        return Err(ApiError::invalid_code(
+            format!(
+                "'{at}' has {} items; at most {MAX_ITEMS} are accepted in one request.",
+                items.len()
+            ),
+            Some(at),
+            "too_many_items",
+        ));
+    }
     items
         .iter()
         .enumerate()

@@ -110,30 +110,44 @@ impl Inner {
     }
 
     /// Fail every response whose lease expired; returns how many were failed.
-    /// A lease counts as expired two heartbeats after its deadline, so a
-    /// live replica that could not renew during a Redis outage renews it
-    /// first when Redis is back.
+    /// An expired lease is reaped only after this reaper has seen it expired
+    /// for two heartbeats (see `Local::suspects`): a live replica that could
+    /// not renew during a Redis outage renews first when Redis is back.
     pub(super) async fn reap(&self) -> StoreResult<usize> {
-        let grace = 2 * self.opts.heartbeat.as_millis() as u64;
         let mut c = self.conn();
         let expired: Vec<String> = self
             .run(
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(self.leases_key())
                     .arg("-inf")
-                    .arg(now_ms().saturating_sub(grace))
+                    .arg(now_ms())
                     .arg("LIMIT")
                     .arg(0)
                     .arg(100)
                     .query_async(&mut c),
             )
             .await?;
-        let mut failed = 0;
-        for id in expired {
-            let mine = sync::lock(&self.local).active.contains(&id);
-            if mine {
-                continue;
+        let confirmed: Vec<String> = {
+            let mut l = sync::lock(&self.local);
+            let now = std::time::Instant::now();
+            let wait = 2 * self.opts.heartbeat;
+            // Forget what renewed or is gone; note what is newly expired.
+            l.suspects.retain(|id, _| expired.contains(id));
+            let mut confirmed = Vec::new();
+            for id in expired {
+                if l.active.contains(&id) {
+                    continue;
+                }
+                let seen = *l.suspects.entry(id.clone()).or_insert(now);
+                if now.duration_since(seen) >= wait {
+                    confirmed.push(id);
+                }
             }
+            confirmed
+        };
+        let mut failed = 0;
+        for id in confirmed {
+            sync::lock(&self.local).suspects.remove(&id);
             if let Some(rec) = Self::record(self.raw_rec(&id).await?)? {
                 if !rec.response.status.is_terminal() {
                     let logged = self.events_after(&id, None).await?.unwrap_or_default();

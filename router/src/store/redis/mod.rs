@@ -97,6 +97,11 @@ struct Local {
     finished: Vec<String>,
     /// Change notifiers of records someone on this replica waits on.
     watchers: HashMap<String, Arc<Notifiers>>,
+    /// Expired leases this reaper has seen, and when it first saw each: one
+    /// is reaped only once it stayed expired for two heartbeats of this
+    /// replica's own clock (so after a Redis outage, every live replica
+    /// renews before anyone reaps).
+    suspects: HashMap<String, std::time::Instant>,
 }
 
 /// The state shared by a [`RedisStore`]'s handles and background tasks.
