@@ -19,6 +19,7 @@ mod bench;
 mod bench;
 mod inprocess;
 mod listen;
+mod secrets;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -63,7 +64,8 @@ fn check(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => args.validate(),
         Command::Router(args) => args.validate(),
-        Command::Worker(_) | Command::Download(_) | Command::Bench(_) => Ok(()),
+        Command::Worker(args) => args.token.token().map(drop),
+        Command::Download(_) | Command::Bench(_) => Ok(()),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use crate::inprocess::InProcess;
 use crate::listen::Listen;
+use crate::secrets::{reload_keys_on_sighup, WorkerTokenArgs};
 use anyhow::Context;
 use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -53,6 +54,8 @@ pub struct RouterArgs {
     pub router: RouterConfig,
     #[command(flatten)]
     pub cluster: ClusterConfig,
+    #[command(flatten)]
+    pub token: WorkerTokenArgs,
     /// On SIGTERM, how long in-flight streams and background generations may
     /// run before the process exits (what is left is marked failed).
     #[arg(long, env = "SPINDLE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -65,6 +68,8 @@ pub struct WorkerArgs {
     pub listen: Listen,
     #[command(flatten)]
     pub worker: WorkerConfig,
+    #[command(flatten)]
+    pub token: WorkerTokenArgs,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +98,7 @@ impl RouterArgs {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.router.validate().map_err(anyhow::Error::msg)?;
+        self.token.token()?;
         self.cluster().validate().map_err(anyhow::Error::msg)
     }
 }
@@ -233,8 +239,18 @@ fn metrics_route(metrics: PrometheusHandle) -> axum::Router {
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let metrics = metrics_recorder()?;
+    let token = args.token.token()?;
+    if token.is_none() && !args.listen.is_loopback() {
+        tracing::warn!(
+            "no worker token: anyone who can reach {}:{} can generate on this worker; \
+             set --worker-token-file or SPINDLE_WORKER_TOKEN on workers and routers",
+            args.listen.host,
+            args.listen.port
+        );
+    }
+    let token = token.as_deref().map(spindle_proto::auth::SharedToken::new);
     let worker = Worker::start(&args.worker).await?;
-    let app = spindle_worker::api::router(worker.clone(), Some(metrics));
+    let app = spindle_worker::api::router(worker.clone(), Some(metrics), token);
     let listener = args.listen.bind().await?;
     let drain = Drain {
         timeout: args.worker.drain_timeout,
@@ -244,20 +260,27 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     run_until_signal(&args.listen, listener, app, drain).await
 }
 
-/// Without API keys a router answers anyone who reaches it: on loopback it
-/// checks `Host` (DNS rebinding), elsewhere it says loudly that it is open.
-fn guard_keyless(router: &mut RouterConfig, listen: &Listen) {
-    let keyless = router.api_keys.is_empty();
+/// Loads the API keys (a bad key file stops startup) and reloads them on
+/// SIGHUP. Without keys a router answers anyone who reaches it: on loopback
+/// it checks `Host` (DNS rebinding), elsewhere it says loudly that it is open.
+fn guard_keyless(router: &mut RouterConfig, listen: &Listen) -> anyhow::Result<()> {
+    let n = router.load_keys().map_err(anyhow::Error::msg)?;
+    if router.has_keys() {
+        tracing::info!(keys = n, file = ?router.api_keys_file, "API keys loaded");
+    }
+    reload_keys_on_sighup(router.keys.clone());
+    let keyless = !router.has_keys();
     router.host_check = keyless && listen.is_loopback();
     if keyless && !listen.is_loopback() {
         tracing::warn!(
             host = %listen.host,
             "NO API KEYS: anyone who can reach {}:{} can generate, read and delete every \
-             response; set SPINDLE_API_KEYS or bind to 127.0.0.1",
+             response; set --api-keys-file (or SPINDLE_API_KEYS) or bind to 127.0.0.1",
             listen.host,
             listen.port
         );
     }
+    Ok(())
 }
 
 /// `stats` (activity counters) on `--metrics-port`, served there from now
@@ -280,7 +303,7 @@ async fn place_stats(
 
 pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
-    guard_keyless(&mut args.router, &args.listen);
+    guard_keyless(&mut args.router, &args.listen)?;
     let metrics = metrics_recorder()?;
     let worker = Worker::start(&args.worker).await?;
     let store = response_store(&args.router).await?;
@@ -307,9 +330,12 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
 
 pub async fn router(mut args: RouterArgs) -> anyhow::Result<()> {
     args.validate()?;
-    guard_keyless(&mut args.router, &args.listen);
+    guard_keyless(&mut args.router, &args.listen)?;
+    let mut cluster = args.cluster();
+    cluster.worker_token =
+        spindle_router::generator::WorkerToken(args.token.token()?.map(Arc::from));
     let metrics = metrics_recorder()?;
-    let generator = Arc::new(ClusterGenerator::start(args.cluster()).await?);
+    let generator = Arc::new(ClusterGenerator::start(cluster).await?);
     let store = response_store(&args.router).await?;
     let lifecycle = Arc::new(Lifecycle::default());
     let stats = place_stats(metrics_route(metrics), &args.stats, &args.listen).await?;

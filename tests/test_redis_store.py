@@ -26,8 +26,12 @@ def stories_worker(spindle) -> str:
 def replicas(spindle, stories_worker, redis_server):
     _, port = redis_server
     url = f"redis://127.0.0.1:{port}"
+    # Keys never go in argv: a key file, one tenant per key.
+    keys = tempfile.NamedTemporaryFile("w", suffix=".keys", delete=False)
+    keys.write("tenant-a:key-a\ntenant-b:key-b\n")
+    keys.close()
     common = ["router", "--port", "0", "--worker-url", stories_worker, "--store", "redis",
-              "--redis-url", url, "--api-keys", "key-a,key-b"]
+              "--redis-url", url, "--api-keys-file", keys.name]
     return spindle(common).url, spindle(common).url
 
 

@@ -70,9 +70,11 @@ def test_one_router_two_pools(spindle):
     assert "SmolLM2-135M-Instruct.Q4_1" in str(e.value) and "tiny" in str(e.value)
 
 
-def test_probes_need_no_key_and_ready_tracks_workers(spindle):
+def test_probes_need_no_key_and_ready_tracks_workers(spindle, tmp_path):
     worker = spindle(["worker", "--port", "0", "--model", str(STORIES), "--threads", "1"])
-    router = spindle(["router", "--port", "0", "--workers", worker.url, "--api-keys", "k1",
+    (tmp_path / "keys").write_text("ops:k1\n")
+    router = spindle(["router", "--port", "0", "--workers", worker.url,
+                      "--api-keys-file", str(tmp_path / "keys"),
                       "--health-interval", "200ms", "--eject-after", "1"])
     wait_ready(router.url)
     assert get(f"{router.url}/health") == (200, {"status": "ok"})

@@ -5,6 +5,7 @@
 //! lines while tokens flow, then exactly one `done` or `error` line. Keeping
 //! these types in their own crate lets the router build without llama.cpp.
 
+pub mod auth;
 pub mod openai;
 
 use serde::{Deserialize, Serialize};

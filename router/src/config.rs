@@ -1,4 +1,11 @@
 //! Router configuration: command-line flags with `SPINDLE_*` environment fallbacks.
+//! Secrets (API keys) come from the environment or a file, never from argv.
+
+use std::path::PathBuf;
+
+use spindle_proto::auth::Secrets;
+
+use crate::api::keys::ApiKeys;
 
 /// Settings of the public API layer. The binary owns host and port.
 #[derive(clap::Args, Clone, Debug)]
@@ -49,15 +56,21 @@ pub struct RouterConfig {
     /// Most bytes those final states may hold in memory.
     #[arg(long, env = "SPINDLE_STORE_BACKLOG_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub store_backlog_bytes: usize,
-    /// API keys (comma-separated). When set, every request needs
-    /// `Authorization: Bearer <key>` and sees only its own tenant's objects.
-    #[arg(
-        long,
-        env = "SPINDLE_API_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub api_keys: Vec<String>,
+    /// API keys from the environment only (`SPINDLE_API_KEYS`, comma-separated;
+    /// never a flag: argv is visible to every local user). Each key is its own
+    /// tenant (a hash of the key).
+    #[arg(skip = Secrets::from_env("SPINDLE_API_KEYS"))]
+    pub api_keys: Secrets,
+    /// File of API keys, one `tenant:key` or `tenant:sha256:HEX` per line
+    /// (`#` comments); re-read on SIGHUP. With it or `SPINDLE_API_KEYS` set,
+    /// every request needs `Authorization: Bearer <key>` and sees only its
+    /// tenant's objects.
+    #[arg(long, env = "SPINDLE_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// The keys in force, loaded from the two sources above (see
+    /// [`RouterConfig::load_keys`]); shared with the SIGHUP handler.
+    #[arg(skip)]
+    pub keys: ApiKeys,
     /// With API keys, whether tenants share the workers' prefix cache:
     /// `tenant` (default) salts each tenant's cache and routing keys, so one
     /// key cannot confirm guesses about another's prompts from
@@ -65,6 +78,8 @@ pub struct RouterConfig {
     /// different tenants reuse each other's cache.
     #[arg(long, env = "SPINDLE_CACHE_ISOLATION", value_enum, default_value_t = CacheIsolation::Tenant)]
     pub cache_isolation: CacheIsolation,
+    #[command(flatten)]
+    pub limits: crate::api::limits::LimitsConfig,
     /// Answer only requests whose `Host` is loopback: set by the binary when
     /// it listens on loopback without API keys (DNS-rebinding defence).
     #[arg(skip)]
@@ -104,8 +119,11 @@ impl Default for RouterConfig {
             request_timeout: std::time::Duration::from_secs(600),
             store_backlog_max: 10_000,
             store_backlog_bytes: 64 * 1024 * 1024,
-            api_keys: Vec::new(),
+            api_keys: Secrets::default(),
+            api_keys_file: None,
+            keys: ApiKeys::default(),
             cache_isolation: CacheIsolation::Tenant,
+            limits: crate::api::limits::LimitsConfig::default(),
             host_check: false,
         }
     }
@@ -129,9 +147,19 @@ impl RouterConfig {
                 }
             }
         }
-        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
-            return Err("--api-keys: empty key (check SPINDLE_API_KEYS for stray commas)".into());
-        }
-        Ok(())
+        crate::api::keys::KeySet::read(&self.api_keys, self.api_keys_file.as_deref())?;
+        self.limits.validate()
+    }
+
+    /// Loads the API keys into [`RouterConfig::keys`] (once; later calls keep
+    /// what is loaded). Returns how many keys are in force.
+    pub fn load_keys(&self) -> Result<usize, String> {
+        self.keys
+            .load(&self.api_keys, self.api_keys_file.as_deref())
+    }
+
+    /// Whether API keys are configured (env or file).
+    pub fn has_keys(&self) -> bool {
+        !self.api_keys.is_empty() || self.api_keys_file.is_some()
     }
 }

@@ -37,6 +37,11 @@ pub enum ApiError {
     /// headers too large (431).
     #[error("{message}")]
     Http { status: StatusCode, message: String },
+    /// The tenant is over its concurrency or rate limit (429, with
+    /// Retry-After; `type` "requests" and code `rate_limit_exceeded`, as
+    /// OpenAI answers).
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     /// No worker can take the request now (503, with Retry-After).
     #[error("{message}")]
     Unavailable { message: String, retry_after: u64 },
@@ -87,6 +92,7 @@ impl ApiError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } | Self::UnknownModel(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Http { status, .. } => *status,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,6 +110,7 @@ impl ApiError {
             | Self::Unauthorized(_)
             | Self::Http { .. } => "invalid_request_error",
             Self::NotFound { .. } => "not_found_error",
+            Self::RateLimited { .. } => "requests",
             Self::Unavailable { .. } | Self::BadGateway(_) | Self::Internal(_) => "server_error",
         }
     }
@@ -124,6 +131,7 @@ impl ApiError {
             Self::UnknownModel(_) => Some("model_not_found"),
             Self::PayloadTooLarge => Some("request_too_large"),
             Self::Unauthorized(_) => Some("invalid_api_key"),
+            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::Http { status, .. } => match *status {
                 StatusCode::NOT_FOUND => Some("unknown_url"),
                 StatusCode::METHOD_NOT_ALLOWED => Some("method_not_allowed"),
@@ -163,7 +171,8 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
-        if let Self::Unavailable { retry_after, .. } = &self {
+        if let Self::Unavailable { retry_after, .. } | Self::RateLimited { retry_after, .. } = &self
+        {
             if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }

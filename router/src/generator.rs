@@ -141,12 +141,39 @@ impl Default for Deadlines {
     }
 }
 
+/// The secret routers send to workers (`--worker-token-file` /
+/// `SPINDLE_WORKER_TOKEN`); never printed.
+#[derive(Clone, Default)]
+pub struct WorkerToken(pub Option<Arc<str>>);
+
+impl std::fmt::Debug for WorkerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(redacted)"
+        } else {
+            "None"
+        })
+    }
+}
+
 /// A [`Generator`] backed by one worker over HTTP.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpWorker {
     base_url: String,
     client: reqwest::Client,
     deadlines: Arc<Deadlines>,
+    /// Sent as `Authorization: Bearer` on generate and cancel.
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for HttpWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpWorker")
+            .field("base_url", &self.base_url)
+            .field("deadlines", &self.deadlines)
+            .field("token", &self.token.as_ref().map(|_| "redacted"))
+            .finish()
+    }
 }
 
 impl HttpWorker {
@@ -166,7 +193,14 @@ impl HttpWorker {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             client,
             deadlines: Arc::new(deadlines),
+            token: None,
         }
+    }
+
+    /// The same worker with its own token (`None`: send none).
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(Arc::from);
+        self
     }
 
     /// This worker's stream deadlines (the prober adapts them).
@@ -199,6 +233,7 @@ async fn body_prefix(mut resp: reqwest::Response, cap: usize) -> String {
 struct CancelOnDrop {
     url: Option<String>,
     client: reqwest::Client,
+    token: Option<Arc<str>>,
 }
 
 impl CancelOnDrop {
@@ -211,12 +246,13 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let (Some(url), Ok(rt)) = (self.url.take(), tokio::runtime::Handle::try_current()) {
             let client = self.client.clone();
+            let token = self.token.take();
             rt.spawn(async move {
-                let _ = client
-                    .post(url)
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
+                let mut cancel = client.post(url).timeout(Duration::from_secs(5));
+                if let Some(t) = token {
+                    cancel = cancel.bearer_auth(t);
+                }
+                let _ = cancel.send().await;
             });
         }
     }
@@ -334,9 +370,14 @@ impl Generator for HttpWorker {
         let cancel_url = format!("{}/v1/generate/{}/cancel", self.base_url, request_id);
         let client = self.client.clone();
         let deadlines = self.deadlines.clone();
+        let token = self.token.clone();
         Box::pin(async move {
             let first_byte = deadlines.first_byte();
-            let resp = tokio::time::timeout(first_byte, client.post(&url).json(&req).send())
+            let mut post = client.post(&url).json(&req);
+            if let Some(t) = &token {
+                post = post.bearer_auth(t);
+            }
+            let resp = tokio::time::timeout(first_byte, post.send())
                 .await
                 .map_err(|_| {
                     GenerateError::Connect(format!(
@@ -370,6 +411,7 @@ impl Generator for HttpWorker {
             let guard = CancelOnDrop {
                 url: Some(cancel_url),
                 client,
+                token,
             };
             let reader = LineReader {
                 bytes: resp.bytes_stream().boxed(),
@@ -426,6 +468,7 @@ mod tests {
                 guard: CancelOnDrop {
                     url: None,
                     client: reqwest::Client::new(),
+                    token: None,
                 },
                 deadlines: Arc::new(Deadlines::default()),
                 finished: false,

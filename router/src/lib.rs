@@ -89,7 +89,14 @@ pub fn app_with_ops(
         config.store_backlog_max,
         config.store_backlog_bytes,
     );
+    // The binary loads the keys first (and fails on a bad file); here a load
+    // error can only be a test's, and it fails closed.
+    if let Err(e) = config.load_keys() {
+        tracing::error!("API keys not loaded, refusing every request: {e}");
+    }
     let state = Arc::new(api::AppState {
+        keys: config.keys.clone(),
+        limits: api::limits::TenantLimits::new(&config.limits),
         generator: Arc::new(telemetry::MeteredGenerator::new(Arc::new(
             deadline::Deadline::new(generator, config.request_timeout),
         ))),
@@ -130,6 +137,10 @@ pub fn app_with_ops(
         .route("/v1/models/{id}", get(models::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::limits::admit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::authenticate,

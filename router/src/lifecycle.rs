@@ -40,6 +40,9 @@ pub struct ActiveGuard {
     lifecycle: Arc<Lifecycle>,
     id: String,
     background_model: Option<String>,
+    /// The request's tenant-limit permit: the generation holds it until it
+    /// ends, also after a background response's request was answered.
+    _permit: Option<crate::api::limits::Permit>,
 }
 
 impl Drop for ActiveGuard {
@@ -81,6 +84,7 @@ impl Lifecycle {
             lifecycle: self.clone(),
             id: response.id.clone(),
             background_model,
+            _permit: crate::api::limits::take_permit(),
         }
     }
 
@@ -145,7 +149,8 @@ impl Lifecycle {
 }
 
 /// Endpoints that start generations.
-const GENERATING: [&str; 3] = ["/v1/responses", "/v1/chat/completions", "/v1/completions"];
+pub(crate) const GENERATING: [&str; 3] =
+    ["/v1/responses", "/v1/chat/completions", "/v1/completions"];
 
 /// Middleware: while draining, requests that would start a generation get
 /// 503 so clients retry on another replica; reads and cancels still work.

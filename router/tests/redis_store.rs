@@ -463,7 +463,7 @@ async fn many_concurrent_chains_cluster() {
 /// Tenants (API keys) never see each other's objects; no key → 401.
 async fn tenants(store: Arc<dyn ResponseStore>) {
     let config = RouterConfig {
-        api_keys: vec!["key-one".into(), "key-two".into()],
+        api_keys: spindle_proto::auth::Secrets(vec!["key-one".into(), "key-two".into()]),
         ..RouterConfig::default()
     };
     let (base, _) = serve(store, config).await;

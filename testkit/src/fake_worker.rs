@@ -51,6 +51,11 @@ pub struct FakeControl {
     pub cancels: AtomicU64,
     /// The model `/v1/models` lists (`fake` when unset).
     pub model: std::sync::OnceLock<String>,
+    /// When set, generate, cancel and chat need `Authorization: Bearer
+    /// <token>` (401 otherwise), like a worker with a worker token.
+    pub token: std::sync::OnceLock<String>,
+    /// Requests refused for a missing or wrong token.
+    pub unauthorized: AtomicU64,
 }
 
 /// A fake worker serving on a random local port until killed or dropped.
@@ -127,11 +132,36 @@ pub fn router(ctl: Arc<FakeControl>) -> axum::Router {
         .route("/v1/generate", post(generate))
         .route("/v1/generate/{id}/cancel", post(cancel))
         .route("/v1/chat/completions", post(chat))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctl.clone(),
+            require_token,
+        ))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/load", get(load))
         .with_state(ctl)
+}
+
+/// The worker-token check, when [`FakeControl::token`] is set.
+async fn require_token(
+    State(ctl): State<Arc<FakeControl>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = ctl.token.get() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(spindle_proto::auth::bearer);
+        if given != Some(token.as_str()) {
+            ctl.unauthorized.fetch_add(1, Ordering::Relaxed);
+            let body = json!({"error": {"message": "bad worker token", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn ready(State(ctl): State<Arc<FakeControl>>) -> Response {

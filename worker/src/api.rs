@@ -7,6 +7,11 @@
 //! - `GET /health` (alive), `GET /ready` (loaded, not draining), `GET /load`,
 //!   `GET /metrics` (Prometheus).
 //!
+//! With a worker token (`--worker-token-file` / `SPINDLE_WORKER_TOKEN`) the
+//! generating routes and cancel need `Authorization: Bearer <token>` (401
+//! otherwise); `/v1/models` and the operational routes stay open, so the
+//! router's probes and Prometheus need no secret.
+//!
 //! A client that goes away drops the response body, which drops the event
 //! receiver, which the engine notices at its next step and cancels.
 
@@ -16,6 +21,7 @@ use crate::Worker;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +30,7 @@ use futures::{Stream, StreamExt};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use spindle_proto::auth::SharedToken;
 use spindle_proto::openai::{
     parse_body, ChatCompletionRequest, Completer, CompletionRequest, Endpoint, ModelCard, ModelList,
 };
@@ -58,19 +65,44 @@ struct AppState {
     metrics: Option<PrometheusHandle>,
 }
 
-/// All worker routes. `metrics` renders `/metrics` when given.
-pub fn router(worker: Worker, metrics: Option<PrometheusHandle>) -> Router {
-    Router::new()
+/// All worker routes. `metrics` renders `/metrics` when given; with
+/// `token`, the generating routes and cancel require it.
+pub fn router(
+    worker: Worker,
+    metrics: Option<PrometheusHandle>,
+    token: Option<SharedToken>,
+) -> Router {
+    let state = AppState {
+        worker: worker.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut generating = Router::new()
         .route("/v1/generate", post(generate))
         .route("/v1/generate/{id}/cancel", post(cancel))
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/completions", post(completions))
+        .route("/v1/completions", post(completions));
+    if let Some(token) = token {
+        generating =
+            generating.route_layer(axum::middleware::from_fn_with_state(token, require_token));
+    }
+    generating
         .route("/v1/models", get(models))
-        .with_state(AppState {
-            worker: worker.clone(),
-            metrics: metrics.clone(),
-        })
+        .with_state(state)
         .merge(ops_router(worker, metrics))
+}
+
+/// Middleware: the request must carry the worker token (compared as
+/// digests, in constant time).
+async fn require_token(State(token): State<SharedToken>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if token.admits(given) {
+        next.run(req).await
+    } else {
+        WorkerError::Unauthorized.into_response()
+    }
 }
 
 /// The operational routes (`/health`, `/ready`, `/load`, `/metrics`).

@@ -26,6 +26,9 @@ pub enum WorkerError {
     Engine(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The worker token is set and the request did not carry it.
+    #[error("Missing or incorrect worker token (Authorization: Bearer <token>).")]
+    Unauthorized,
 }
 
 impl WorkerError {
@@ -88,6 +91,12 @@ impl WorkerError {
                 "invalid_request_error",
                 None,
                 Some("payload_too_large"),
+            ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
             ),
             Self::Engine(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -3,6 +3,8 @@
 pub mod chat;
 pub mod conversations;
 pub mod guard;
+pub mod keys;
+pub mod limits;
 pub mod models;
 pub mod ops;
 pub mod request_id;
@@ -28,6 +30,10 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Final states waiting for the store to come back.
     pub backlog: Arc<crate::responses::Backlog>,
+    /// The API keys in force (reloaded on SIGHUP).
+    pub keys: keys::ApiKeys,
+    /// Per-tenant concurrency and rate.
+    pub limits: Arc<limits::TenantLimits>,
 }
 
 /// Shared state handle.
@@ -99,29 +105,21 @@ fn served_list(names: &[String]) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant(pub String);
 
-/// The tenant id of an API key: `t_` + the first 20 hex digits of its SHA-1
-/// (stable across replicas and restarts; the key itself is never stored).
-pub fn tenant_of_key(key: &str) -> String {
-    let hex = sha1_smol::Sha1::from(key.as_bytes()).digest().to_string();
-    format!("t_{}", &hex[..20])
-}
+pub use keys::tenant_of_key;
 
-/// Middleware: with `--api-keys`, require `Authorization: Bearer <key>`
-/// (401 otherwise); put the request's [`Tenant`] into its extensions.
+/// Middleware: with API keys configured, require `Authorization: Bearer
+/// <key>` (scheme in any case; 401 otherwise); put the request's [`Tenant`]
+/// into its extensions. Keys configured but not loaded refuse everyone.
 pub async fn authenticate(State(st): State<SharedState>, mut req: Request, next: Next) -> Response {
-    let tenant = if st.config.api_keys.is_empty() {
+    let tenant = if !(st.config.has_keys() || st.keys.enabled()) {
         ANONYMOUS_TENANT.to_owned()
     } else {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        match given {
+            .and_then(spindle_proto::auth::bearer);
+        match given.map(|k| st.keys.tenant(k)) {
             None => {
                 return ApiError::Unauthorized(
                     "You didn't provide an API key. Provide it in the Authorization header \
@@ -130,10 +128,8 @@ pub async fn authenticate(State(st): State<SharedState>, mut req: Request, next:
                 )
                 .into_response()
             }
-            Some(k) if st.config.api_keys.iter().any(|a| !a.is_empty() && a == k) => {
-                tenant_of_key(k)
-            }
-            Some(_) => {
+            Some(Some(tenant)) => tenant,
+            Some(None) => {
                 return ApiError::Unauthorized("Incorrect API key provided.".into()).into_response()
             }
         }

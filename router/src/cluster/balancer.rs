@@ -116,7 +116,7 @@ impl ClusterGenerator {
             .filter(|w| !w.trim().is_empty())
             .map(|w| normalize_url(w))
             .filter(|u| seen.insert(u.clone()))
-            .map(|u| Member::new(u, None, config.deadlines()))
+            .map(|u| Member::new(u, None, config.deadlines(), &config.worker_token))
             .collect();
         let inner = Arc::new(Inner {
             view: RwLock::new(Arc::new(View {

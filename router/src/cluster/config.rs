@@ -104,6 +104,9 @@ pub struct ClusterConfig {
     /// that is longer.
     #[arg(long, env = "SPINDLE_TOKEN_GAP_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub token_gap_timeout: Duration,
+    /// Sent to every worker (set by the binary from its secrets, never argv).
+    #[arg(skip)]
+    pub worker_token: crate::generator::WorkerToken,
 }
 
 impl Default for ClusterConfig {
@@ -122,6 +125,7 @@ impl Default for ClusterConfig {
             max_migrations: 1,
             first_byte_timeout: Duration::from_secs(10),
             token_gap_timeout: Duration::from_secs(5),
+            worker_token: crate::generator::WorkerToken::default(),
         }
     }
 }

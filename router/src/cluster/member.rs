@@ -10,7 +10,7 @@ use spindle_proto::LoadReport;
 
 use tokio::sync::watch;
 
-use crate::generator::{Deadlines, HttpWorker};
+use crate::generator::{Deadlines, HttpWorker, WorkerToken};
 use crate::sync;
 
 /// Circuit-breaker state.
@@ -69,7 +69,12 @@ pub struct MemberStatus {
 }
 
 impl Member {
-    pub(crate) fn new(url: String, source: Option<String>, deadlines: Deadlines) -> Arc<Self> {
+    pub(crate) fn new(
+        url: String,
+        source: Option<String>,
+        deadlines: Deadlines,
+        token: &WorkerToken,
+    ) -> Arc<Self> {
         let label = url
             .split_once("://")
             .map_or(url.as_str(), |(_, rest)| rest)
@@ -77,7 +82,7 @@ impl Member {
         // The series exists from the start: "no ejections", not "no data".
         metrics::counter!("spindle_router_ejections_total", "worker" => label.clone()).increment(0);
         Arc::new(Self {
-            http: HttpWorker::with_deadlines(url.clone(), deadlines),
+            http: HttpWorker::with_deadlines(url.clone(), deadlines).with_token(token.0.as_deref()),
             url,
             label,
             source,

@@ -75,6 +75,7 @@ pub(crate) async fn resolve(inner: &Arc<Inner>) {
                         url.clone(),
                         Some(name.clone()),
                         inner.cfg.deadlines(),
+                        &inner.cfg.worker_token,
                     ));
                 }
             }

@@ -124,3 +124,46 @@ async fn http_worker_bounds_lines_and_error_bodies() {
         other => panic!("{:?}", other.err()),
     }
 }
+
+/// With a worker token, `HttpWorker` sends it on generate and on cancel; a
+/// worker that requires one refuses a request without it.
+#[tokio::test]
+async fn http_worker_sends_the_worker_token() {
+    use spindle_router::HttpWorker;
+    use spindle_testkit::FakeWorker;
+    use std::sync::atomic::Ordering;
+    let fake = FakeWorker::spawn(50, Duration::from_millis(20))
+        .await
+        .unwrap();
+    fake.ctl.token.set("w-secret".into()).unwrap();
+    match HttpWorker::new(fake.url.clone())
+        .with_token(None)
+        .generate(gen_req())
+        .await
+    {
+        Err(GenerateError::Upstream(m)) => assert!(m.contains("401"), "{m}"),
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(fake.ctl.unauthorized.load(Ordering::Relaxed), 1);
+    let worker = HttpWorker::new(fake.url.clone()).with_token(Some("w-secret"));
+    let events: Vec<_> = worker
+        .generate(serde_json::from_value(json!({"messages": [{"role": "user", "content": "hi"}], "sampling": {"max_tokens": 3}})).unwrap())
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        matches!(events.last(), Some(GenerateEvent::Done { .. })),
+        "{events:?}"
+    );
+    // Dropped mid-stream: the cancel call carries the token too.
+    let mut stream = worker.generate(gen_req()).await.unwrap();
+    assert!(stream.next().await.is_some());
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fake.ctl.cancels.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no cancel arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.ctl.unauthorized.load(Ordering::Relaxed), 1);
+}

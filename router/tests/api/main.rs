@@ -3,6 +3,7 @@
 //! Every response object and stream event is also parsed with the strict
 //! `async-openai` types and validated against the Open Responses schema.
 
+mod auth;
 mod chat;
 mod conversations;
 mod errors;
