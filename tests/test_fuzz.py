@@ -9,8 +9,9 @@ cheap) gets requests that schemathesis generates from the reference schema
   Where the schema makes `model` a free string it is set to the served
   model (otherwise nearly every case would be a 404 model_not_found), a
   valid `max_output_tokens` is pinned to the schema's minimum (16) so each
-  generation is fast, and `stream` is forced off (SSE is not one JSON body;
-  streaming is covered by test_responses.py). `background: true` is kept. A
+  generation is fast, and `stream` is forced off (SSE is not one JSON body);
+  test_fuzz_create_stream sends the same bodies with `stream: true` and
+  checks the event stream instead. `background: true` is kept. A
   `previous_response_id` is sometimes swapped for an id the run created, so
   chains are fuzzed too, not only unknown ids.
 - The operations Spindle serves on a response that the reference schema
@@ -36,7 +37,7 @@ schema's response schema (schemathesis's response_schema_conformance and
 content_type_conformance checks), and the server still answers /health at
 the end. Bounded: a fixed number of examples per operation and mode and a
 per-request deadline, derandomized so CI sees the same cases each run
-(SPINDLE_FUZZ_EXAMPLES / SPINDLE_FUZZ_SEED explore more locally).
+(SPINDLE_FUZZ_EXAMPLES=N / SPINDLE_FUZZ_RANDOM=1 explore more locally).
 
 Below the fuzzer, each bug it found is a plain regression test with its
 minimal request.
@@ -59,12 +60,12 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from conftest import STORIES
-from router_support import SCHEMA_PATH, Http, assert_error_body, validate_response
+from router_support import SCHEMA_PATH, Http, assert_error_body, parse_sse, validate, validate_event
 
 # Examples per operation (schemathesis mixes positive and negative cases in them).
-CREATE_EXAMPLES = int(os.environ.get("SPINDLE_FUZZ_EXAMPLES", "300"))
+CREATE_EXAMPLES = int(os.environ.get("SPINDLE_FUZZ_EXAMPLES", "600"))
 STORED_EXAMPLES = max(1, CREATE_EXAMPLES // 3)
-SEED = os.environ.get("SPINDLE_FUZZ_SEED")
+RANDOM = bool(os.environ.get("SPINDLE_FUZZ_RANDOM"))  # new cases each run instead of the fixed ones
 REQUEST_TIMEOUT = 30  # seconds for one request (a 16-token generation takes milliseconds)
 
 
@@ -175,7 +176,8 @@ def _map_discriminators(doc: dict) -> None:
 schema = schemathesis.openapi.from_dict(
     _schema_doc(),
     # Show requests as sent: the default hides any field named like a secret ("max_output_tokens").
-    config=SchemathesisConfig.from_dict({"output": {"sanitization": {"enabled": False}}}),
+    # Read whole SSE streams: schemathesis stops reading one after 20 events by default.
+    config=SchemathesisConfig.from_dict({"output": {"sanitization": {"enabled": False}}, "max-stream-events": 100_000}),
 )
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -183,7 +185,8 @@ CHECKS = [not_a_server_error, response_schema_conformance, content_type_conforma
 # Ids of responses this run created: fuzzed ids are swapped for one of these
 # now and then, so the operations on real records get exercised.
 CREATED: list[str] = []
-STATS: dict[str, int] = {}  # "METHOD path status [code]" -> count, printed at the end (-s)
+ITEM_IDS: list[str] = []  # input item ids seen, for input_items' `after`
+STATS: dict[str, int] = {}  # "METHOD path status [code param]" -> count
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +201,7 @@ def served(spindle):
 RANGES = [("temperature", 0, 2), ("top_p", 0, 1), ("presence_penalty", -2, 2), ("frequency_penalty", -2, 2)]
 
 
-def _shape(case, model: str, data) -> None:
+def _shape(case, model: str, data, stream: bool = False) -> None:
     """Make a generated create body useful and cheap (see the docstring)."""
     body = case.body
     if not isinstance(body, dict):
@@ -217,21 +220,36 @@ def _shape(case, model: str, data) -> None:
     mot = body.get("max_output_tokens", None)
     if mot is None or (isinstance(mot, int) and not isinstance(mot, bool) and mot >= 16):
         body["max_output_tokens"] = 16
-    if body.get("stream") is True:
+    if stream and ("stream" not in body or isinstance(body["stream"], bool)):
+        body["stream"] = True
+    elif not stream and body.get("stream") is True:
         body["stream"] = False
     if isinstance(body.get("previous_response_id"), str) and CREATED and data.draw(st.booleans(), label="real prev"):
         body["previous_response_id"] = data.draw(st.sampled_from(CREATED), label="prev id")
 
 
-def _check(case, resp: requests.Response) -> None:
+def _check(case, resp, checks=None) -> None:
+    _count(case, resp)
+    case.validate_response(resp, checks=checks or CHECKS)
+    _error_shape(case, resp)
+
+
+def _count(case, resp) -> None:
+    """Tally outcomes for the summary test_server_survived prints (`-s`);
+    SPINDLE_FUZZ_VERBOSE=1 adds each error's message."""
     key = f"{case.method} {case.path} {resp.status_code}"
     if resp.status_code >= 400:
         try:
-            key += " " + str(resp.json()["error"].get("code")) + " " + str(resp.json()["error"].get("param")) + (" " + resp.json()["error"]["message"][:90] if os.environ.get("FUZZ_VERBOSE") else "")
+            err = resp.json()["error"]
+            key += f" code={err.get('code')} param={err.get('param')}"
+            if os.environ.get("SPINDLE_FUZZ_VERBOSE"):
+                key += f" {str(err.get('message'))[:90]}"
         except Exception:
             pass
     STATS[key] = STATS.get(key, 0) + 1
-    case.validate_response(resp, checks=CHECKS)
+
+
+def _error_shape(case, resp) -> None:
     status = resp.status_code
     assert status < 500, f"{status} {resp.text[:500]}\n{case.as_curl_command()}"
     if 400 <= status < 500:
@@ -250,9 +268,9 @@ def _check(case, resp: requests.Response) -> None:
 
 _COMMON = dict(
     deadline=timedelta(seconds=REQUEST_TIMEOUT),
-    derandomize=SEED is None,
+    derandomize=not RANDOM,
     database=None,
-    phases=[Phase.generate, Phase.shrink],  # explicit (schema examples) cannot mix with given(),
+    phases=[Phase.generate, Phase.shrink],  # not explicit: schema examples cannot mix with given()
     suppress_health_check=list(HealthCheck),
     print_blob=True,
 )
@@ -272,12 +290,53 @@ def test_fuzz_create(case, data, served):
         CREATED.append(resp.json()["id"])
 
 
+STREAM_SETTINGS = settings(max_examples=max(1, CREATE_EXAMPLES // 4), **_COMMON)
+TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
+
+
+@schema.include(method="POST", path_regex=r"^/responses$").parametrize()
+@schema.given(data=st.data())
+@STREAM_SETTINGS
+def test_fuzz_create_stream(case, data, served):
+    """The same bodies with `stream: true`: a 4xx is one OpenAI error body; a
+    200 is an SSE stream whose every event validates against its schema, with
+    sequence numbers 0, 1, 2, ..., `response.created` first and exactly one
+    terminal event, as the last event before an optional `[DONE]`."""
+    proc, model, session = served
+    _shape(case, model, data, stream=True)
+    resp = case.call(base_url=f"{proc.url}/v1", session=session, timeout=REQUEST_TIMEOUT)
+    if resp.status_code != 200 or not isinstance(case.body, dict) or case.body.get("stream") is not True:
+        _check(case, resp, checks=[not_a_server_error])
+        return
+    _count(case, resp)
+    curl = case.as_curl_command()
+    ctype = (resp.headers.get("content-type") or [""])[0]  # schemathesis's Response: header -> list of values
+    assert ctype.startswith("text/event-stream"), f"{resp.headers}\n{curl}"
+    frames = parse_sse(resp.text)
+    if frames and frames[-1][1] is None:
+        frames.pop()  # [DONE]
+    assert frames, f"empty stream\n{curl}"
+    for i, (name, event) in enumerate(frames):
+        assert event is not None, f"[DONE] before the end: {resp.text[-2000:]}\n{curl}"
+        assert name == event.get("type"), f"event name {name!r} != type in {event}\n{curl}"
+        assert event.get("sequence_number") == i, f"event {i}: {event}\n{curl}"
+        validate_event(event)
+    assert frames[0][0] == "response.created", f"{frames[0]}\n{curl}"
+    assert frames[-1][0] in TERMINAL, (
+        f"last event {frames[-1][0]}: ...{resp.text[-600:]!r}\n{curl}\nserver log: {''.join(proc.log[-10:])}")
+    assert sum(name in TERMINAL for name, _ in frames) == 1, f"{[n for n, _ in frames]}\n{curl}"
+
+
 def _stored(case, data, served) -> None:
     proc, _, session = served
     if CREATED and data.draw(st.integers(0, 3), label="real id") > 0:
         case.path_parameters["response_id"] = data.draw(st.sampled_from(CREATED), label="id")
+    if isinstance(case.query, dict) and "after" in case.query and ITEM_IDS and data.draw(st.booleans(), label="real after"):
+        case.query["after"] = data.draw(st.sampled_from(ITEM_IDS), label="after")
     resp = case.call(base_url=f"{proc.url}/v1", session=session, timeout=REQUEST_TIMEOUT)
     _check(case, resp)
+    if resp.status_code == 200 and case.path.endswith("/input_items") and len(ITEM_IDS) < 64:
+        ITEM_IDS.extend(i["id"] for i in resp.json()["data"][:2] if isinstance(i.get("id"), str))
 
 
 # One test per operation, in this order, so DELETE comes last and the others
@@ -308,6 +367,53 @@ def test_fuzz_cancel(case, data, served):
 @STORED_SETTINGS
 def test_fuzz_delete(case, data, served):
     _stored(case, data, served)
+
+
+# ------------------------------------------------- regressions the fuzzer found
+#
+# Each is the minimal request reduced from a fuzz failure.
+
+
+def _input_items_valid(http: Http, rid: str) -> None:
+    r = http.get(f"/v1/responses/{rid}/input_items")
+    assert r.status_code == 200, r.text
+    for item in r.json()["data"]:
+        validate("ItemField", item)
+
+
+def test_function_call_output_untyped_part_is_rejected(served):
+    """A `function_call_output` whose `output` list holds a part without a
+    `type` (`{}`, or not even an object: `1`) breaks CreateResponseBody
+    (FunctionCallOutputItemParam: each part is input_text / input_image /
+    input_file / input_video, discriminated by `type`). Spindle answers 200,
+    stores the part verbatim and echoes it from input_items, where it breaks
+    ItemField. A message's content parts get the 400 this should be."""
+    proc, model, _ = served
+    http = Http(proc.url)
+    for part in ({}, 1):
+        body = {"model": model, "max_output_tokens": 16,
+                "input": [{"type": "function_call_output", "call_id": "c", "output": [part]}]}
+        err = assert_error_body(http.post("/v1/responses", json=body), 400)
+        assert (err["param"] or "").startswith("input[0].output"), err
+
+
+def test_function_call_output_part_round_trips_in_schema(served):
+    """A valid `function_call_output` part with a null optional field
+    (InputFileContentParam allows `"filename": null`) is accepted and echoed
+    back verbatim by input_items, where InputFileContent's `filename` must
+    be a string: the listed item breaks ItemField. Either refuse the part
+    like a message's input_file part on this text-only model (400), or list
+    it without the nulls."""
+    proc, model, _ = served
+    http = Http(proc.url)
+    body = {"model": model, "max_output_tokens": 16,
+            "input": [{"type": "function_call_output", "call_id": "c",
+                       "output": [{"type": "input_file", "filename": None}]}]}
+    r = http.post("/v1/responses", json=body)
+    if r.status_code != 200:
+        assert_error_body(r, 400)
+        return
+    _input_items_valid(http, r.json()["id"])
 
 
 def test_server_survived(served):
