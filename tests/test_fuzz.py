@@ -416,6 +416,22 @@ def test_function_call_output_part_round_trips_in_schema(served):
     _input_items_valid(http, r.json()["id"])
 
 
+def test_stream_with_unicode_line_separators_parses(served):
+    """Found by the stream fuzzer, a test-side bug: instructions holding
+    U+2028 (or U+2029, U+0085) are echoed unescaped in `response.created`,
+    which is valid JSON and valid SSE (lines end only at CR/LF), and the
+    openai SDK reads it; parse_sse used str.splitlines(), which cut the data
+    line there. Pins the spec's line splitting in the helper."""
+    proc, model, _ = served
+    for sep in ("\u2028", "\u2029", "\x85"):
+        r = Http(proc.url).post("/v1/responses", json={"model": model, "input": "x", "max_output_tokens": 16,
+                                                        "stream": True, "instructions": f"a{sep}b"})
+        assert r.status_code == 200, r.text
+        events = [e for _, e in parse_sse(r.text) if e is not None]
+        assert events[0]["response"]["instructions"] == f"a{sep}b"
+        assert events[-1]["type"] in TERMINAL
+
+
 def test_server_survived(served):
     proc, _, _ = served
     for k in sorted(STATS):
