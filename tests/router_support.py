@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -72,7 +73,9 @@ def parse_sse(text: str) -> list[tuple[str | None, dict | None]]:
     out = []
     for frame in text.split("\n\n"):
         name, data = None, []
-        for line in frame.splitlines():
+        # SSE lines end only at \r\n, \r or \n; str.splitlines() would also cut
+        # at U+2028, U+2029 and U+0085, which JSON carries unescaped.
+        for line in re.split(r"\r\n|\r|\n", frame):
             if line.startswith("event: "):
                 name = line[len("event: "):]
             elif line.startswith("data: "):
