@@ -118,7 +118,12 @@ def test_one_tenants_flood_does_not_starve_another(procs, tmp_path):
     status, _, body = call(f"{server.url}/v1/chat/completions", long | {"stream": False, "max_tokens": 2},
                            key="key-flood")
     assert status == 200, body
-    metrics = urllib.request.urlopen(f"{server.url}/metrics", timeout=10).read().decode()
+    # With keys set, /metrics needs one too (or --metrics-port).
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{server.url}/metrics", timeout=10)
+    assert e.value.code == 401
+    scrape = urllib.request.Request(f"{server.url}/metrics", headers={"authorization": "Bearer key-quiet"})
+    metrics = urllib.request.urlopen(scrape, timeout=10).read().decode()
     line = next(l for l in metrics.splitlines()
                 if l.startswith('spindle_router_rate_limited_total{reason="concurrency"}'))
     assert float(line.split()[-1]) >= 1

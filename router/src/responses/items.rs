@@ -95,6 +95,28 @@ pub fn normalize_items(items: &[Value], at: &str) -> Result<Vec<Value>, ApiError
         .collect()
 }
 
+/// The parts of a `function_call_output`'s `output` list: text parts only
+/// (this is a text-only model), each normalized to `{type, text}`.
+fn output_parts(parts: &[Value], at: &str) -> Result<Vec<Value>, ApiError> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, part)| {
+            let pat = format!("{at}.output[{j}]");
+            let p = part.as_object().ok_or_else(|| {
+                ApiError::invalid(format!("'{pat}' must be an object"), Some(&pat))
+            })?;
+            match str_field(p, "type", &pat)? {
+                "input_text" => Ok(text_part("input_text", str_field(p, "text", &pat)?)),
+                other => Err(ApiError::invalid(
+                    format!("output part type '{other}' is not supported by this text-only model"),
+                    Some(&format!("{pat}.type")),
+                )),
+            }
+        })
+        .collect()
+}
+
 fn message_item(role: &str, content: Vec<Value>) -> Value {
     json!({"type": "message", "id": new_id("msg"), "status": "completed", "role": role, "content": content})
 }
@@ -189,7 +211,7 @@ fn normalize_item(item: &Value, at: &str) -> Result<Value, ApiError> {
             let call_id = str_field(obj, "call_id", at)?;
             let output = match obj.get("output") {
                 Some(Value::String(s)) => Value::String(s.clone()),
-                Some(Value::Array(a)) => Value::Array(a.clone()),
+                Some(Value::Array(parts)) => Value::Array(output_parts(parts, at)?),
                 _ => {
                     return Err(ApiError::invalid(
                         format!("'{at}.output' must be a string or a list of content parts"),
