@@ -338,7 +338,11 @@ def test_router_wiring():
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
     assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     svc = next(d for d in _by_kind(docs, "Service") if d["metadata"]["name"] == "spindle")
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        # /metrics off the API port (with API keys it would need one there).
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+    ]
     assert _by_kind(docs, "PodDisruptionBudget")
 
 

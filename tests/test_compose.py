@@ -81,7 +81,12 @@ def test_mounted_files_exist_and_are_the_ones_prometheus_and_grafana_expect():
             routed = [u.removeprefix("http://") for u in cmd[cmd.index("--workers") + 1].split(",")]
             assert sorted(routed) == sorted(jobs["spindle-worker"]), (routed, jobs["spindle-worker"])
     ports = {n: s["command"][s["command"].index("--port") + 1] for n, s in SPINDLE.items() if "--port" in s["command"]}
-    assert sorted(jobs["spindle-router"]) == sorted(f"{n}:{p}" for n, p in ports.items() if n.startswith("router"))
+    # Routers are scraped on their --metrics-port (with API keys, /metrics on
+    # the API port would need a key).
+    metrics_ports = {n: s["command"][s["command"].index("--metrics-port") + 1]
+                     for n, s in SPINDLE.items() if "--metrics-port" in s["command"]}
+    assert sorted(jobs["spindle-router"]) == sorted(f"{n}:{p}" for n, p in metrics_ports.items() if n.startswith("router"))
+    assert {n for n in SPINDLE if n.startswith("router")} <= set(metrics_ports)
     assert "redis-exporter:9121" in jobs["redis"]
 
     graf = dict((dst, src) for src, dst in mounts(SERVICES["grafana"]))
