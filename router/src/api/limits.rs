@@ -16,7 +16,9 @@
 //! another tenant's requests; what one tenant can occupy of the workers is
 //! its cap, the rest stays free for the others. (The workers' own queues are
 //! first come, first served; the caps keep any one tenant's share of them
-//! bounded.) Without API keys every client is the one `anonymous` tenant.
+//! bounded.) Without API keys there is one tenant, `anonymous`, and nothing
+//! to be fair between: it is not limited here (the workers' queues bound
+//! the load, with 503 and Retry-After).
 //!
 //! Memory: one small entry per tenant with work in flight or a bucket not
 //! yet refilled. An entry that is idle and full is indistinguishable from a
@@ -39,14 +41,15 @@ use http_body::{Frame, SizeHint};
 use super::{SharedState, Tenant};
 use crate::error::ApiError;
 use crate::lifecycle::GENERATING;
+use crate::store::ANONYMOUS_TENANT;
 use crate::sync;
 
 /// The limits' flags.
 #[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct LimitsConfig {
-    /// Most generations one tenant (API key tenant, or all clients without
-    /// keys) may have in flight: streams, and background responses until
-    /// they end. Beyond it, 429 with Retry-After. 0: no cap.
+    /// Most generations one API-key tenant may have in flight: streams, and
+    /// background responses until they end. Beyond it, 429 with
+    /// Retry-After. 0: no cap. (Without keys nothing is limited here.)
     #[arg(long, env = "SPINDLE_TENANT_MAX_CONCURRENT", default_value_t = 64)]
     pub tenant_max_concurrent: u32,
     /// Generating requests per second one tenant may start on average (a
@@ -293,6 +296,7 @@ pub async fn admit(State(st): State<SharedState>, req: Request, next: Next) -> R
         return next.run(req).await;
     }
     let tenant = match req.extensions().get::<Tenant>() {
+        Some(Tenant(t)) if t == ANONYMOUS_TENANT => return next.run(req).await,
         Some(Tenant(t)) => t.clone(),
         None => return ApiError::Internal("no tenant on the request".into()).into_response(),
     };

@@ -263,3 +263,28 @@ async fn the_token_bucket_refuses_beyond_the_burst() {
         200
     );
 }
+
+/// Without API keys there is one tenant and nothing to be fair between:
+/// the per-tenant cap does not apply (the workers' queues bound the load).
+#[tokio::test]
+async fn without_keys_nothing_is_limited_per_tenant() {
+    let s = server_with(RouterConfig {
+        limits: LimitsConfig {
+            tenant_max_concurrent: 1,
+            tenant_rate: 0.0,
+            tenant_burst: None,
+        },
+        ..RouterConfig::default()
+    })
+    .await;
+    let open = |text: &str| {
+        s.http
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&json!({"messages": [{"role": "user", "content": text}], "stream": true}))
+            .send()
+    };
+    // Two streams held open at once: over a cap of 1, both admitted.
+    let (a, b) = tokio::join!(open("SLOW a"), open("SLOW b"));
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 200);
+}
