@@ -73,18 +73,24 @@ class Proc:
             self.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def spindle():
-    """Start extra processes in a test: `spindle(["worker", ...])`; all are killed at the end."""
-    procs: list[Proc] = []
+def _starter():
+    """A function that starts spindle processes, and the list it keeps them in."""
+    started: list[Proc] = []
 
     def start(args: list[str]) -> Proc:
         p = Proc(args)
-        procs.append(p)
+        started.append(p)
         return p
 
+    return start, started
+
+
+@pytest.fixture(scope="session")
+def spindle():
+    """Start extra processes in a test: `spindle(["worker", ...])`; all are killed at the end."""
+    start, started = _starter()
     yield start
-    for p in procs:
+    for p in started:
         p.stop()
 
 
@@ -93,13 +99,7 @@ def procs():
     """Like `spindle`, for one test: `procs(["router", ...])`; every process is
     killed when the test ends (also a stopped one), and a failing test shows
     the tail of each one's log."""
-    started: list[Proc] = []
-
-    def start(args: list[str]) -> Proc:
-        p = Proc(args)
-        started.append(p)
-        return p
-
+    start, started = _starter()
     yield start
     for p in started:
         p.stop()

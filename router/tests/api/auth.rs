@@ -142,6 +142,11 @@ fn chat(s: &Server, key: &str, text: &str, stream: bool) -> reqwest::RequestBuil
         .json(&json!({"messages": [{"role": "user", "content": text}], "stream": stream}))
 }
 
+/// The status of `req`'s answer.
+async fn status(req: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    req.send().await.unwrap().status()
+}
+
 /// Polls until `req()` is admitted (a released permit may take a moment:
 /// the server notices a closed connection asynchronously).
 async fn eventually_ok(req: impl Fn() -> reqwest::RequestBuilder) {
@@ -182,14 +187,7 @@ async fn concurrency_is_capped_per_tenant_and_streams_hold_their_permit() {
     let b = chat(&s, "key-b", "hi", false).send().await.unwrap();
     assert_eq!(b.status(), 200);
     // A finished non-streamed request released its permit at once.
-    assert_eq!(
-        chat(&s, "key-b", "hi", false)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(chat(&s, "key-b", "hi", false)).await, 200);
     drop(a1);
     eventually_ok(|| chat(&s, "key-a", "hi", false)).await;
     drop(a2);
@@ -229,39 +227,18 @@ async fn a_background_response_holds_its_permit_until_it_ends() {
 async fn the_token_bucket_refuses_beyond_the_burst() {
     let s = server_with(limited(0, 1.0, Some(2))).await;
     for _ in 0..2 {
-        assert_eq!(
-            chat(&s, "key-a", "hi", false)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(status(chat(&s, "key-a", "hi", false)).await, 200);
     }
     assert_eq!(
         check_429(chat(&s, "key-a", "hi", false).send().await.unwrap()).await,
         1
     );
-    assert_eq!(
-        chat(&s, "key-b", "hi", false)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(chat(&s, "key-b", "hi", false)).await, 200);
     // Reads are not generations: not rate limited.
     let (code, _) = s.as_key(Some("Bearer key-a"), "/v1/models", None).await;
     assert_eq!(code, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        chat(&s, "key-a", "hi", false)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(chat(&s, "key-a", "hi", false)).await, 200);
 }
 
 /// Without API keys there is one tenant and nothing to be fair between:
