@@ -54,6 +54,7 @@ fn req() -> GenerateRequest {
         },
         cache_key: Some("conv:real".into()),
         cache_salt: None,
+        output: Default::default(),
     }
 }
 
@@ -88,6 +89,7 @@ async fn killed_worker_mid_stream_migrates_to_identical_output() {
             GenerateEvent::Delta { text, .. } => reference.push_str(&text),
             GenerateEvent::Done { usage, .. } => ref_tokens = usage.completion_tokens,
             GenerateEvent::Error { message, .. } => panic!("{message}"),
+            ev => panic!("no tools were offered: {ev:?}"),
         }
     }
     assert_eq!(ref_tokens, MAX_TOKENS);
@@ -123,6 +125,7 @@ async fn killed_worker_mid_stream_migrates_to_identical_output() {
                 GenerateEvent::Delta { text: t, .. } => text.push_str(&t),
                 GenerateEvent::Done { usage: u, .. } => usage = Some(u),
                 GenerateEvent::Error { message, .. } => panic!("{message}"),
+                ev => panic!("no tools were offered: {ev:?}"),
             }
         }
         let migrated = gen.stats().migrations.load(Ordering::Relaxed);

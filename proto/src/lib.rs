@@ -7,14 +7,35 @@
 
 pub mod auth;
 pub mod openai;
+pub mod tools;
 
 use serde::{Deserialize, Serialize};
 
 /// One chat message as the worker's template sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     pub content: String,
+    /// Calls this assistant turn made (rendered through the template's
+    /// `tool_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<tools::ToolCall>,
+    /// For a `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A plain text message.
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 /// Sampling settings for one request. Every field has a neutral default, so
@@ -130,6 +151,9 @@ pub struct GenerateRequest {
     /// tenant cannot learn another's prompts from `cached_tokens` timing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_salt: Option<String>,
+    /// Tools the model may call and the shape its text must have.
+    #[serde(default)]
+    pub output: tools::OutputSpec,
 }
 
 /// Why generation ended.
@@ -142,6 +166,8 @@ pub enum FinishReason {
     Length,
     /// Cancelled by the caller or because the client went away.
     Cancelled,
+    /// The model called one or more tools (see [`GenerateEvent::ToolCall`]).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -150,6 +176,7 @@ impl FinishReason {
             Self::Stop => "stop",
             Self::Length => "length",
             Self::Cancelled => "cancelled",
+            Self::ToolCalls => "tool_calls",
         }
     }
 }
@@ -180,6 +207,27 @@ pub struct Timings {
 pub enum GenerateEvent {
     /// Newly generated text (always whole UTF-8 characters) and the token ids behind it.
     Delta { text: String, token_ids: Vec<i32> },
+    /// The model started tool call number `index` (0-based, in output
+    /// order). `raw` is the generated text behind this event, which a
+    /// failover migration replays as `continuation`.
+    ToolCall {
+        index: u32,
+        call_id: String,
+        name: String,
+        #[serde(default)]
+        raw: String,
+        #[serde(default)]
+        token_ids: Vec<i32>,
+    },
+    /// More of the arguments (JSON text) of tool call `index`.
+    ToolArguments {
+        index: u32,
+        delta: String,
+        #[serde(default)]
+        raw: String,
+        #[serde(default)]
+        token_ids: Vec<i32>,
+    },
     /// Last line of a successful stream.
     Done {
         finish_reason: FinishReason,
@@ -188,6 +236,25 @@ pub enum GenerateEvent {
     },
     /// Last line of a failed stream.
     Error { code: FailureCode, message: String },
+}
+
+impl GenerateEvent {
+    /// True for the stream's last line (`done` or `error`).
+    pub fn is_last(&self) -> bool {
+        matches!(self, Self::Done { .. } | Self::Error { .. })
+    }
+
+    /// The generated text behind a mid-stream event, exactly as the model
+    /// wrote it, and its token ids: what a failover migration continues from.
+    pub fn generated(&self) -> Option<(&str, &[i32])> {
+        match self {
+            Self::Delta { text, token_ids } => Some((text, token_ids)),
+            Self::ToolCall { raw, token_ids, .. } | Self::ToolArguments { raw, token_ids, .. } => {
+                Some((raw, token_ids))
+            }
+            Self::Done { .. } | Self::Error { .. } => None,
+        }
+    }
 }
 
 /// Why a generation failed: the `code` of [`GenerateEvent::Error`], and the

@@ -320,7 +320,7 @@ impl LineReader {
                         message: format!("unreadable line from worker: {e}"),
                     }
                 });
-                if !matches!(ev, GenerateEvent::Delta { .. }) {
+                if ev.is_last() {
                     self.finished = true;
                     self.guard.disarm();
                 }

@@ -121,7 +121,9 @@ impl Timing {
         let now = Instant::now();
         let model = || self.model.clone();
         match ev {
-            GenerateEvent::Delta { .. } => {
+            GenerateEvent::Delta { .. }
+            | GenerateEvent::ToolCall { .. }
+            | GenerateEvent::ToolArguments { .. } => {
                 match self.last_token {
                     None => metrics::histogram!("spindle_router_ttft_seconds", "model" => model())
                         .record((now - self.started).as_secs_f64()),

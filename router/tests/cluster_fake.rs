@@ -15,14 +15,12 @@ fn req(key: &str) -> GenerateRequest {
     GenerateRequest {
         request_id: None,
         model: None,
-        input: PromptInput::Messages(vec![ChatMessage {
-            role: "user".into(),
-            content: "hello there".into(),
-        }]),
+        input: PromptInput::Messages(vec![ChatMessage::text("user", "hello there")]),
         continuation: None,
         sampling: SamplingParams::default(),
         cache_key: Some(key.into()),
         cache_salt: None,
+        output: Default::default(),
     }
 }
 
@@ -108,14 +106,8 @@ async fn same_key_same_worker_and_idle_cluster_never_spills() {
     let owner = gen.owner(&routing_key(&r));
     assert!(owner.is_some());
     if let PromptInput::Messages(m) = &mut r.input {
-        m.push(ChatMessage {
-            role: "assistant".into(),
-            content: "hi".into(),
-        });
-        m.push(ChatMessage {
-            role: "user".into(),
-            content: "more".into(),
-        });
+        m.push(ChatMessage::text("assistant", "hi"));
+        m.push(ChatMessage::text("user", "more"));
     }
     assert_eq!(gen.owner(&routing_key(&r)), owner);
 }

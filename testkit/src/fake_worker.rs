@@ -336,7 +336,7 @@ async fn chat(State(ctl): State<Arc<FakeControl>>, Json(body): Json<Value>) -> R
             match ev {
                 GenerateEvent::Delta { text: t, .. } => text.push_str(&t),
                 GenerateEvent::Done { usage: u, .. } => usage = u,
-                GenerateEvent::Error { .. } => {}
+                _ => {}
             }
         }
         return Json(json!({
@@ -361,7 +361,7 @@ async fn chat(State(ctl): State<Arc<FakeControl>>, Json(body): Json<Value>) -> R
                 Some(GenerateEvent::Done { .. }) => {
                     Ok(chunk(json!({}), json!("stop")) + "data: [DONE]\n\n")
                 }
-                Some(GenerateEvent::Error { .. }) | None => {
+                Some(_) | None => {
                     Err(std::io::Error::other("fake worker died"))
                 }
             }

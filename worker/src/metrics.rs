@@ -37,7 +37,7 @@ impl Rejection {
 
 /// Handles for every worker metric, labelled with one model name.
 pub struct WorkerMetrics {
-    finished: [Counter; 3],
+    finished: [Counter; 4],
     rejections: [Counter; 4],
     pub prompt_tokens: Counter,
     pub cached_tokens: Counter,
@@ -86,7 +86,12 @@ impl WorkerMetrics {
     /// Registers every metric for `model`, with sizing gauges set from the engine config.
     pub fn new(model: &str, max_seqs: u32, max_waiting: u32) -> Self {
         let m = model.to_owned();
-        let finished = [FinishReason::Stop, FinishReason::Length, FinishReason::Cancelled]
+        let finished = [
+            FinishReason::Stop,
+            FinishReason::Length,
+            FinishReason::Cancelled,
+            FinishReason::ToolCalls,
+        ]
             .map(|r| counter!("spindle_worker_requests_total", "model" => m.clone(), "finish_reason" => r.as_str()));
         let rejections = Rejection::ALL.map(|r| {
             counter!("spindle_worker_rejections_total", "model" => m.clone(), "reason" => r.as_str())
@@ -126,6 +131,7 @@ impl WorkerMetrics {
             FinishReason::Stop => 0,
             FinishReason::Length => 1,
             FinishReason::Cancelled => 2,
+            FinishReason::ToolCalls => 3,
         };
         self.finished[i].increment(1);
         if reason == FinishReason::Cancelled {

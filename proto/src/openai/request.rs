@@ -179,10 +179,7 @@ fn render(m: &RequestMessage, at: &str) -> Result<ChatMessage, InvalidParam> {
             ))
         }
     };
-    Ok(ChatMessage {
-        role: role.into(),
-        content,
-    })
+    Ok(ChatMessage::text(role, content))
 }
 
 impl ChatCompletionRequest {
@@ -206,6 +203,7 @@ impl ChatCompletionRequest {
             sampling,
             cache_key: None,
             cache_salt: None,
+            output: Default::default(),
         })
     }
 
@@ -243,6 +241,7 @@ impl CompletionRequest {
             sampling,
             cache_key: None,
             cache_salt: None,
+            output: Default::default(),
         })
     }
 

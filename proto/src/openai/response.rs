@@ -48,6 +48,7 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "length",
         FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
@@ -302,6 +303,10 @@ impl Completer {
                 vec![Self::error_item(&GenerationFailed { code, message })],
                 true,
             ),
+            // Tools are not offered on this endpoint yet, so none are called.
+            GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. } => {
+                (Vec::new(), false)
+            }
         }
     }
 
@@ -330,6 +335,7 @@ impl Completer {
                 ..
             } => Some(Ok(self.whole(r, usage.into()))),
             GenerateEvent::Error { code, message } => Some(Err(GenerationFailed { code, message })),
+            GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. } => None,
         }
     }
 

@@ -123,10 +123,7 @@ mod tests {
     use spindle_proto::{ChatMessage, SamplingParams};
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage::text(role, content)
     }
 
     fn req(input: PromptInput, cache_key: Option<&str>) -> GenerateRequest {
@@ -138,6 +135,7 @@ mod tests {
             sampling: SamplingParams::default(),
             cache_key: cache_key.map(str::to_owned),
             cache_salt: None,
+            output: Default::default(),
         }
     }
 

@@ -273,15 +273,15 @@ impl Run {
             }
             let leg = self.leg.as_mut()?;
             let ev = leg.next().await;
+            if let Some((text, token_ids)) = ev.generated() {
+                self.produced += token_ids.len() as u32;
+                self.text.push_str(text);
+                return Some(ev);
+            }
             match ev {
-                GenerateEvent::Delta {
-                    ref token_ids,
-                    ref text,
-                } => {
-                    self.produced += token_ids.len() as u32;
-                    self.text.push_str(text);
-                    return Some(ev);
-                }
+                GenerateEvent::Delta { .. }
+                | GenerateEvent::ToolCall { .. }
+                | GenerateEvent::ToolArguments { .. } => return Some(ev),
                 GenerateEvent::Done {
                     finish_reason,
                     mut usage,

@@ -274,6 +274,15 @@ impl Driver {
                 Some(Some(GenerateEvent::Error { code, message })) => {
                     break Outcome::Failed(code.as_str().into(), message)
                 }
+                // The Responses API does not offer tools to the worker yet.
+                Some(Some(
+                    GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. },
+                )) => {
+                    break Outcome::Failed(
+                        FailureCode::BadWorkerResponse.as_str().into(),
+                        "the worker sent a tool call that was not asked for".into(),
+                    )
+                }
                 Some(None) => {
                     break Outcome::Failed(
                         FailureCode::WorkerStreamError.as_str().into(),

@@ -263,10 +263,10 @@ pub fn items_to_messages(items: &[Value], out: &mut Vec<ChatMessage>) {
                     "developer" => "system",
                     r => r,
                 };
-                out.push(ChatMessage {
-                    role: role.to_owned(),
-                    content: parts_text(item.get("content").unwrap_or(&Value::Null)),
-                });
+                out.push(ChatMessage::text(
+                    role,
+                    parts_text(item.get("content").unwrap_or(&Value::Null)),
+                ));
             }
             "function_call" => {
                 let call = json!({
@@ -274,20 +274,20 @@ pub fn items_to_messages(items: &[Value], out: &mut Vec<ChatMessage>) {
                     "arguments": item.get("arguments"),
                     "call_id": item.get("call_id"),
                 });
-                out.push(ChatMessage {
-                    role: "assistant".into(),
-                    content: format!("<tool_call>{call}</tool_call>"),
-                });
+                out.push(ChatMessage::text(
+                    "assistant",
+                    format!("<tool_call>{call}</tool_call>"),
+                ));
             }
             "function_call_output" => {
                 let call_id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
-                out.push(ChatMessage {
-                    role: "user".into(),
-                    content: format!(
+                out.push(ChatMessage::text(
+                    "user",
+                    format!(
                         "<tool_response call_id=\"{call_id}\">{}</tool_response>",
                         parts_text(item.get("output").unwrap_or(&Value::Null))
                     ),
-                });
+                ));
             }
             _ => {}
         }

@@ -166,10 +166,7 @@ pub(super) async fn prepare(
 
     let mut messages = Vec::new();
     if let Some(instr) = req.instructions.as_deref().filter(|s| !s.is_empty()) {
-        messages.push(ChatMessage {
-            role: "system".into(),
-            content: instr.to_owned(),
-        });
+        messages.push(ChatMessage::text("system", instr));
     }
     items_to_messages(&history, &mut messages);
     items_to_messages(&input_items, &mut messages);
@@ -194,6 +191,7 @@ pub(super) async fn prepare(
         },
         cache_key: None,
         cache_salt: None,
+        output: Default::default(),
     };
     // A follow-up inherits its chain's key. Otherwise, without any identity,
     // the key hashes the leading messages (system and first user turn); it
