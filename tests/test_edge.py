@@ -123,3 +123,46 @@ def test_too_many_items_in_one_request(http, model):
     assert_error_body(r, 400, param="input", code="too_many_items")
     r = http.post("/v1/conversations", json={"items": items})
     assert_error_body(r, 400, param="items", code="too_many_items")
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def test_the_memory_store_is_bounded_in_bytes(spindle):
+    """The issue's case: chained background turns of 50 KB each. The store
+    keeps at most --store-max-bytes (the gauge says so), the oldest records
+    go first, the newest stay, and the process does not grow with the chain."""
+    cap = 1 << 20
+    s = spindle(["serve", "--port", "0", "--model", str(STORIES), "--threads", "1",
+                 "--store-max-bytes", str(cap)])
+    api = Http(s.url, timeout=30)
+    model = api.get("/v1/models").json()["data"][0]["id"]
+    ids, prev, rss = [], None, []
+    for turn in range(60):
+        body = {"model": model, "input": f"turn {turn} " + "word " * 10_000,
+                "background": True, "max_output_tokens": 4, "truncation": "auto"}
+        if prev:
+            body["previous_response_id"] = prev
+        r = api.post("/v1/responses", json=body).json()
+        assert "status" in r, r
+        while r["status"] in ("queued", "in_progress"):
+            time.sleep(0.02)
+            r = api.get(f"/v1/responses/{r['id']}").json()
+        # stories260K's 512-token context cannot hold 50 KB: each turn fails,
+        # and its record (with the input) is stored all the same.
+        assert r["status"] in ("completed", "failed"), r
+        ids.append(r["id"])
+        prev = r["id"]
+        rss.append(_rss_mb(s.proc.pid))
+    metrics = api.get("/metrics").text
+    held = float(next(line.split()[1] for line in metrics.splitlines()
+                      if line.startswith("spindle_router_store_bytes ")))
+    assert 0 < held <= cap
+    assert "spindle_router_store_evictions_total" in metrics
+    assert api.get(f"/v1/responses/{ids[0]}").status_code == 404
+    assert api.get(f"/v1/responses/{ids[-1]}").status_code == 200
+    # Flat over the second half (60 × 50 KB uncapped would be ~6 MB more).
+    assert rss[-1] - rss[29] < 4, rss
+    s.stop()

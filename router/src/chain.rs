@@ -261,6 +261,7 @@ mod tests {
             items: (0..n)
                 .map(|i| serde_json::json!(first + i as u64))
                 .collect(),
+            bytes: 0,
         }
     }
 

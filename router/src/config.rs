@@ -23,6 +23,22 @@ pub struct RouterConfig {
     /// Most stored responses (and, separately, conversations); the oldest are evicted first.
     #[arg(long, env = "SPINDLE_STORE_MAX_RECORDS", default_value_t = 100_000)]
     pub store_max_records: usize,
+    /// `--store memory`: most bytes all stored responses, their event logs,
+    /// chain logs and conversations may hold together (encoded sizes); past
+    /// it the oldest of any kind are evicted first. (Redis: bound it with
+    /// Redis's own `maxmemory`.)
+    #[arg(long, env = "SPINDLE_STORE_MAX_BYTES", default_value_t = crate::store::memory::DEFAULT_MAX_BYTES)]
+    pub store_max_bytes: usize,
+    /// Largest input one response may store: its input items and
+    /// instructions, encoded; more gets 413 `request_too_large`.
+    #[arg(long, env = "SPINDLE_MAX_RECORD_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_record_bytes: usize,
+    /// Largest a conversation's items may grow, encoded: adding items past
+    /// it, or starting a response whose input would, gets 400
+    /// `conversation_too_large` (a response's own output may go past it
+    /// once; the next turn is refused).
+    #[arg(long, env = "SPINDLE_MAX_CONVERSATION_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_conversation_bytes: u64,
     /// How long stored responses and conversations live, in seconds (Redis:
     /// refreshed whenever a chain gets a new turn).
     #[arg(
@@ -112,6 +128,9 @@ impl Default for RouterConfig {
             worker_url: "http://127.0.0.1:8081".into(),
             max_body_bytes: 8 * 1024 * 1024,
             store_max_records: 100_000,
+            store_max_bytes: crate::store::memory::DEFAULT_MAX_BYTES,
+            max_record_bytes: 8 * 1024 * 1024,
+            max_conversation_bytes: 16 * 1024 * 1024,
             store_ttl_secs: 30 * 24 * 3600,
             store: StoreKind::Memory,
             redis_url: None,

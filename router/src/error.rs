@@ -77,6 +77,28 @@ impl ApiError {
         }
     }
 
+    /// 400 `conversation_too_large`: adding to a conversation would take
+    /// its items to `bytes`, past `--max-conversation-bytes` (`cap`).
+    pub fn conversation_too_large(bytes: u64, cap: u64, param: &str) -> Self {
+        Self::invalid_code(
+            format!(
+                "the conversation would hold {bytes} bytes of items, more than the \
+                 {cap} allowed; start a new conversation"
+            ),
+            Some(param),
+            "conversation_too_large",
+        )
+    }
+
+    /// 413 `request_too_large` for a body within the HTTP limit whose
+    /// stored part is not.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::Http {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: message.into(),
+        }
+    }
+
     /// 404 `not_found_error`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound {
@@ -136,6 +158,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND => Some("unknown_url"),
                 StatusCode::METHOD_NOT_ALLOWED => Some("method_not_allowed"),
                 StatusCode::URI_TOO_LONG => Some("uri_too_long"),
+                StatusCode::PAYLOAD_TOO_LARGE => Some("request_too_large"),
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => Some("unsupported_media_type"),
                 StatusCode::MISDIRECTED_REQUEST => Some("invalid_host"),
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Some("headers_too_large"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use spindle_router::store::{Conversation, Subscription, ANONYMOUS_TENANT};
+use spindle_router::store::{Appended, Conversation, Subscription, ANONYMOUS_TENANT};
 use spindle_router::types::ResponseStatus;
 use spindle_router::{MemoryStore, ResponseStore, RouterConfig};
 
@@ -114,20 +114,49 @@ async fn contract(s: Arc<dyn ResponseStore>) {
     );
     assert!(s.get_conversation(t2, &cid).await.unwrap().is_none());
     assert!(s.conversation_items(t2, &cid).await.unwrap().is_none());
-    assert!(!s
-        .append_conversation_items(t2, &cid, vec![item("x")])
-        .await
-        .unwrap());
-    assert!(s
-        .append_conversation_items(t1, &cid, vec![item("i3")])
-        .await
-        .unwrap());
+    let size = |n: &str| serde_json::to_vec(&item(n)).unwrap().len() as u64;
+    let tail_bytes = |s: Arc<dyn ResponseStore>, t: &'static str, cid: String| async move {
+        s.conversation_tail(t, &cid, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .bytes
+    };
+    assert_eq!(
+        tail_bytes(s.clone(), t1, cid.clone()).await,
+        size("i1") + size("i2")
+    );
+    assert_eq!(
+        s.append_conversation_items(t2, &cid, vec![item("x")], u64::MAX)
+            .await
+            .unwrap(),
+        Appended::Unknown
+    );
+    // The byte cap refuses the whole append, atomically.
+    let full = size("i1") + size("i2") + size("i3") + size("i4");
+    assert_eq!(
+        s.append_conversation_items(t1, &cid, vec![item("i3"), item("i4")], full - 1)
+            .await
+            .unwrap(),
+        Appended::Full { bytes: full }
+    );
+    assert_eq!(
+        s.append_conversation_items(t1, &cid, vec![item("i3")], full - 1)
+            .await
+            .unwrap(),
+        Appended::Done
+    );
     let items = s.conversation_items(t1, &cid).await.unwrap().unwrap();
     let ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["i1", "i2", "i3"]);
     assert_eq!(
         s.delete_conversation_item(t1, &cid, "i2").await.unwrap(),
         Some(true)
+    );
+    // Deleting gives its bytes back.
+    assert_eq!(
+        tail_bytes(s.clone(), t1, cid.clone()).await,
+        size("i1") + size("i3")
     );
     assert_eq!(
         s.delete_conversation_item(t1, &cid, "i2").await.unwrap(),

@@ -14,7 +14,7 @@ use super::{SharedState, Tenant};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::responses::items::{list_page, normalize_items};
-use crate::store::Conversation;
+use crate::store::{Appended, Conversation};
 use crate::types::{new_id, now_secs, Deleted, ListQuery};
 
 /// Body of `POST /v1/conversations`.
@@ -39,6 +39,11 @@ pub struct AddItems {
     pub items: Vec<Value>,
 }
 
+/// Encoded size of an item, as the stores count it.
+fn encoded_len(item: &Value) -> u64 {
+    serde_json::to_vec(item).map_or(0, |v| v.len() as u64)
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Conversation with id '{id}' not found."))
 }
@@ -50,6 +55,11 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateConversation>,
 ) -> ApiResult<Json<Conversation>> {
     let items = normalize_items(body.items.as_deref().unwrap_or_default(), "items")?;
+    let bytes: u64 = items.iter().map(encoded_len).sum();
+    let cap = st.config.max_conversation_bytes;
+    if bytes > cap {
+        return Err(ApiError::conversation_too_large(bytes, cap, "items"));
+    }
     let conv = Conversation {
         id: new_id("conv"),
         object: "conversation".into(),
@@ -132,14 +142,16 @@ pub async fn add_items(
         ));
     }
     let items = normalize_items(&body.items, "items")?;
-    if !st
+    let cap = st.config.max_conversation_bytes;
+    match st
         .store
-        .append_conversation_items(&tenant, &id, items.clone())
+        .append_conversation_items(&tenant, &id, items.clone(), cap)
         .await?
     {
-        return Err(not_found(&id));
+        Appended::Done => list_page(&items, None, items.len(), false).map(Json),
+        Appended::Unknown => Err(not_found(&id)),
+        Appended::Full { bytes } => Err(ApiError::conversation_too_large(bytes, cap, "items")),
     }
-    list_page(&items, None, items.len(), false).map(Json)
 }
 
 /// `GET /v1/conversations/{id}/items/{item_id}`.

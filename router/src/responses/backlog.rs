@@ -97,8 +97,10 @@ impl FinalWrite {
             self.response = None;
         }
         if let Some(c) = &self.conversation {
+            // No cap: the turn was admitted against it (prepare), and its
+            // output must not be lost now.
             store
-                .append_conversation_items(&c.owner, &c.id, c.items.clone())
+                .append_conversation_items(&c.owner, &c.id, c.items.clone(), u64::MAX)
                 .await?;
             self.conversation = None;
         }

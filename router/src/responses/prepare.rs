@@ -106,6 +106,19 @@ pub(super) async fn prepare(
     };
     let tools = validate_tools(req.tools.as_deref().unwrap_or_default())?;
     let input_items = normalize_input(req.input.as_ref())?;
+    // What this response stores of its own, bounded before any other work.
+    let input_bytes: u64 = input_items
+        .iter()
+        .map(|it| serde_json::to_vec(it).map_or(0, |v| v.len() as u64))
+        .sum();
+    let record_bytes = input_bytes + req.instructions.as_ref().map_or(0, |s| s.len() as u64);
+    if record_bytes > st.config.max_record_bytes as u64 {
+        return Err(ApiError::too_large(format!(
+            "the input and instructions are {record_bytes} bytes, more than the {} one \
+             response may store",
+            st.config.max_record_bytes
+        )));
+    }
 
     // Context before this input: the previous response's chain, or the conversation.
     let mode = if truncation == "auto" {
@@ -125,7 +138,6 @@ pub(super) async fn prepare(
     } else if let Some(conv) = &req.conversation {
         let id = new_id("resp");
         let budget = chain::budget(mode, st.context_tokens(&model), req.max_output_tokens);
-        let input_bytes = serde_json::to_vec(&input_items).map_or(0, |v| v.len() as u64);
         let tail = st
             .store
             .conversation_tail(tenant, conv.id(), budget.saturating_sub(input_bytes))
@@ -135,6 +147,12 @@ pub(super) async fn prepare(
                 param: Some("conversation".into()),
                 code: Some("conversation_not_found".into()),
             })?;
+        // The input joins the conversation when this response ends.
+        let cap = st.config.max_conversation_bytes;
+        if tail.bytes + input_bytes > cap {
+            let bytes = tail.bytes + input_bytes;
+            return Err(ApiError::conversation_too_large(bytes, cap, "input"));
+        }
         let items = chain::conversation_window(tail, mode)?;
         // The conversation's window as it is now is this response's
         // context, kept in its own chain's log so follow-ups see it too.

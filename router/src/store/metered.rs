@@ -10,8 +10,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::{
-    Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult, StoredEvent,
-    Subscription,
+    Appended, Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult,
+    StoredEvent, Subscription,
 };
 use crate::types::{ResponseObject, ResponseStatus};
 
@@ -166,10 +166,12 @@ impl ResponseStore for MeteredStore {
         tenant: &str,
         id: &str,
         items: Vec<Value>,
-    ) -> StoreResult<bool> {
+        max_bytes: u64,
+    ) -> StoreResult<Appended> {
         timed(
             "append_conversation_items",
-            self.inner.append_conversation_items(tenant, id, items),
+            self.inner
+                .append_conversation_items(tenant, id, items, max_bytes),
         )
         .await
     }

@@ -56,10 +56,13 @@ pub async fn from_config(
 ) -> StoreResult<std::sync::Arc<dyn ResponseStore>> {
     use std::time::Duration;
     match config.store {
-        crate::config::StoreKind::Memory => Ok(std::sync::Arc::new(MemoryStore::new(
-            config.store_max_records,
-            Duration::from_secs(config.store_ttl_secs),
-        ))),
+        crate::config::StoreKind::Memory => Ok(std::sync::Arc::new(
+            MemoryStore::new(
+                config.store_max_records,
+                Duration::from_secs(config.store_ttl_secs),
+            )
+            .with_max_bytes(config.store_max_bytes),
+        )),
         crate::config::StoreKind::Redis => {
             let url = config.redis_url.as_deref().unwrap_or_default();
             if url.trim().is_empty() {
@@ -162,6 +165,22 @@ pub struct ConversationTail {
     pub first: u64,
     /// The items, oldest first.
     pub items: Vec<Value>,
+    /// Encoded size of all the conversation's items (what
+    /// `--max-conversation-bytes` bounds).
+    pub bytes: u64,
+}
+
+/// What appending items to a conversation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Done,
+    /// No such conversation (or another tenant's).
+    Unknown,
+    /// Nothing was appended: the items would take the conversation to
+    /// `bytes`, past the cap.
+    Full {
+        bytes: u64,
+    },
 }
 
 /// Storage of responses, their event logs and conversations.
@@ -237,13 +256,15 @@ pub trait ResponseStore: Send + Sync + 'static {
         id: &str,
         max_bytes: u64,
     ) -> StoreResult<Option<ConversationTail>>;
-    /// Append items; false when the conversation is unknown.
+    /// Append items, atomically refused when they would take the
+    /// conversation's items past `max_bytes` (their encoded sizes).
     async fn append_conversation_items(
         &self,
         tenant: &str,
         id: &str,
         items: Vec<Value>,
-    ) -> StoreResult<bool>;
+        max_bytes: u64,
+    ) -> StoreResult<Appended>;
     /// Delete one item: `None` when the conversation is unknown, `Some(false)` when the item is.
     async fn delete_conversation_item(
         &self,

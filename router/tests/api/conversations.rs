@@ -94,3 +94,61 @@ async fn conversations_flow() {
         .await;
     assert_error(st, &e, 404, Some("conversation"), None);
 }
+
+#[tokio::test]
+async fn conversation_and_record_bytes_are_capped() {
+    let s = server_with(RouterConfig {
+        max_conversation_bytes: 4000,
+        max_record_bytes: 3000,
+        ..RouterConfig::default()
+    })
+    .await;
+    let text = |n: usize| json!([{"role": "user", "content": "x".repeat(n)}]);
+    // Created over the cap: refused.
+    let (st, e) = s
+        .post("/v1/conversations", json!({"items": text(5000)}))
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["code"], "conversation_too_large");
+    let (st, c) = s
+        .post("/v1/conversations", json!({"items": text(1500)}))
+        .await;
+    assert_eq!(st, 200, "{c}");
+    let cid = c["id"].as_str().unwrap();
+    let items = format!("/v1/conversations/{cid}/items");
+    // Items that would take it past the cap are refused whole.
+    let (st, e) = s.post(&items, json!({"items": text(2600)})).await;
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["code"], "conversation_too_large");
+    assert_eq!(e["error"]["param"], "items");
+    let (_, list) = s.get(&items).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let (st, _) = s.post(&items, json!({"items": text(1500)})).await;
+    assert_eq!(st, 200);
+    // A response whose input would overflow it is refused before generating.
+    let (st, e) = s
+        .post(
+            "/v1/responses",
+            json!({"model": "spindle", "input": "y".repeat(1000), "conversation": cid}),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["code"], "conversation_too_large");
+    assert_eq!(e["error"]["param"], "input");
+    // One response may store at most --max-record-bytes of input.
+    let (st, e) = s
+        .post(
+            "/v1/responses",
+            json!({"model": "spindle", "input": "z".repeat(2000), "instructions": "i".repeat(1200)}),
+        )
+        .await;
+    assert_eq!(st, 413, "{e}");
+    assert_eq!(e["error"]["code"], "request_too_large");
+    let (st, _) = s
+        .post(
+            "/v1/responses",
+            json!({"model": "spindle", "input": "z".repeat(2000)}),
+        )
+        .await;
+    assert_eq!(st, 200);
+}

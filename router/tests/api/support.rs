@@ -22,10 +22,13 @@ pub(crate) struct Server {
 
 pub(crate) async fn server_with(config: RouterConfig) -> Server {
     let gen = Arc::new(FakeGenerator::default());
-    let store = Arc::new(MemoryStore::new(
-        config.store_max_records,
-        Duration::from_secs(config.store_ttl_secs),
-    ));
+    let store = Arc::new(
+        MemoryStore::new(
+            config.store_max_records,
+            Duration::from_secs(config.store_ttl_secs),
+        )
+        .with_max_bytes(config.store_max_bytes),
+    );
     let router = app(gen.clone(), store, &config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,21 +1,32 @@
 //! [`Bounded`]: the memory store's map of one kind of entry, ordered by
 //! insertion, bounded in count and by each entry's TTL; the oldest entries
-//! go first, expired ones whenever they are met.
+//! go first, expired ones whenever they are met. It keeps the total of its
+//! entries' sizes, so the store can bound its bytes across all maps.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-/// An entry's expiry and its insertion number (which tells a live entry from
-/// a replaced one in the insertion order).
+/// An entry's expiry, its insertion number (which tells a live entry from
+/// a replaced one in the insertion order) and its size.
 pub(super) trait Aged {
     fn expires(&self) -> Instant;
     fn seq(&self) -> u64;
+    /// Approximate bytes the entry holds (its encoded payloads).
+    fn bytes(&self) -> usize;
+    /// How many things it holds (a chain log: its entries).
+    fn units(&self) -> usize {
+        1
+    }
 }
 
 /// Insertion-ordered bounded map with TTL.
 pub(super) struct Bounded<E> {
-    pub(super) map: HashMap<String, E>,
+    map: HashMap<String, E>,
     pub(super) order: VecDeque<(u64, String)>,
+    /// Sum of the entries' [`Aged::bytes`].
+    bytes: usize,
+    /// Sum of the entries' [`Aged::units`].
+    units: usize,
 }
 
 impl<E> Default for Bounded<E> {
@@ -23,6 +34,8 @@ impl<E> Default for Bounded<E> {
         Self {
             map: HashMap::new(),
             order: VecDeque::new(),
+            bytes: 0,
+            units: 0,
         }
     }
 }
@@ -30,26 +43,51 @@ impl<E> Default for Bounded<E> {
 impl<E: Aged> Bounded<E> {
     pub(super) fn insert(&mut self, id: String, entry: E, max: usize) {
         self.order.push_back((entry.seq(), id.clone()));
-        self.map.insert(id, entry);
+        self.bytes += entry.bytes();
+        self.units += entry.units();
+        if let Some(old) = self.map.insert(id, entry) {
+            self.bytes -= old.bytes();
+            self.units -= old.units();
+        }
         self.evict(max);
+    }
+
+    /// Bytes held by all entries.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Things held by all entries.
+    pub(super) fn units(&self) -> usize {
+        self.units
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Remove an entry (whatever its age).
+    pub(super) fn remove(&mut self, id: &str) -> Option<E> {
+        let e = self.map.remove(id)?;
+        self.bytes -= e.bytes();
+        self.units -= e.units();
+        Some(e)
     }
 
     /// Drop expired entries and the oldest beyond `max`.
     pub(super) fn evict(&mut self, max: usize) {
         let now = Instant::now();
-        while let Some((seq, id)) = self.order.front() {
-            let live = self.map.get(id).filter(|e| e.seq() == *seq);
-            match live {
-                None => {
-                    self.order.pop_front();
-                }
-                Some(e) if e.expires() <= now || self.map.len() > max => {
-                    let id = id.clone();
-                    self.order.pop_front();
-                    self.map.remove(&id);
-                }
-                Some(_) => break,
+        while let Some(seq) = self.oldest() {
+            let over = self.map.len() > max;
+            let expired = self.order.front().is_some_and(|(_, id)| {
+                self.map
+                    .get(id)
+                    .is_some_and(|e| e.seq() == seq && e.expires() <= now)
+            });
+            if !(over || expired) {
+                break;
             }
+            self.pop_oldest();
         }
         if self.order.len() > 2 * max.max(16) {
             let map = &self.map;
@@ -58,15 +96,48 @@ impl<E: Aged> Bounded<E> {
         }
     }
 
-    pub(super) fn get_mut(&mut self, id: &str) -> Option<&mut E> {
+    /// The insertion number of the oldest live entry (stale order entries,
+    /// left by replaced or removed ones, are dropped on the way).
+    pub(super) fn oldest(&mut self) -> Option<u64> {
+        while let Some((seq, id)) = self.order.front() {
+            if self.map.get(id).is_some_and(|e| e.seq() == *seq) {
+                return Some(*seq);
+            }
+            self.order.pop_front();
+        }
+        None
+    }
+
+    /// Remove the oldest live entry.
+    pub(super) fn pop_oldest(&mut self) -> Option<(String, E)> {
+        self.oldest()?;
+        let (_, id) = self.order.pop_front()?;
+        let e = self.remove(&id)?;
+        Some((id, e))
+    }
+
+    /// The entry, unless it is missing or expired (then it is dropped).
+    pub(super) fn get(&mut self, id: &str) -> Option<&E> {
         let expired = self
             .map
             .get(id)
             .is_some_and(|e| e.expires() <= Instant::now());
         if expired {
-            self.map.remove(id);
+            self.remove(id);
             return None;
         }
-        self.map.get_mut(id)
+        self.map.get(id)
+    }
+
+    /// Change a live entry with `f`, keeping the totals right (`f` must
+    /// keep the entry's `bytes()` in step with what it changes).
+    pub(super) fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut E) -> R) -> Option<R> {
+        self.get(id)?;
+        let e = self.map.get_mut(id)?;
+        let (bytes, units) = (e.bytes(), e.units());
+        let r = f(e);
+        self.bytes = self.bytes - bytes + e.bytes();
+        self.units = self.units - units + e.units();
+        Some(r)
     }
 }

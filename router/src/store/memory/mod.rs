@@ -4,97 +4,34 @@
 //! (every method locks, works, unlocks synchronously). Records expire after the
 //! TTL and the oldest are evicted first once `max_records` is exceeded. Chain
 //! item logs hold at most `max_records` entries in all: past that, the least
-//! recently extended chain goes first.
+//! recently extended chain goes first. All entries together hold at most
+//! `max_bytes` (their encoded sizes): past that, the oldest entry of any
+//! kind goes first, so no input can grow the process without bound.
+
+mod bounded;
+mod entries;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
-    Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult, StoredEvent,
-    Subscription,
+    Appended, Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult,
+    StoredEvent, Subscription,
 };
 use crate::sync;
-use bounded::{Aged, Bounded};
-
-mod bounded;
 use crate::types::{now_secs, ResponseObject, ResponseStatus};
-
-struct RespEntry {
-    rec: ResponseRecord,
-    /// Stream events; entry `n` is event number `n`.
-    events: Vec<Vec<u8>>,
-    status_changes: watch::Sender<u64>,
-    event_changes: watch::Sender<u64>,
-    expires: Instant,
-    seq: u64,
-}
-
-impl RespEntry {
-    fn bump_status(&self) {
-        self.status_changes.send_modify(|v| *v = v.wrapping_add(1));
-    }
-}
-
-struct ConvEntry {
-    owner: String,
-    conv: Conversation,
-    items: Vec<Value>,
-    expires: Instant,
-    seq: u64,
-}
-
-/// A chain's item log; `entries[0]` is entry number `base` (older ones were trimmed).
-struct ChainLog {
-    base: u64,
-    entries: VecDeque<Arc<[u8]>>,
-    expires: Instant,
-    seq: u64,
-}
-
-impl Aged for ChainLog {
-    fn expires(&self) -> Instant {
-        self.expires
-    }
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-impl Aged for RespEntry {
-    fn expires(&self) -> Instant {
-        self.expires
-    }
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-impl Aged for ConvEntry {
-    fn expires(&self) -> Instant {
-        self.expires
-    }
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-impl Bounded<ConvEntry> {
-    fn owned(&mut self, tenant: &str, id: &str) -> Option<&mut ConvEntry> {
-        self.get_mut(id).filter(|e| e.owner == tenant)
-    }
-}
+use bounded::Bounded;
+use entries::{encoded_len, ChainLog, ConvEntry, RespEntry, EVENT_OVERHEAD};
 
 #[derive(Default)]
 struct Inner {
     responses: Bounded<RespEntry>,
     conversations: Bounded<ConvEntry>,
     chains: Bounded<ChainLog>,
-    /// Entries in all chain logs.
-    chain_entries: usize,
     next_seq: u64,
 }
 
@@ -102,37 +39,56 @@ impl Inner {
     /// Trim chain logs to `max` entries in all: expired and least recently
     /// extended chains first, then the front of the newest one.
     fn trim_chains(&mut self, max: usize) {
-        let now = Instant::now();
-        while self.chain_entries > max
-            || self.chains.order.front().is_some_and(|(seq, id)| {
+        // Expired logs first (Bounded::evict), then by count.
+        self.chains.evict(usize::MAX);
+        while self.chains.units() > max {
+            if self.chains.len() == 1 {
+                // The only chain left: drop its oldest entries instead.
+                let over = self.chains.units() - max;
+                self.chains.oldest();
+                let Some((_, id)) = self.chains.order.front().cloned() else {
+                    break;
+                };
                 self.chains
-                    .map
-                    .get(id)
-                    .is_some_and(|c| c.seq == *seq && c.expires <= now)
-            })
-        {
-            let Some((seq, id)) = self.chains.order.pop_front() else {
+                    .update(&id, |c| (0..over).take_while(|_| c.pop_front()).count());
+                break;
+            }
+            self.chains.pop_oldest();
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.responses.bytes() + self.conversations.bytes() + self.chains.bytes()
+    }
+
+    /// Evict the oldest entries of any kind until all hold at most `max` bytes.
+    fn shed(&mut self, max: usize) {
+        let mut evicted = 0u64;
+        while self.bytes() > max {
+            let oldest = [
+                self.responses.oldest(),
+                self.conversations.oldest(),
+                self.chains.oldest(),
+            ];
+            let Some((kind, _)) = oldest
+                .iter()
+                .enumerate()
+                .filter_map(|(k, s)| Some((k, (*s)?)))
+                .min_by_key(|&(_, s)| s)
+            else {
                 break;
             };
-            let live = self.chains.map.get(&id).is_some_and(|c| c.seq == seq);
-            if !live {
-                continue;
+            match kind {
+                0 => drop(self.responses.pop_oldest()),
+                1 => drop(self.conversations.pop_oldest()),
+                _ => drop(self.chains.pop_oldest()),
             }
-            if self.chains.order.is_empty() {
-                // The only chain left: drop its oldest entries instead.
-                if let Some(c) = self.chains.map.get_mut(&id) {
-                    while self.chain_entries > max && c.entries.pop_front().is_some() {
-                        c.base += 1;
-                        self.chain_entries -= 1;
-                    }
-                }
-                self.chains.order.push_back((seq, id));
-                break;
-            }
-            if let Some(c) = self.chains.map.remove(&id) {
-                self.chain_entries -= c.entries.len();
-            }
+            evicted += 1;
         }
+        if evicted > 0 {
+            metrics::counter!("spindle_router_store_evictions_total").increment(evicted);
+        }
+        metrics::gauge!("spindle_router_store_bytes").set(self.bytes() as f64);
     }
 }
 
@@ -140,18 +96,35 @@ impl Inner {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     max_records: usize,
+    max_bytes: usize,
     ttl: Duration,
 }
 
+/// The default of `--store-max-bytes`.
+pub const DEFAULT_MAX_BYTES: usize = 1 << 30;
+
 impl MemoryStore {
     /// A store keeping at most `max_records` responses (and as many
-    /// conversations), each for at most `ttl`.
+    /// conversations), each for at most `ttl`, in at most
+    /// [`DEFAULT_MAX_BYTES`] (see [`MemoryStore::with_max_bytes`]).
     pub fn new(max_records: usize, ttl: Duration) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             max_records: max_records.max(1),
+            max_bytes: DEFAULT_MAX_BYTES,
             ttl,
         }
+    }
+
+    /// Bound the bytes of all entries together: the oldest go first.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Bytes all entries hold now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -180,14 +153,17 @@ impl ResponseStore for MemoryStore {
         let seq = g.next_seq;
         let id = rec.response.id.clone();
         let entry = RespEntry {
+            rec_bytes: encoded_len(&rec),
             rec,
             events: Vec::new(),
+            event_bytes: 0,
             status_changes: watch::channel(0).0,
             event_changes: watch::channel(0).0,
             expires,
             seq,
         };
         g.responses.insert(id, entry, self.max_records);
+        g.shed(self.max_bytes);
         Ok(())
     }
 
@@ -196,20 +172,21 @@ impl ResponseStore for MemoryStore {
         let mut g = self.lock();
         g.next_seq += 1;
         let seq = g.next_seq;
-        let mut log = g.chains.map.remove(chain_root).unwrap_or(ChainLog {
+        let mut log = g.chains.remove(chain_root).unwrap_or(ChainLog {
             base: 0,
             entries: VecDeque::new(),
+            entry_bytes: 0,
             expires,
             seq,
         });
+        log.entry_bytes += items.len() + EVENT_OVERHEAD;
         log.entries.push_back(items.into());
         log.expires = expires;
         log.seq = seq;
         let index = log.base + log.entries.len() as u64 - 1;
-        g.chain_entries += 1;
-        g.chains.order.push_back((seq, chain_root.to_owned()));
-        g.chains.map.insert(chain_root.to_owned(), log);
+        g.chains.insert(chain_root.to_owned(), log, usize::MAX);
         g.trim_chains(self.max_records);
+        g.shed(self.max_bytes);
         Ok(index)
     }
 
@@ -219,7 +196,7 @@ impl ResponseStore for MemoryStore {
         indexes: &[u64],
     ) -> StoreResult<Vec<Option<Vec<u8>>>> {
         let mut g = self.lock();
-        let log = g.chains.get_mut(chain_root);
+        let log = g.chains.get(chain_root);
         Ok(indexes
             .iter()
             .map(|&n| {
@@ -234,65 +211,67 @@ impl ResponseStore for MemoryStore {
         Ok(self
             .lock()
             .responses
-            .get_mut(id)
+            .get(id)
             .filter(|e| e.rec.owner == tenant)
             .map(|e| e.rec.clone()))
     }
 
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {
-        Ok(self
-            .lock()
-            .responses
-            .get_mut(id)
-            .map(|e| e.rec.response.status))
+        Ok(self.lock().responses.get(id).map(|e| e.rec.response.status))
     }
 
     async fn delete_response(&self, tenant: &str, id: &str) -> StoreResult<bool> {
         let mut g = self.lock();
-        if g.responses
-            .get_mut(id)
-            .is_none_or(|e| e.rec.owner != tenant)
-        {
+        if g.responses.get(id).is_none_or(|e| e.rec.owner != tenant) {
             return Ok(false);
         }
-        Ok(g.responses.map.remove(id).is_some())
+        let removed = g.responses.remove(id).is_some();
+        g.shed(self.max_bytes);
+        Ok(removed)
     }
 
     async fn update_if_active(&self, response: ResponseObject) -> StoreResult<bool> {
         let mut g = self.lock();
-        let Some(e) = g.responses.get_mut(&response.id) else {
-            return Ok(false);
-        };
-        if e.rec.response.status.is_terminal() {
-            return Ok(false);
-        }
-        e.rec.response = response;
-        e.bump_status();
-        Ok(true)
+        let id = response.id.clone();
+        let applied = g.responses.update(&id, |e| {
+            if e.rec.response.status.is_terminal() {
+                return false;
+            }
+            e.rec.response = response;
+            e.rec_bytes = encoded_len(&e.rec);
+            e.bump_status();
+            true
+        });
+        g.shed(self.max_bytes);
+        Ok(applied.unwrap_or(false))
     }
 
     async fn cancel_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseObject>> {
         let mut g = self.lock();
-        let Some(e) = g.responses.get_mut(id).filter(|e| e.rec.owner == tenant) else {
+        if g.responses.get(id).is_none_or(|e| e.rec.owner != tenant) {
             return Ok(None);
-        };
-        if !e.rec.response.status.is_terminal() {
-            e.rec.response.status = ResponseStatus::Cancelled;
-            e.rec.response.completed_at = Some(now_secs());
-            e.bump_status();
         }
-        Ok(Some(e.rec.response.clone()))
+        Ok(g.responses.update(id, |e| {
+            if !e.rec.response.status.is_terminal() {
+                e.rec.response.status = ResponseStatus::Cancelled;
+                e.rec.response.completed_at = Some(now_secs());
+                e.bump_status();
+            }
+            e.rec.response.clone()
+        }))
     }
 
     async fn append_event(&self, id: &str, seq: u64, event: Vec<u8>) -> StoreResult<()> {
         let mut g = self.lock();
-        if let Some(e) = g.responses.get_mut(id) {
+        g.responses.update(id, |e| {
             // Only the next number is taken: a writer's events stay in order.
             if !e.rec.response.status.is_terminal() && seq == e.events.len() as u64 {
+                e.event_bytes += event.len() + EVENT_OVERHEAD;
                 e.events.push(event);
                 e.event_changes.send_modify(|v| *v = v.wrapping_add(1));
             }
-        }
+        });
+        g.shed(self.max_bytes);
         Ok(())
     }
 
@@ -303,7 +282,7 @@ impl ResponseStore for MemoryStore {
     ) -> StoreResult<Option<Vec<StoredEvent>>> {
         let mut g = self.lock();
         let first = after.map_or(0, |a| a.saturating_add(1));
-        Ok(g.responses.get_mut(id).map(|e| {
+        Ok(g.responses.get(id).map(|e| {
             e.events
                 .iter()
                 .enumerate()
@@ -317,7 +296,7 @@ impl ResponseStore for MemoryStore {
     }
 
     async fn subscribe(&self, id: &str) -> StoreResult<Option<Subscription>> {
-        Ok(self.lock().responses.get_mut(id).map(|e| Subscription {
+        Ok(self.lock().responses.get(id).map(|e| Subscription {
             status: e.status_changes.subscribe(),
             events: e.event_changes.subscribe(),
         }))
@@ -334,17 +313,20 @@ impl ResponseStore for MemoryStore {
         g.next_seq += 1;
         let seq = g.next_seq;
         let id = conv.id.clone();
-        g.conversations.insert(
-            id,
-            ConvEntry {
-                owner: tenant.to_owned(),
-                conv,
-                items,
-                expires,
-                seq,
-            },
-            self.max_records,
-        );
+        let mut entry = ConvEntry {
+            owner: tenant.to_owned(),
+            conv,
+            items: Vec::with_capacity(items.len()),
+            sizes: Vec::with_capacity(items.len()),
+            items_bytes: 0,
+            expires,
+            seq,
+        };
+        for item in items {
+            entry.push(item);
+        }
+        g.conversations.insert(id, entry, self.max_records);
+        g.shed(self.max_bytes);
         Ok(())
     }
 
@@ -363,10 +345,12 @@ impl ResponseStore for MemoryStore {
         metadata: BTreeMap<String, String>,
     ) -> StoreResult<Option<Conversation>> {
         let mut g = self.lock();
-        Ok(g.conversations.owned(tenant, id).map(|e| {
+        let conv = g.conversations.update_owned(tenant, id, |e| {
             e.conv.metadata = metadata;
             e.conv.clone()
-        }))
+        });
+        g.shed(self.max_bytes);
+        Ok(conv)
     }
 
     async fn delete_conversation(&self, tenant: &str, id: &str) -> StoreResult<bool> {
@@ -374,7 +358,9 @@ impl ResponseStore for MemoryStore {
         if g.conversations.owned(tenant, id).is_none() {
             return Ok(false);
         }
-        Ok(g.conversations.map.remove(id).is_some())
+        let removed = g.conversations.remove(id).is_some();
+        g.shed(self.max_bytes);
+        Ok(removed)
     }
 
     async fn conversation_items(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<Value>>> {
@@ -397,17 +383,17 @@ impl ResponseStore for MemoryStore {
         };
         let mut total = 0u64;
         let mut first = conv.items.len();
-        for item in conv.items.iter().rev() {
-            let size = serde_json::to_vec(item).map_or(0, |v| v.len() as u64);
-            if total + size > max_bytes {
+        for &size in conv.sizes.iter().rev() {
+            if total + size as u64 > max_bytes {
                 break;
             }
-            total += size;
+            total += size as u64;
             first -= 1;
         }
         Ok(Some(ConversationTail {
             first: first as u64,
             items: conv.items[first..].to_vec(),
+            bytes: conv.items_bytes as u64,
         }))
     }
 
@@ -416,15 +402,23 @@ impl ResponseStore for MemoryStore {
         tenant: &str,
         id: &str,
         items: Vec<Value>,
-    ) -> StoreResult<bool> {
+        max_bytes: u64,
+    ) -> StoreResult<Appended> {
+        let sizes: Vec<usize> = items.iter().map(encoded_len).collect();
+        let adding: usize = sizes.iter().sum();
         let mut g = self.lock();
-        Ok(match g.conversations.owned(tenant, id) {
-            Some(e) => {
-                e.items.extend(items);
-                true
+        let appended = g.conversations.update_owned(tenant, id, |e| {
+            let bytes = (e.items_bytes + adding) as u64;
+            if adding > 0 && bytes > max_bytes {
+                return Appended::Full { bytes };
             }
-            None => false,
-        })
+            e.items.extend(items);
+            e.sizes.extend(sizes);
+            e.items_bytes += adding;
+            Appended::Done
+        });
+        g.shed(self.max_bytes);
+        Ok(appended.unwrap_or(Appended::Unknown))
     }
 
     async fn delete_conversation_item(
@@ -434,118 +428,19 @@ impl ResponseStore for MemoryStore {
         item_id: &str,
     ) -> StoreResult<Option<bool>> {
         let mut g = self.lock();
-        Ok(g.conversations.owned(tenant, id).map(|e| {
-            let before = e.items.len();
-            e.items
-                .retain(|it| it.get("id").and_then(Value::as_str) != Some(item_id));
-            e.items.len() != before
+        Ok(g.conversations.update_owned(tenant, id, |e| {
+            let at = e
+                .items
+                .iter()
+                .position(|it| it.get("id").and_then(Value::as_str) == Some(item_id));
+            at.map(|at| {
+                e.items.remove(at);
+                e.items_bytes -= e.sizes.remove(at);
+            })
+            .is_some()
         }))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::ResponseStatus;
-
-    fn rec(id: &str) -> ResponseRecord {
-        // The test kit's fixture, parsed here: its `ResponseObject` is another crate instance.
-        let r =
-            serde_json::from_value(spindle_testkit::fixtures::response_json(id)).expect("fixture");
-        ResponseRecord {
-            response: r,
-            input_items: vec![],
-            context: vec![],
-            chain_root: id.into(),
-            owner: "t".into(),
-            routing_key: String::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn chain_logs_are_append_only_and_bounded() {
-        let s = MemoryStore::new(3, Duration::from_secs(60));
-        assert_eq!(s.append_turn("a", b"a0".to_vec()).await.unwrap(), 0);
-        assert_eq!(s.append_turn("a", b"a1".to_vec()).await.unwrap(), 1);
-        assert_eq!(s.append_turn("b", b"b0".to_vec()).await.unwrap(), 0);
-        let got = s.chain_turns("a", &[1, 0, 7]).await.unwrap();
-        assert_eq!(got, vec![Some(b"a1".to_vec()), Some(b"a0".to_vec()), None]);
-        // A fourth entry is over the bound: the least recently extended chain goes.
-        s.append_turn("b", b"b1".to_vec()).await.unwrap();
-        assert_eq!(s.chain_turns("a", &[0]).await.unwrap(), vec![None]);
-        // One chain alone over the bound loses its oldest entries, not its numbering.
-        s.append_turn("b", b"b2".to_vec()).await.unwrap();
-        assert_eq!(s.append_turn("b", b"b3".to_vec()).await.unwrap(), 3);
-        let got = s.chain_turns("b", &[0, 1, 3]).await.unwrap();
-        assert_eq!(got, vec![None, Some(b"b1".to_vec()), Some(b"b3".to_vec())]);
-    }
-
-    #[tokio::test]
-    async fn evicts_oldest_beyond_max() {
-        let s = MemoryStore::new(2, Duration::from_secs(60));
-        for id in ["a", "b", "c"] {
-            s.insert_response(rec(id)).await.unwrap();
-        }
-        assert!(s.get_response("t", "a").await.unwrap().is_none());
-        assert!(s.get_response("t", "b").await.unwrap().is_some());
-        assert!(s.get_response("t", "c").await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn expires_after_ttl() {
-        let s = MemoryStore::new(10, Duration::from_millis(20));
-        s.insert_response(rec("a")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        assert!(s.get_response("t", "a").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn terminal_state_is_final() {
-        let s = MemoryStore::new(10, Duration::from_secs(60));
-        s.insert_response(rec("a")).await.unwrap();
-        let c = s.cancel_response("t", "a").await.unwrap().unwrap();
-        assert_eq!(c.status, ResponseStatus::Cancelled);
-        let mut done = rec("a").response;
-        done.status = ResponseStatus::Completed;
-        assert!(!s.update_if_active(done).await.unwrap());
-        assert_eq!(
-            s.response_status("a").await.unwrap(),
-            Some(ResponseStatus::Cancelled)
-        );
-    }
-
-    #[tokio::test]
-    async fn events_after_filters_by_sequence() {
-        let s = MemoryStore::new(10, Duration::from_secs(60));
-        s.insert_response(rec("a")).await.unwrap();
-        let Subscription { status, mut events } = s.subscribe("a").await.unwrap().unwrap();
-        for n in 0..5u64 {
-            s.append_event("a", n, vec![b'0' + n as u8]).await.unwrap();
-        }
-        // Out of order or repeated numbers are not taken.
-        s.append_event("a", 2, b"x".to_vec()).await.unwrap();
-        assert!(events.has_changed().unwrap());
-        assert!(
-            !status.has_changed().unwrap(),
-            "events do not wake status watchers"
-        );
-        events.mark_unchanged();
-        let after = s.events_after("a", Some(2)).await.unwrap().unwrap();
-        assert_eq!(
-            after,
-            vec![
-                StoredEvent {
-                    seq: 3,
-                    bytes: b"3".to_vec()
-                },
-                StoredEvent {
-                    seq: 4,
-                    bytes: b"4".to_vec()
-                }
-            ]
-        );
-        assert_eq!(s.events_after("a", None).await.unwrap().unwrap().len(), 5);
-        s.delete_response("t", "a").await.unwrap();
-        assert!(events.changed().await.is_err());
-    }
-}
+mod tests;

@@ -16,7 +16,7 @@
 //! | `spindle:{T}:resp:<id>` | hash | `response` (JSON), `status`, `completed_at`, `error` (JSON, set by cancel/reaper), `input_items` (JSON array), `context` (JSON: the log entries of the earlier turns in its window, see [`crate::chain`]), `chain_root`, `owner` (tenant), `routing_key` (the chain's worker-routing key), `ver` (status change counter), `evs` (event change counter) |
 //! | `spindle:{T}:resp:<id>:events` | stream | one entry per stream event, entry id `0-(sequence_number+1)`, field `e` = event JSON; `MAXLEN ~` capped |
 //! | `spindle:{T}:chain:<root id>:log` | list | the chain's item log: one entry per turn (its input and output items, JSON), written once; records point into it |
-//! | `spindle:{T}:conv:<id>` | hash | `conv` (JSON), `metadata` (JSON), `owner` |
+//! | `spindle:{T}:conv:<id>` | hash | `conv` (JSON), `metadata` (JSON), `owner`, `bytes` (the items' total size) |
 //! | `spindle:{T}:conv:<id>:items` | list | item JSON, oldest first |
 //! | `spindle:leases` | sorted set | ids of queued/in-progress responses, score = lease deadline (ms since epoch) |
 //!
@@ -81,8 +81,8 @@ use self::record::Transition;
 use self::scripts::Scripts;
 use self::watch::{Change, Notifiers};
 use super::{
-    Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreError, StoreResult,
-    StoredEvent, Subscription,
+    Appended, Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreError,
+    StoreResult, StoredEvent, Subscription,
 };
 use crate::types::{now_secs, ResponseObject, ResponseStatus};
 
@@ -430,11 +430,12 @@ impl ResponseStore for RedisStore {
             .arg(tenant)
             .arg(max_bytes);
         let mut c = i.conn();
-        let r: Option<(u64, Vec<String>)> = i.run(inv.invoke_async(&mut c)).await?;
-        r.map(|(first, items)| {
+        let r: Option<(u64, Vec<String>, u64)> = i.run(inv.invoke_async(&mut c)).await?;
+        r.map(|(first, items, bytes)| {
             Ok(ConversationTail {
                 first,
                 items: items.iter().map(|s| de(s)).collect::<StoreResult<_>>()?,
+                bytes,
             })
         })
         .transpose()
@@ -445,22 +446,33 @@ impl ResponseStore for RedisStore {
         tenant: &str,
         id: &str,
         items: Vec<Value>,
-    ) -> StoreResult<bool> {
+        max_bytes: u64,
+    ) -> StoreResult<Appended> {
         let i = &self.inner;
         if items.is_empty() {
-            return Ok(self.get_conversation(tenant, id).await?.is_some());
+            let known = self.get_conversation(tenant, id).await?.is_some();
+            return Ok(if known {
+                Appended::Done
+            } else {
+                Appended::Unknown
+            });
         }
         let mut inv = i.scripts.conv_append.prepare_invoke();
         inv.key(i.conv_key(id))
             .key(i.items_key(id))
             .arg(tenant)
-            .arg(i.ttl_ms());
+            .arg(i.ttl_ms())
+            .arg(max_bytes);
         for it in &items {
             inv.arg(ser(it)?);
         }
         let mut c = i.conn();
-        let n: i64 = i.run(inv.invoke_async(&mut c)).await?;
-        Ok(n == 1)
+        let (code, bytes): (i64, u64) = i.run(inv.invoke_async(&mut c)).await?;
+        Ok(match code {
+            1 => Appended::Done,
+            2 => Appended::Full { bytes },
+            _ => Appended::Unknown,
+        })
     }
 
     async fn delete_conversation_item(

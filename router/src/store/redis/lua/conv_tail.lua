@@ -2,7 +2,8 @@
 -- at most ARGV[2] bytes, read backwards a page at a time: the work is
 -- bounded by the budget, not by the conversation's length.
 -- KEYS: conv, items. ARGV: owner, max bytes.
--- {index of the first item returned, {items, oldest first}} or nil.
+-- {index of the first item returned, {items, oldest first}, all items'
+-- bytes} or nil.
 if not owned() then return false end
 local budget = tonumber(ARGV[2])
 local first = redis.call('LLEN', KEYS[2])
@@ -25,4 +26,4 @@ local items = {}
 for i = #newest_first, 1, -1 do
   items[#items + 1] = newest_first[i]
 end
-return {first, items}
+return {first, items, tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')}
