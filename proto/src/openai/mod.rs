@@ -85,25 +85,80 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Inv
         Err(shape::ShapeError::Syntax) | Ok(()) => {}
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = match serde_path_to_error::deserialize(&mut de) {
-        Ok(v) => v,
-        Err(err) => {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                return Err(syntax(&inner));
-            }
-            let param = (path != ".").then_some(path);
-            return Err(InvalidParam {
-                message: match &param {
-                    Some(p) => format!("Invalid value for '{p}': {inner}"),
-                    None => format!("Invalid request body: {inner}"),
-                },
-                param,
-                code: Some("invalid_type"),
-            });
+    let err = match serde_path_to_error::deserialize(&mut de) {
+        Ok(value) => {
+            de.end().map_err(|e| syntax(&e))?;
+            return Ok(value);
         }
+        Err(err) => err,
     };
-    de.end().map_err(|e| syntax(&e))?;
-    Ok(value)
+    if err.inner().is_syntax() || err.inner().is_eof() {
+        return Err(syntax(err.inner()));
+    }
+    // JSON Schema counts 16.0 as an integer, so clients (and fuzzers
+    // working from the schema) may send one where a count is expected:
+    // retry once with whole-number floats made integers.
+    let retried = whole_floats_as_integers(bytes).map(serde_path_to_error::deserialize::<_, T>);
+    match retried {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(again)) => Err(type_error(&again)),
+        None => Err(type_error(&err)),
+    }
+}
+
+/// The 400 for a body that is JSON but not of the expected shape, naming
+/// the field's path.
+fn type_error<E: std::fmt::Display>(err: &serde_path_to_error::Error<E>) -> InvalidParam {
+    let path = err.path().to_string();
+    let inner = err.inner();
+    let param = (path != ".").then_some(path);
+    InvalidParam {
+        message: match &param {
+            Some(p) => format!("Invalid value for '{p}': {inner}"),
+            None => format!("Invalid request body: {inner}"),
+        },
+        param,
+        code: Some("invalid_type"),
+    }
+}
+
+/// The body with every whole-number float that fits an `i64` exactly
+/// (below 2^53) made an integer; `None` when it has none (or is not JSON).
+fn whole_floats_as_integers(bytes: &[u8]) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    fn walk(v: &mut Value) -> bool {
+        match v {
+            Value::Number(n) if n.is_f64() => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                    *v = Value::from(f as i64);
+                    true
+                }
+                _ => false,
+            },
+            Value::Array(a) => a.iter_mut().fold(false, |any, x| walk(x) || any),
+            Value::Object(o) => o.values_mut().fold(false, |any, x| walk(x) || any),
+            _ => false,
+        }
+    }
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
+    walk(&mut v).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_number_floats_count_as_integers() {
+        let r: CompletionRequest =
+            parse_body(br#"{"prompt":"x","max_tokens":16.0,"temperature":1.0}"#).unwrap();
+        assert_eq!(r.sampling.max_tokens, Some(16));
+        // Only whole numbers: the error is the usual one.
+        let e =
+            parse_body::<CompletionRequest>(br#"{"prompt":"x","max_tokens":16.5}"#).unwrap_err();
+        assert_eq!(e.code, Some("invalid_type"));
+        assert!(e.message.contains("16.5"), "{}", e.message);
+        let e = parse_body::<CompletionRequest>(br#"{"prompt":7.0}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+    }
 }
