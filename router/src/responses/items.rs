@@ -4,15 +4,16 @@
 //! Items are kept as normalized JSON values (`type`, `id`, …) because they are
 //! stored, listed and echoed back exactly; only rendering looks inside them.
 //!
-//! Rendering choices (the worker only knows system/user/assistant text):
+//! Rendering choices (the worker's chat template renders the messages):
 //! - `developer` messages become `system` messages;
-//! - a `function_call` item becomes an assistant message
-//!   `<tool_call>{"name":…,"arguments":…,"call_id":…}</tool_call>`;
-//! - a `function_call_output` item becomes a user message
-//!   `<tool_response call_id="…">output</tool_response>`;
+//! - `function_call` items become `tool_calls` of an assistant message (one
+//!   message for consecutive calls, and for the text just before them);
+//! - a `function_call_output` item becomes a `tool` message with its
+//!   `tool_call_id`;
 //! - content parts are joined without separators; only text parts are accepted.
 
 use serde_json::{json, Value};
+use spindle_proto::tools::ToolCall;
 use spindle_proto::ChatMessage;
 
 use crate::error::ApiError;
@@ -269,25 +270,29 @@ pub fn items_to_messages(items: &[Value], out: &mut Vec<ChatMessage>) {
                 ));
             }
             "function_call" => {
-                let call = json!({
-                    "name": item.get("name"),
-                    "arguments": item.get("arguments"),
-                    "call_id": item.get("call_id"),
-                });
-                out.push(ChatMessage::text(
-                    "assistant",
-                    format!("<tool_call>{call}</tool_call>"),
-                ));
+                let str_of = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or_default();
+                let call = ToolCall {
+                    call_id: str_of("call_id").to_owned(),
+                    name: str_of("name").to_owned(),
+                    arguments: str_of("arguments").to_owned(),
+                };
+                match out.last_mut() {
+                    Some(m) if m.role == "assistant" => m.tool_calls.push(call),
+                    _ => {
+                        let mut m = ChatMessage::text("assistant", "");
+                        m.tool_calls.push(call);
+                        out.push(m);
+                    }
+                }
             }
             "function_call_output" => {
                 let call_id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
-                out.push(ChatMessage::text(
-                    "user",
-                    format!(
-                        "<tool_response call_id=\"{call_id}\">{}</tool_response>",
-                        parts_text(item.get("output").unwrap_or(&Value::Null))
-                    ),
-                ));
+                let mut m = ChatMessage::text(
+                    "tool",
+                    parts_text(item.get("output").unwrap_or(&Value::Null)),
+                );
+                m.tool_call_id = Some(call_id.to_owned());
+                out.push(m);
             }
             _ => {}
         }

@@ -1,6 +1,8 @@
 //! The Responses API, the one place that builds its objects and stream
 //! events:
 //! - [`prepare`] validates a create request once, into a typed plan;
+//! - [`agents`] validates its tools, tool choice and text format into
+//!   what the worker enforces;
 //! - [`driver`] runs a generation and emits [`events`];
 //! - [`replay`] serves stored events to followers on any replica;
 //! - [`lost`] ends a response whose generating replica vanished;
@@ -8,6 +10,7 @@
 //! - [`items`] normalizes and renders input and output items;
 //! - [`handlers`] are the HTTP endpoints.
 
+mod agents;
 pub mod backlog;
 mod driver;
 pub mod events;

@@ -3,9 +3,10 @@
 //! request (messages from the chain's context window or the conversation,
 //! sampling, routing key).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use spindle_proto::{ChatMessage, GenerateRequest, PromptInput, SamplingParams};
 
+use super::agents;
 use super::items::{items_to_messages, normalize_input};
 use crate::api::SharedState;
 use crate::chain::{self, ContextTurn, Truncation};
@@ -14,8 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::{chained_response_id, ResponseRecord};
 use crate::telemetry::ModelTag;
 use crate::types::{
-    new_id, now_secs, ConversationRef, CreateResponseRequest, FunctionTool, ResponseObject,
-    ResponseStatus,
+    new_id, now_secs, ConversationRef, CreateResponseRequest, ResponseObject, ResponseStatus,
 };
 
 /// Everything a validated create request turns into.
@@ -76,35 +76,7 @@ pub(super) async fn prepare(
             Some("truncation"),
         ));
     }
-    let text = match req.text.as_ref().and_then(|t| t.format.as_ref()) {
-        None | Some(Value::Null) => json!({"format": {"type": "text"}}),
-        Some(f) => match f.get("type").and_then(Value::as_str) {
-            Some("text") => json!({"format": {"type": "text"}}),
-            Some(kind @ ("json_schema" | "json_object")) => {
-                return Err(ApiError::invalid(
-                    format!("text.format type '{kind}' is not supported yet; use 'text'"),
-                    Some("text.format.type"),
-                ))
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "text.format.type must be 'text', 'json_object' or 'json_schema'",
-                    Some("text.format.type"),
-                ))
-            }
-        },
-    };
-    let tool_choice = match &req.tool_choice {
-        None | Some(Value::Null) => json!("auto"),
-        Some(Value::String(s)) if s == "auto" || s == "none" => json!(s),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "tool_choice other than 'auto' or 'none' is not supported yet",
-                Some("tool_choice"),
-            ))
-        }
-    };
-    let tools = validate_tools(req.tools.as_deref().unwrap_or_default())?;
+    let agentic = agents::validate(&req)?;
     let input_items = normalize_input(req.input.as_ref())?;
     // What this response stores of its own, bounded before any other work.
     let input_bytes: u64 = input_items
@@ -209,7 +181,7 @@ pub(super) async fn prepare(
         },
         cache_key: None,
         cache_salt: None,
-        output: Default::default(),
+        output: agentic.spec,
     };
     // A follow-up inherits its chain's key. Otherwise, without any identity,
     // the key hashes the leading messages (system and first user turn); it
@@ -251,8 +223,8 @@ pub(super) async fn prepare(
         conversation: req.conversation.as_ref().map(|c| ConversationRef {
             id: c.id().to_owned(),
         }),
-        tools,
-        tool_choice,
+        tools: agentic.tools,
+        tool_choice: agentic.tool_choice,
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
         temperature,
         top_p,
@@ -260,7 +232,7 @@ pub(super) async fn prepare(
         frequency_penalty,
         top_logprobs: req.top_logprobs.unwrap_or(0),
         truncation,
-        text,
+        text: agentic.text,
         reasoning: None,
         max_output_tokens: req.max_output_tokens,
         max_tool_calls: req.max_tool_calls,
@@ -374,44 +346,4 @@ async fn follow_up(
         id,
         chain_key: Some(chain_key),
     })
-}
-
-/// The request's `tools`, validated into typed function tools: names as the
-/// API allows them (1–64 of `a-zA-Z0-9_-`), `parameters` an object or null.
-fn validate_tools(tools: &[Value]) -> ApiResult<Vec<FunctionTool>> {
-    tools
-        .iter()
-        .enumerate()
-        .map(|(i, tool)| {
-            let at = format!("tools[{i}]");
-            match tool.get("type").and_then(Value::as_str) {
-                Some("function") => {}
-                Some(other) => {
-                    return Err(ApiError::invalid(
-                        format!("tool type '{other}' is not supported; use 'function'"),
-                        Some(&format!("{at}.type")),
-                    ))
-                }
-                None => return Err(ApiError::missing(&format!("{at}.type"))),
-            }
-            let tool: FunctionTool = serde_json::from_value(tool.clone()).map_err(|e| {
-                ApiError::invalid(format!("invalid function tool at '{at}': {e}"), Some(&at))
-            })?;
-            let name_ok = (1..=64).contains(&tool.name.len())
-                && tool
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !name_ok {
-                return Err(ApiError::invalid(
-                    format!(
-                        "invalid function name '{}' at '{at}.name': use 1 to 64 letters, digits, '_' or '-'",
-                        tool.name
-                    ),
-                    Some(&format!("{at}.name")),
-                ));
-            }
-            Ok(tool)
-        })
-        .collect()
 }
