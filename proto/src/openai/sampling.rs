@@ -4,13 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{invalid, InvalidParam};
 use crate::SamplingParams;
 pub use crate::MAX_STOP;
 
 /// `stop`: one string or a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -18,7 +19,7 @@ pub enum Stop {
 }
 
 /// Sampling fields shared by both endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SamplingFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
