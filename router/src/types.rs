@@ -227,14 +227,19 @@ pub struct CreateResponseRequest {
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_output_tokens: Option<u32>,
     #[serde(default)]
     pub max_tool_calls: Option<u32>,
@@ -289,7 +294,7 @@ pub struct ListQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     /// `desc` (default: newest first) or `asc`.
-    #[param(value_type = Option<ListOrder>)]
+    #[param(value_type = Option<ListOrder>, inline)]
     pub order: Option<String>,
 }
 

@@ -48,6 +48,7 @@ pub struct FunctionCall {
 /// One input message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RequestMessage {
+    #[schema(pattern = "^(system|developer|user|assistant|tool|function)$")]
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
@@ -68,6 +69,7 @@ pub struct StreamOptions {
 pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Vec<RequestMessage>,
     #[serde(default)]
     pub stream: bool,

@@ -6,15 +6,18 @@
 //! it names, so a route cannot be served without being documented, nor
 //! documented without being served. What many routes share is added by rule
 //! in [`document`]: the bearer scheme on `/v1/*` and the OpenAI error
-//! responses each kind of route can return. `lib.rs` adds the layers
+//! responses each kind of route can return, and the event envelope of SSE
+//! answers. `lib.rs` adds the layers
 //! (auth, limits, guards) and the fallbacks to these routes.
 
 use std::sync::OnceLock;
 
 use axum::Json;
 use spindle_proto::openai::ErrorBody;
+use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::OpenApi;
@@ -161,7 +164,48 @@ fn build() -> utoipa::openapi::OpenApi {
             }
         }
     }
+    for item in doc.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.post, &mut item.delete];
+        for op in ops.into_iter().flatten() {
+            for resp in op.responses.responses.values_mut() {
+                let RefOr::T(resp) = resp else { continue };
+                if let Some(content) = resp.content.get_mut("text/event-stream") {
+                    content.schema = content.schema.take().map(|s| RefOr::T(sse_event(s)));
+                }
+            }
+        }
+    }
     doc
+}
+
+/// The schema of one event of an SSE answer, whose handler names the type of
+/// its data: OpenAPI 3.2 (and schemathesis) read a `text/event-stream`
+/// schema as the event, `{event, data}`, so `data` is a string holding that
+/// type as JSON (`contentSchema`), or the closing `[DONE]`.
+fn sse_event(data: RefOr<Schema>) -> Schema {
+    let json = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .content_media_type("application/json")
+        .extensions(Some(Extensions::from_iter([(
+            "contentSchema".to_owned(),
+            // A schema serializes to JSON (string keys only).
+            serde_json::to_value(&data).unwrap_or_default(),
+        )])))
+        .build();
+    let done = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["[DONE]"]))
+        .build();
+    ObjectBuilder::new()
+        .property(
+            "event",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("The event's `type` (Responses streams only).")),
+        )
+        .property("data", AnyOfBuilder::new().item(done).item(json))
+        .required("data")
+        .into()
 }
 
 /// The errors an operation can return, from what its route does: every

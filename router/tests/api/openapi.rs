@@ -67,9 +67,14 @@ fn response_schema(doc: &Value, method: &str, path: &str, status: u16, ctype: &s
 
 /// Validate `body` against the documented schema of that answer.
 fn conforms(doc: &Value, method: &str, path: &str, status: u16, ctype: &str, body: &Value) {
+    let schema = response_schema(doc, method, path, status, ctype);
+    validate_against(doc, &schema, body, &format!("{method} {path} {status}"));
+}
+
+fn validate_against(doc: &Value, schema: &Value, body: &Value, what: &str) {
     let schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "allOf": [response_schema(doc, method, path, status, ctype)],
+        "allOf": [schema],
         "components": doc["components"],
     });
     let v = jsonschema::validator_for(&schema).expect("schema compiles");
@@ -77,17 +82,21 @@ fn conforms(doc: &Value, method: &str, path: &str, status: u16, ctype: &str, bod
         .iter_errors(body)
         .map(|e| format!("{e} at {}", e.instance_path()))
         .collect();
-    assert!(
-        errors.is_empty(),
-        "{method} {path} {status}: {errors:?}\n{body:#}"
-    );
+    assert!(errors.is_empty(), "{what}: {errors:?}\n{body:#}");
 }
 
+/// Each SSE event against the documented event: `data` is `[DONE]` or JSON
+/// valid against the data's `contentSchema` (an annotation to validators,
+/// so checked here by hand).
 fn sse_conforms(doc: &Value, path: &str, events: &[(Option<String>, Option<Value>)]) {
     assert!(events.len() > 2, "{events:?}");
-    for (_, data) in events {
-        if let Some(data) = data {
-            conforms(doc, "POST", path, 200, "text/event-stream", data);
+    let event = response_schema(doc, "POST", path, 200, "text/event-stream");
+    let data = &event["properties"]["data"]["anyOf"];
+    assert_eq!(data[0]["enum"], json!(["[DONE]"]), "{event}");
+    assert_eq!(data[1]["contentMediaType"], "application/json", "{event}");
+    for (_, payload) in events {
+        if let Some(payload) = payload {
+            validate_against(doc, &data[1]["contentSchema"], payload, path);
         }
     }
 }
