@@ -161,6 +161,25 @@ def assert_error_body(resp: Resp, status: int, param: str | None = None, code: s
     return err
 
 
+def assert_openai_error(status: int, text: str, context: str = "") -> None:
+    """A 4xx body is the OpenAI error shape {"error": {"message": str, "type": str,
+    "param": str|null, "code": str|null}}; a 5xx fails (the fuzz runs' pass rule)."""
+    assert status < 500, f"{status} {text[:500]}\n{context}"
+    if status < 400:
+        return
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise AssertionError(f"{status} body is not JSON: {text[:500]}\n{context}")
+    err = body.get("error") if isinstance(body, dict) else None
+    assert isinstance(err, dict) and set(err) >= {"message", "type", "param", "code"}, (
+        f"{status} not the OpenAI error shape: {text[:500]}\n{context}")
+    assert isinstance(err["message"], str) and err["message"], text
+    assert isinstance(err["type"], str) and err["type"], text
+    assert err["param"] is None or isinstance(err["param"], str), text
+    assert err["code"] is None or isinstance(err["code"], str), text
+
+
 def wait_ready(url: str, timeout: float = 30) -> None:
     """Wait until `url`/ready answers 200 (a router: every model has a ready worker)."""
     deadline = time.time() + timeout

@@ -62,7 +62,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from conftest import STORIES
-from router_support import SCHEMA_PATH, Http, assert_error_body, parse_sse, validate, validate_event
+from router_support import (SCHEMA_PATH, Http, assert_error_body, assert_openai_error, parse_sse, validate,
+                            validate_event)
 
 # Examples per operation (schemathesis mixes positive and negative cases in them).
 CREATE_EXAMPLES = int(os.environ.get("SPINDLE_FUZZ_EXAMPLES", "1000"))
@@ -252,20 +253,7 @@ def _count(case, resp) -> None:
 
 
 def _error_shape(case, resp) -> None:
-    status = resp.status_code
-    assert status < 500, f"{status} {resp.text[:500]}\n{case.as_curl_command()}"
-    if 400 <= status < 500:
-        try:
-            body = resp.json()
-        except ValueError:
-            raise AssertionError(f"{status} body is not JSON: {resp.text[:500]}\n{case.as_curl_command()}")
-        err = body.get("error") if isinstance(body, dict) else None
-        assert isinstance(err, dict) and set(err) >= {"message", "type", "param", "code"}, (
-            f"{status} not the OpenAI error shape: {resp.text[:500]}\n{case.as_curl_command()}")
-        assert isinstance(err["message"], str) and err["message"], resp.text
-        assert isinstance(err["type"], str) and err["type"], resp.text
-        assert err["param"] is None or isinstance(err["param"], str), resp.text
-        assert err["code"] is None or isinstance(err["code"], str), resp.text
+    assert_openai_error(resp.status_code, resp.text, case.as_curl_command())
 
 
 _COMMON = dict(

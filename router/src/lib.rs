@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 
 pub use cluster::{ClusterConfig, ClusterGenerator};
 pub use config::{RouterConfig, StoreKind};
@@ -58,7 +57,7 @@ pub fn app(
     app_with_lifecycle(generator, store, config, Arc::default())
 }
 
-/// The public API plus `/health` and `/ready`; see [`app_with_ops`].
+/// The public API plus `/health`, `/ready` and `/openapi.json`; see [`app_with_ops`].
 pub fn app_with_lifecycle(
     generator: Arc<dyn Generator>,
     store: Arc<dyn ResponseStore>,
@@ -68,9 +67,9 @@ pub fn app_with_lifecycle(
     app_with_ops(generator, store, config, lifecycle, axum::Router::new())
 }
 
-/// The public API plus `/health` and `/ready` (open to all), and `stats`
-/// (the binary's `/metrics`, `/load`: activity counters), which need an API
-/// key when keys are set; none of them are in request metrics or logs. The
+/// The public API plus `/health`, `/ready` and `/openapi.json` (open to
+/// all), and `stats` (the binary's `/metrics`, `/load`: activity counters),
+/// which need an API key when keys are set; none of them are in request metrics or logs. The
 /// binary drains through `lifecycle` on SIGTERM. The generator and store
 /// are wrapped here, so every route is measured the same way.
 pub fn app_with_ops(
@@ -80,8 +79,6 @@ pub fn app_with_ops(
     lifecycle: Arc<Lifecycle>,
     stats: axum::Router,
 ) -> axum::Router {
-    use api::{chat, conversations, models, ops};
-    use responses::handlers as responses;
     metrics::gauge!("spindle_router_draining").set(if lifecycle.is_draining() { 1.0 } else { 0.0 });
     let store: Arc<dyn ResponseStore> = Arc::new(store::metered::MeteredStore::new(store));
     let backlog = crate::responses::Backlog::new(
@@ -105,36 +102,9 @@ pub fn app_with_ops(
         lifecycle: lifecycle.clone(),
         backlog,
     });
-    let api = axum::Router::new()
-        .route("/v1/responses", post(responses::create))
-        .route(
-            "/v1/responses/{id}",
-            get(responses::retrieve).delete(responses::delete),
-        )
-        .route("/v1/responses/{id}/cancel", post(responses::cancel))
-        .route(
-            "/v1/responses/{id}/input_items",
-            get(responses::input_items),
-        )
-        .route("/v1/conversations", post(conversations::create))
-        .route(
-            "/v1/conversations/{id}",
-            get(conversations::get)
-                .post(conversations::update)
-                .delete(conversations::delete),
-        )
-        .route(
-            "/v1/conversations/{id}/items",
-            get(conversations::list_items).post(conversations::add_items),
-        )
-        .route(
-            "/v1/conversations/{id}/items/{item_id}",
-            get(conversations::get_item).delete(conversations::delete_item),
-        )
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(chat::completions))
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::get))
+    // The routes come with their documentation (`api::openapi`).
+    let (api, _) = api::openapi::api().split_for_parts();
+    let api = api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -156,10 +126,8 @@ pub fn app_with_ops(
         .layer(axum::middleware::from_fn(telemetry::track_requests))
         .layer(axum::middleware::from_fn(api::request_id::assign))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
-    // Probes: no API key, no per-request metrics or logs.
-    let ops = axum::Router::new()
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready));
+    // Probes and /openapi.json: no API key, no per-request metrics or logs.
+    let (ops, _) = api::openapi::probes().split_for_parts();
     let stats = stats.layer(axum::middleware::from_fn_with_state(
         state.clone(),
         api::authenticate,

@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+use crate::responses::items::{InputParam, Item};
 
 /// The answer to a `DELETE`: `{"id", "object": "<kind>.deleted", "deleted": true}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Deleted {
     pub id: String,
     pub object: &'static str,
@@ -28,7 +30,7 @@ impl Deleted {
 }
 
 /// Lifecycle of a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseStatus {
     Queued,
@@ -59,20 +61,20 @@ impl ResponseStatus {
 }
 
 /// `error` of a failed response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ResponseErrorInfo {
     pub code: String,
     pub message: String,
 }
 
 /// `incomplete_details` of an incomplete response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct IncompleteDetails {
     pub reason: String,
 }
 
 /// `usage` of a finished response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ResponseUsage {
     pub input_tokens: u32,
     pub input_tokens_details: InputTokensDetails,
@@ -82,13 +84,13 @@ pub struct ResponseUsage {
 }
 
 /// Prompt-cache accounting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InputTokensDetails {
     pub cached_tokens: u32,
 }
 
 /// Reasoning accounting (always 0: no reasoning models).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OutputTokensDetails {
     pub reasoning_tokens: u32,
 }
@@ -110,13 +112,13 @@ impl From<spindle_proto::Usage> for ResponseUsage {
 }
 
 /// `{"id": "conv_…"}` on a response that belongs to a conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ConversationRef {
     pub id: String,
 }
 
 /// `"type": "function"`, the one tool type Spindle serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolKind {
     Function,
@@ -124,7 +126,7 @@ pub enum ToolKind {
 
 /// A function tool: as validated from the request, and as echoed in the
 /// response object, where every key is present (`null` when not given).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FunctionTool {
     #[serde(rename = "type")]
     pub kind: ToolKind,
@@ -139,7 +141,7 @@ pub struct FunctionTool {
 }
 
 /// The response object; every key is always serialized (null where N/A).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ResponseObject {
     pub id: String,
     pub object: String,
@@ -150,6 +152,7 @@ pub struct ResponseObject {
     pub incomplete_details: Option<IncompleteDetails>,
     pub instructions: Option<String>,
     pub model: String,
+    #[schema(value_type = Vec<Item>)]
     pub output: Vec<Value>,
     pub previous_response_id: Option<String>,
     pub conversation: Option<ConversationRef>,
@@ -177,7 +180,7 @@ pub struct ResponseObject {
 }
 
 /// `conversation` in a create request: an id or `{"id": …}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum ConversationParam {
     Id(String),
@@ -194,7 +197,7 @@ impl ConversationParam {
 }
 
 /// `text` in a create request.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 pub struct TextParam {
     #[serde(default)]
     pub format: Option<Value>,
@@ -203,11 +206,13 @@ pub struct TextParam {
 }
 
 /// Body of `POST /v1/responses`. Unknown fields are ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct CreateResponseRequest {
     #[serde(default)]
     pub model: Option<String>,
+    /// A string (one user message) or a list of items.
     #[serde(default)]
+    #[schema(value_type = Option<InputParam>)]
     pub input: Option<Value>,
     #[serde(default)]
     pub instructions: Option<String>,
@@ -222,14 +227,19 @@ pub struct CreateResponseRequest {
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_output_tokens: Option<u32>,
     #[serde(default)]
     pub max_tool_calls: Option<u32>,
@@ -246,6 +256,7 @@ pub struct CreateResponseRequest {
     #[serde(default)]
     pub text: Option<TextParam>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<FunctionTool>>)]
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
@@ -273,11 +284,26 @@ pub fn now_secs() -> u64 {
 }
 
 /// Query of list endpoints: `after`, `limit` (1..=100, default 20), `order`.
-#[derive(Debug, Default, Deserialize)]
+/// Kept as strings so a bad value is a 400 naming its parameter (`resolve`).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// List items after this item id.
     pub after: Option<String>,
+    /// How many items, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// `desc` (default: newest first) or `asc`.
+    #[param(value_type = Option<ListOrder>, inline)]
     pub order: Option<String>,
+}
+
+/// The orders `ListQuery::order` accepts.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOrder {
+    Asc,
+    Desc,
 }
 
 impl ListQuery {

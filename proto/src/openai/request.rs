@@ -8,20 +8,21 @@
 //! renders these, with or without its own tool syntax.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::sampling::SamplingFields;
 use super::{invalid, InvalidParam};
 use crate::{ChatMessage, GenerateRequest, PromptInput};
 
 /// Message content: a string or a list of typed parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -30,14 +31,14 @@ pub struct ContentPart {
 }
 
 /// A function call an assistant message made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ToolCall {
     #[serde(default)]
     pub id: Option<String>,
     pub function: FunctionCall,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FunctionCall {
     pub name: String,
     #[serde(default)]
@@ -45,8 +46,9 @@ pub struct FunctionCall {
 }
 
 /// One input message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RequestMessage {
+    #[schema(pattern = "^(system|developer|user|assistant|tool|function)$")]
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
@@ -56,17 +58,18 @@ pub struct RequestMessage {
     pub tool_call_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// `POST /v1/chat/completions` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Vec<RequestMessage>,
     #[serde(default)]
     pub stream: bool,
@@ -79,7 +82,7 @@ pub struct ChatCompletionRequest {
 }
 
 /// `prompt`: a string, or a list holding exactly one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     One(String),
@@ -87,7 +90,7 @@ pub enum Prompt {
 }
 
 /// `POST /v1/completions` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     #[serde(default)]
     pub model: Option<String>,

@@ -4,21 +4,22 @@
 //! the worker and the router.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::{FailureCode, FinishReason, GenerateEvent, Usage};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionTokensDetails {
     pub reasoning_tokens: u32,
 }
 
 /// OpenAI `usage` object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionUsage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -53,14 +54,14 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
 }
 
 /// The assistant's message in a whole chat completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: String,
     pub content: String,
     pub refusal: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
@@ -69,7 +70,7 @@ pub struct ChatChoice {
 }
 
 /// A whole `chat.completion`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletion {
     pub id: String,
     pub object: String,
@@ -81,7 +82,7 @@ pub struct ChatCompletion {
 }
 
 /// What a chunk adds to the assistant message.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -89,7 +90,7 @@ pub struct Delta {
     pub content: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -98,7 +99,7 @@ pub struct ChunkChoice {
 }
 
 /// One `chat.completion.chunk` of a stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: String,
@@ -111,7 +112,7 @@ pub struct ChatCompletionChunk {
     pub usage: Option<CompletionUsage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
@@ -120,7 +121,7 @@ pub struct TextChoice {
 }
 
 /// A whole `text_completion`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TextCompletion {
     pub id: String,
     pub object: String,
@@ -131,7 +132,7 @@ pub struct TextCompletion {
 }
 
 /// One `text_completion` chunk of a stream (same object name as the whole one).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TextCompletionChunk {
     pub id: String,
     pub object: String,
@@ -143,12 +144,12 @@ pub struct TextCompletionChunk {
 }
 
 /// The OpenAI error body: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorObject,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorObject {
     pub message: String,
     #[serde(rename = "type")]
@@ -379,7 +380,7 @@ impl Completer {
 }
 
 /// One entry of `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,
     #[serde(default = "model_object")]
@@ -422,7 +423,7 @@ impl ModelCard {
 }
 
 /// The body of `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModelList {
     pub object: String,
     pub data: Vec<ModelCard>,

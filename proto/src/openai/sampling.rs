@@ -4,13 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{invalid, InvalidParam};
 use crate::SamplingParams;
 pub use crate::MAX_STOP;
 
 /// `stop`: one string or a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -18,19 +19,29 @@ pub enum Stop {
 }
 
 /// Sampling fields shared by both endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SamplingFields {
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
     pub seed: Option<u64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
+    #[schema(exclusive_minimum = 0)]
     pub repetition_penalty: Option<f32>,
     pub stop: Option<Stop>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u32>,
+    /// Only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// Only `false`/absent is supported.
     pub logprobs: Option<Value>,

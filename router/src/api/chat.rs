@@ -10,8 +10,10 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{BoxStream, StreamExt};
+use spindle_proto::openai::response::{ChatCompletion, ChatCompletionChunk, TextCompletionChunk};
 use spindle_proto::openai::{
     ChatCompletionRequest, Completer, CompletionRequest, Endpoint, InvalidParam, StreamItem,
+    TextCompletion,
 };
 use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 
@@ -113,6 +115,11 @@ async fn run(
     Ok(sse_response(first.chain(body)))
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", operation_id = "createChatCompletion",
+    request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The completion (`stream: false`), or its chunks (`stream: true`): `data:` frames \
+holding one chunk each (or, when generation fails mid-stream, one error body), then `data: [DONE]`.",
+        content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream")))))]
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(st): State<SharedState>,
@@ -133,6 +140,11 @@ pub async fn chat_completions(
     run(st, call, |id| req.to_generate(id), &tag).await
 }
 
+#[utoipa::path(post, path = "/v1/completions", tag = "chat", operation_id = "createCompletion",
+    request_body = CompletionRequest,
+    responses((status = 200, description = "The completion (`stream: false`), or its chunks (`stream: true`): `data:` frames \
+holding one chunk each (or, when generation fails mid-stream, one error body), then `data: [DONE]`.",
+        content((TextCompletion = "application/json"), (TextCompletionChunk = "text/event-stream")))))]
 /// `POST /v1/completions`.
 pub async fn completions(
     State(st): State<SharedState>,

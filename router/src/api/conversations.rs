@@ -9,33 +9,36 @@ use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{SharedState, Tenant};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::responses::items::{list_page, normalize_items};
+use crate::responses::items::{list_page, normalize_items, InputItem, Item, ItemList};
 use crate::store::{Appended, Conversation};
 use crate::types::{new_id, now_secs, Deleted, ListQuery};
 
 /// Body of `POST /v1/conversations`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct CreateConversation {
     #[serde(default)]
+    #[schema(value_type = Option<Vec<InputItem>>)]
     pub items: Option<Vec<Value>>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Body of `POST /v1/conversations/{id}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct UpdateConversation {
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Body of `POST /v1/conversations/{id}/items`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct AddItems {
+    #[schema(value_type = Vec<InputItem>, min_items = 1)]
     pub items: Vec<Value>,
 }
 
@@ -48,6 +51,8 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Conversation with id '{id}' not found."))
 }
 
+#[utoipa::path(post, path = "/v1/conversations", tag = "conversations", operation_id = "createConversation",
+    request_body = CreateConversation, responses((status = 200, description = "The new conversation.", body = Conversation)))]
 /// `POST /v1/conversations`.
 pub async fn create(
     State(st): State<SharedState>,
@@ -72,6 +77,8 @@ pub async fn create(
     Ok(Json(conv))
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", operation_id = "getConversation",
+    params(("id" = String, Path, description = "The conversation id (`conv_…`).")), responses((status = 200, description = "The conversation.", body = Conversation)))]
 /// `GET /v1/conversations/{id}`.
 pub async fn get(
     State(st): State<SharedState>,
@@ -85,6 +92,9 @@ pub async fn get(
         .ok_or_else(|| not_found(&id))
 }
 
+#[utoipa::path(post, path = "/v1/conversations/{id}", tag = "conversations", operation_id = "updateConversation",
+    params(("id" = String, Path, description = "The conversation id (`conv_…`).")), request_body = UpdateConversation,
+    responses((status = 200, description = "The conversation with its new metadata.", body = Conversation)))]
 /// `POST /v1/conversations/{id}` (metadata update).
 pub async fn update(
     State(st): State<SharedState>,
@@ -99,6 +109,8 @@ pub async fn update(
         .ok_or_else(|| not_found(&id))
 }
 
+#[utoipa::path(delete, path = "/v1/conversations/{id}", tag = "conversations", operation_id = "deleteConversation",
+    params(("id" = String, Path, description = "The conversation id (`conv_…`).")), responses((status = 200, description = "Deleted.", body = Deleted)))]
 /// `DELETE /v1/conversations/{id}`.
 pub async fn delete(
     State(st): State<SharedState>,
@@ -112,13 +124,15 @@ pub async fn delete(
     }
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}/items", tag = "conversations", operation_id = "listConversationItems",
+    params(("id" = String, Path, description = "The conversation id (`conv_…`)."), ListQuery), responses((status = 200, description = "A page of the conversation's items.", body = ItemList)))]
 /// `GET /v1/conversations/{id}/items`.
 pub async fn list_items(
     State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ItemList>> {
     let (limit, desc) = q.resolve()?;
     let items = st
         .store
@@ -128,13 +142,16 @@ pub async fn list_items(
     Ok(Json(list_page(&items, q.after.as_deref(), limit, desc)?))
 }
 
+#[utoipa::path(post, path = "/v1/conversations/{id}/items", tag = "conversations", operation_id = "createConversationItems",
+    params(("id" = String, Path, description = "The conversation id (`conv_…`).")), request_body = AddItems,
+    responses((status = 200, description = "The added items.", body = ItemList)))]
 /// `POST /v1/conversations/{id}/items`.
 pub async fn add_items(
     State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<AddItems>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ItemList>> {
     if body.items.is_empty() {
         return Err(ApiError::invalid(
             "'items' must not be empty",
@@ -154,6 +171,8 @@ pub async fn add_items(
     }
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}/items/{item_id}", tag = "conversations", operation_id = "getConversationItem",
+    params(("id" = String, Path, description = "The conversation id (`conv_…`)."), ("item_id" = String, Path, description = "The item id.")), responses((status = 200, description = "The item.", body = Item)))]
 /// `GET /v1/conversations/{id}/items/{item_id}`.
 pub async fn get_item(
     State(st): State<SharedState>,
@@ -172,6 +191,8 @@ pub async fn get_item(
         .ok_or_else(|| ApiError::not_found(format!("Item with id '{item_id}' not found.")))
 }
 
+#[utoipa::path(delete, path = "/v1/conversations/{id}/items/{item_id}", tag = "conversations", operation_id = "deleteConversationItem",
+    params(("id" = String, Path, description = "The conversation id (`conv_…`)."), ("item_id" = String, Path, description = "The item id.")), responses((status = 200, description = "The conversation.", body = Conversation)))]
 /// `DELETE /v1/conversations/{id}/items/{item_id}`; returns the conversation.
 pub async fn delete_item(
     State(st): State<SharedState>,

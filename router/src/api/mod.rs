@@ -6,6 +6,7 @@ pub mod guard;
 pub mod keys;
 pub mod limits;
 pub mod models;
+pub mod openapi;
 pub mod ops;
 pub mod request_id;
 

@@ -9,11 +9,16 @@ use super::SharedState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiPath;
 
+#[utoipa::path(get, path = "/v1/models", tag = "models", operation_id = "listModels",
+    responses((status = 200, description = "The models the workers serve.", body = ModelList)))]
 /// `GET /v1/models`.
 pub async fn list(State(st): State<SharedState>) -> Json<ModelList> {
     Json(ModelList::new(st.generator.models()))
 }
 
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", operation_id = "retrieveModel",
+    params(("id" = String, Path, description = "A served model name.")),
+    responses((status = 200, description = "The model.", body = ModelCard)))]
 /// `GET /v1/models/{id}`.
 pub async fn get(
     State(st): State<SharedState>,

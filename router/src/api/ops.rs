@@ -10,13 +10,15 @@ use serde::Serialize;
 use super::SharedState;
 
 /// The body of `/health` and `/ready`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations", operation_id = "health",
+    responses((status = 200, description = "The process is alive.", body = Health)))]
 /// `GET /health`: 200 while the process runs.
 pub async fn health() -> Json<Health> {
     Json(Health {
@@ -25,6 +27,9 @@ pub async fn health() -> Json<Health> {
     })
 }
 
+#[utoipa::path(get, path = "/ready", tag = "operations", operation_id = "ready",
+    responses((status = 200, description = "Ready for traffic.", body = Health),
+        (status = 503, description = "Not ready: draining, the store does not answer, or a served model has no ready worker.", body = Health)))]
 /// `GET /ready`: 200 when this replica should get traffic, else 503 with why.
 pub async fn ready(State(st): State<SharedState>) -> (StatusCode, Json<Health>) {
     let unready = |reason: String| {

@@ -8,11 +8,13 @@
 use axum::response::sse::Event;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
+use super::items::{Item, Part};
 use crate::types::{ResponseObject, ResponseStatus};
 
 /// One event of a response's stream (the `type` tag is the SSE event name).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type")]
 pub enum ResponseStreamEvent {
     #[serde(rename = "response.created")]
@@ -22,12 +24,17 @@ pub enum ResponseStreamEvent {
     #[serde(rename = "response.in_progress")]
     InProgress { response: Box<ResponseObject> },
     #[serde(rename = "response.output_item.added")]
-    OutputItemAdded { output_index: u32, item: Value },
+    OutputItemAdded {
+        output_index: u32,
+        #[schema(value_type = Item)]
+        item: Value,
+    },
     #[serde(rename = "response.content_part.added")]
     ContentPartAdded {
         item_id: String,
         output_index: u32,
         content_index: u32,
+        #[schema(value_type = Part)]
         part: Value,
     },
     #[serde(rename = "response.output_text.delta")]
@@ -51,10 +58,15 @@ pub enum ResponseStreamEvent {
         item_id: String,
         output_index: u32,
         content_index: u32,
+        #[schema(value_type = Part)]
         part: Value,
     },
     #[serde(rename = "response.output_item.done")]
-    OutputItemDone { output_index: u32, item: Value },
+    OutputItemDone {
+        output_index: u32,
+        #[schema(value_type = Item)]
+        item: Value,
+    },
     #[serde(rename = "response.completed")]
     Completed { response: Box<ResponseObject> },
     #[serde(rename = "response.incomplete")]
@@ -72,7 +84,7 @@ pub enum ResponseStreamEvent {
 }
 
 /// The `error` object inside an [`ResponseStreamEvent::Error`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     #[serde(rename = "type")]
     pub kind: String,
@@ -134,7 +146,7 @@ impl ResponseStreamEvent {
 }
 
 /// An event at its place in the stream: what clients receive.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Sequenced {
     #[serde(flatten)]
     pub event: ResponseStreamEvent,

@@ -7,13 +7,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::Instrument;
 
 use super::driver::{CancelSource, Driver, Events, Start};
-use super::items::list_page;
+use super::events::Sequenced;
+use super::items::{list_page, ItemList};
 use super::prepare::{prepare, Prepared};
 use super::replay::follow;
 use crate::api::{SharedState, Tenant};
@@ -25,6 +25,11 @@ use crate::store::{ResponseRecord, Subscription};
 use crate::telemetry::ModelTag;
 use crate::types::{CreateResponseRequest, Deleted, ListQuery, ResponseObject};
 
+#[utoipa::path(post, path = "/v1/responses", tag = "responses", operation_id = "createResponse",
+    request_body = CreateResponseRequest,
+    responses((status = 200, description = "The response (`stream: false`; `background: true` answers at once, `queued`), \
+or its events (`stream: true`): `event: <type>` frames whose data is one event, then `data: [DONE]`.",
+        content((ResponseObject = "application/json"), (Sequenced = "text/event-stream")))))]
 /// `POST /v1/responses`.
 pub async fn create(
     State(st): State<SharedState>,
@@ -130,13 +135,22 @@ async fn load(st: &SharedState, tenant: &str, id: &str) -> ApiResult<ResponseRec
         .ok_or_else(|| ApiError::not_found(format!("Response with id '{id}' not found.")))
 }
 
-/// Query of `GET /v1/responses/{id}`.
-#[derive(Debug, Default, Deserialize)]
+/// Query of `GET /v1/responses/{id}` (strings, so a bad value is a 400 naming it).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RetrieveQuery {
+    /// `true`: stream the events of a background response.
+    #[param(value_type = Option<bool>)]
     pub stream: Option<String>,
+    /// With `stream=true`: only events after this sequence number.
+    #[param(value_type = Option<u64>, minimum = 0)]
     pub starting_after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/responses/{id}", tag = "responses", operation_id = "getResponse",
+    params(("id" = String, Path, description = "The response id (`resp_…`)."), RetrieveQuery),
+    responses((status = 200, description = "The stored response, or (`stream=true`, background responses) its events from `starting_after` on.",
+        content((ResponseObject = "application/json"), (Sequenced = "text/event-stream")))))]
 /// `GET /v1/responses/{id}` (also `?stream=true&starting_after=N`).
 pub async fn retrieve(
     State(st): State<SharedState>,
@@ -176,6 +190,8 @@ pub async fn retrieve(
     Ok(sse_response(follow(st, id, after)))
 }
 
+#[utoipa::path(delete, path = "/v1/responses/{id}", tag = "responses", operation_id = "deleteResponse",
+    params(("id" = String, Path, description = "The response id (`resp_…`).")), responses((status = 200, description = "Deleted.", body = Deleted)))]
 /// `DELETE /v1/responses/{id}`.
 pub async fn delete(
     State(st): State<SharedState>,
@@ -191,6 +207,8 @@ pub async fn delete(
     }
 }
 
+#[utoipa::path(post, path = "/v1/responses/{id}/cancel", tag = "responses", operation_id = "cancelResponse",
+    params(("id" = String, Path, description = "The response id (`resp_…`).")), responses((status = 200, description = "The background response, cancelled unless it had already ended.", body = ResponseObject)))]
 /// `POST /v1/responses/{id}/cancel`.
 pub async fn cancel(
     State(st): State<SharedState>,
@@ -212,13 +230,15 @@ pub async fn cancel(
     Ok(Json(resp))
 }
 
+#[utoipa::path(get, path = "/v1/responses/{id}/input_items", tag = "responses", operation_id = "listInputItems",
+    params(("id" = String, Path, description = "The response id (`resp_…`)."), ListQuery), responses((status = 200, description = "A page of the response's input items.", body = ItemList)))]
 /// `GET /v1/responses/{id}/input_items`.
 pub async fn input_items(
     State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ItemList>> {
     let (limit, desc) = q.resolve()?;
     let rec = load(&st, &tenant, &id).await?;
     Ok(Json(list_page(

@@ -12,9 +12,11 @@
 //!   `tool_call_id`;
 //! - content parts are joined without separators; only text parts are accepted.
 
+use serde::Serialize;
 use serde_json::{json, Value};
 use spindle_proto::tools::ToolCall;
 use spindle_proto::ChatMessage;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::types::new_id;
@@ -313,13 +315,25 @@ pub fn output_text_part(text: &str) -> Value {
     text_part("output_text", text)
 }
 
+/// A page of items (`input_items`, conversation items).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ItemList {
+    /// Always `list`.
+    pub object: &'static str,
+    #[schema(value_type = Vec<Item>)]
+    pub data: Vec<Value>,
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
+    pub has_more: bool,
+}
+
 /// A `{"object":"list",…}` page over items with ids, OpenAI cursor style.
 pub fn list_page(
     items: &[Value],
     after: Option<&str>,
     limit: usize,
     desc: bool,
-) -> Result<Value, ApiError> {
+) -> Result<ItemList, ApiError> {
     let mut ordered: Vec<&Value> = items.iter().collect();
     if desc {
         ordered.reverse();
@@ -336,12 +350,152 @@ pub fn list_page(
     };
     let rest = &ordered[start.min(ordered.len())..];
     let page: Vec<Value> = rest.iter().take(limit).map(|v| (*v).clone()).collect();
-    let id_of = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned().unwrap_or(Value::Null);
-    Ok(json!({
-        "object": "list",
-        "data": page,
-        "first_id": id_of(page.first()),
-        "last_id": id_of(page.last()),
-        "has_more": rest.len() > limit,
-    }))
+    let id_of = |v: Option<&Value>| {
+        v.and_then(|v| v.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    Ok(ItemList {
+        object: "list",
+        first_id: id_of(page.first()),
+        last_id: id_of(page.last()),
+        has_more: rest.len() > limit,
+        data: page,
+    })
+}
+
+// ------------------------------------------------ schemas of the items above
+//
+// Items stay JSON values (see the module docs); these types only describe,
+// for the OpenAPI document, what `normalize_item` and `output_message` build
+// and what requests may send. The API tests validate real items against them.
+
+/// An item as Spindle stores, lists and returns it.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Item {
+    Message {
+        id: String,
+        status: ItemStatus,
+        role: Role,
+        content: Vec<Part>,
+    },
+    FunctionCall {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+        status: ItemStatus,
+    },
+    FunctionCallOutput {
+        id: String,
+        call_id: String,
+        output: FunctionOutput,
+        status: ItemStatus,
+    },
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    InProgress,
+    Completed,
+    Incomplete,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+    Developer,
+}
+
+/// A content part of a stored item: text only (a text-only model).
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    InputText {
+        text: String,
+    },
+    OutputText {
+        text: String,
+        annotations: Vec<Value>,
+        logprobs: Vec<Value>,
+    },
+    Refusal {
+        refusal: String,
+    },
+}
+
+/// A function's output: a string or `input_text` parts.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FunctionOutput {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// `input` of a create request: a string (one user message) or items.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum InputParam {
+    Text(String),
+    Items(Vec<InputItem>),
+}
+
+/// An item a request sends (`input`, conversation `items`); ids are optional.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputItem {
+    Message {
+        id: Option<String>,
+        role: Role,
+        content: InputContent,
+    },
+    FunctionCall {
+        id: Option<String>,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    FunctionCallOutput {
+        id: Option<String>,
+        call_id: String,
+        output: InputOutput,
+    },
+}
+
+/// A message's content: a string or text parts.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum InputContent {
+    Text(String),
+    Parts(Vec<InputPart>),
+}
+
+/// A content part a request sends (`text` takes the role's kind).
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputPart {
+    InputText { text: String },
+    OutputText { text: String },
+    Text { text: String },
+    Refusal { refusal: String },
+}
+
+/// A function output a request sends: a string or `input_text` parts.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum InputOutput {
+    Text(String),
+    Parts(Vec<InputTextPart>),
+}
+
+/// `{"type": "input_text", "text": …}`.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputTextPart {
+    InputText { text: String },
 }

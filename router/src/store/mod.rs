@@ -150,7 +150,7 @@ pub struct Subscription {
 pub type LostFn = fn(ResponseObject, &[StoredEvent]) -> (ResponseObject, Vec<Vec<u8>>);
 
 /// A conversation object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Conversation {
     pub id: String,
     pub object: String,

@@ -8,6 +8,7 @@ mod chat;
 mod conversations;
 mod errors;
 mod http_worker;
+mod openapi;
 mod responses;
 mod streams;
 mod support;
