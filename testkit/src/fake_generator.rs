@@ -8,6 +8,11 @@
 //! - `FAIL`: two deltas, then an error event (`worker_crashed`);
 //! - `HANG`: one delta, then nothing ever again;
 //! - `LONG`: finishes with `length` instead of `stop`.
+//!
+//! When the request offers tools and forces a call (`tool_choice` required
+//! or a named function), or its last message says `CALL`, the stream is one
+//! call instead of text: [`CALL_ID`] to the named (or first) tool with the
+//! arguments [`CALL_ARGUMENTS`] in two deltas, finishing with `tool_calls`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,12 +21,18 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use spindle_proto::openai::{ErrorObject, ModelCard};
+use spindle_proto::tools::ToolChoice;
 use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage};
 use spindle_router::{GenerateError, Generator};
 
 /// The deltas of a plain request by default: multi-byte text and an emoji, so
 /// streams split characters the way real tokens do.
 pub const DELTAS: [&str; 4] = ["Hel", "lo, ", "wörld", " 🌍!"];
+
+/// The `call_id` of a scripted tool call.
+pub const CALL_ID: &str = "call_fake1";
+/// The arguments of a scripted tool call, in two deltas.
+pub const CALL_ARGUMENTS: [&str; 2] = ["{\"city\": ", "\"Paris\"}"];
 
 /// Pause between deltas of a `SLOW` request.
 const SLOW_STEP: Duration = Duration::from_millis(20);
@@ -122,6 +133,8 @@ impl Drop for DropFlag {
 /// The stream's script, read from the last message.
 struct Script {
     deltas: Vec<String>,
+    /// The tool this stream calls, after its deltas.
+    call: Option<String>,
     slow: bool,
     fail: bool,
     hang: bool,
@@ -162,7 +175,16 @@ impl Generator for FakeGenerator {
             return Box::pin(async move { Err(e) });
         }
         let slow = last.contains("SLOW");
+        let out = &req.output;
+        let call = match &out.tool_choice {
+            _ if !out.tools_enabled() => None,
+            ToolChoice::Function { name } => Some(name.clone()),
+            ToolChoice::Required => out.tools.first().map(|t| t.name.clone()),
+            _ if last.contains("CALL") => out.tools.first().map(|t| t.name.clone()),
+            _ => None,
+        };
         let deltas: Vec<String> = match &self.reply {
+            _ if call.is_some() => Vec::new(),
             _ if slow => (0..200).map(|i| format!("t{i} ")).collect(),
             Reply::Deltas(d) => d.clone(),
             Reply::Echo => vec!["echo:".into(), last.clone()],
@@ -171,7 +193,7 @@ impl Generator for FakeGenerator {
             usage: Usage {
                 prompt_tokens: 10 * n_msgs,
                 cached_tokens: 10 * n_msgs.saturating_sub(1),
-                completion_tokens: deltas.len() as u32,
+                completion_tokens: deltas.len() as u32 + 3 * u32::from(call.is_some()),
             },
             deltas,
             slow,
@@ -179,9 +201,12 @@ impl Generator for FakeGenerator {
             hang: last.contains("HANG"),
             finish: if last.contains("LONG") {
                 FinishReason::Length
+            } else if call.is_some() {
+                FinishReason::ToolCalls
             } else {
                 FinishReason::Stop
             },
+            call,
         });
         let flag = DropFlag {
             dropped_early: self.dropped_early.clone(),
@@ -228,6 +253,35 @@ async fn step(
             token_ids: vec![i as i32],
         };
         return Some((ev, (i + 1, flag)));
+    }
+    if let Some(name) = &s.call {
+        let raw = |t: &str| (t.to_owned(), vec![i as i32]);
+        let ev = match i - s.deltas.len() {
+            0 => {
+                let (raw, token_ids) = raw("<tool_call>");
+                Some(GenerateEvent::ToolCall {
+                    index: 0,
+                    call_id: CALL_ID.into(),
+                    name: name.clone(),
+                    raw,
+                    token_ids,
+                })
+            }
+            n @ (1 | 2) => {
+                let delta = CALL_ARGUMENTS[n - 1].to_owned();
+                let (raw, token_ids) = raw(&delta);
+                Some(GenerateEvent::ToolArguments {
+                    index: 0,
+                    delta,
+                    raw,
+                    token_ids,
+                })
+            }
+            _ => None,
+        };
+        if let Some(ev) = ev {
+            return Some((ev, (i + 1, flag)));
+        }
     }
     flag.finished = true;
     let ev = GenerateEvent::Done {

@@ -20,13 +20,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backlog::{ConversationAppend, FinalWrite, Lease};
 use super::events::{ResponseStreamEvent, Sequenced};
-use super::items::{output_message, output_text_part};
+use super::output::Output;
 use crate::api::SharedState;
 use crate::lifecycle::ActiveGuard;
 use crate::store::StoreError;
 use crate::types::{
-    new_id, now_secs, IncompleteDetails, ResponseErrorInfo, ResponseObject, ResponseStatus,
-    ResponseUsage,
+    now_secs, IncompleteDetails, ResponseErrorInfo, ResponseObject, ResponseStatus, ResponseUsage,
 };
 
 /// What stops a driver early.
@@ -93,6 +92,8 @@ pub(super) struct Driver {
     lease: Option<Lease>,
     /// Registered with the life cycle until the driver ends (drain waits on it).
     active: Option<ActiveGuard>,
+    /// The model may call tools (its output may start with a call).
+    tools_offered: bool,
 }
 
 enum Outcome {
@@ -111,6 +112,7 @@ impl Driver {
         active: ActiveGuard,
     ) -> Self {
         let lease = resp.store.then(|| Lease::new(st.store.clone(), &resp.id));
+        let tools_offered = !resp.tools.is_empty() && resp.tool_choice != "none";
         Self {
             st,
             resp,
@@ -122,6 +124,7 @@ impl Driver {
             log_paused_until: None,
             lease,
             active: Some(active),
+            tools_offered,
         }
     }
 
@@ -227,24 +230,22 @@ impl Driver {
         };
         let mut stream = match started {
             None => return self.cancelled_object().await,
-            Some(Err(e)) => return self.fail(e.code().into(), e.to_string(), None).await,
+            Some(Err(e)) => {
+                return self
+                    .fail(e.code().into(), e.to_string(), Output::default())
+                    .await
+            }
             Some(Ok(s)) => s,
         };
 
-        let item_id = new_id("msg");
-        self.emit(ResponseStreamEvent::OutputItemAdded {
-            output_index: 0,
-            item: output_message(&item_id, "in_progress", None),
-        })
-        .await;
-        self.emit(ResponseStreamEvent::ContentPartAdded {
-            item_id: item_id.clone(),
-            output_index: 0,
-            content_index: 0,
-            part: output_text_part(""),
-        })
-        .await;
-        let mut text = String::new();
+        let mut output = Output::default();
+        // Plain text announces its message before the first token; with
+        // tools the first item may be a call, so it opens on demand.
+        if !self.tools_offered {
+            for ev in output.open_message() {
+                self.emit(ev).await;
+            }
+        }
         let outcome = loop {
             let next = tokio::select! {
                 ev = stream.next() => Some(ev),
@@ -252,20 +253,6 @@ impl Driver {
             };
             match next {
                 None => break Outcome::Cancelled,
-                Some(Some(GenerateEvent::Delta { text: delta, .. })) => {
-                    if delta.is_empty() {
-                        continue;
-                    }
-                    text.push_str(&delta);
-                    self.emit(ResponseStreamEvent::OutputTextDelta {
-                        item_id: item_id.clone(),
-                        output_index: 0,
-                        content_index: 0,
-                        delta,
-                        logprobs: vec![],
-                    })
-                    .await;
-                }
                 Some(Some(GenerateEvent::Done {
                     finish_reason,
                     usage,
@@ -274,14 +261,10 @@ impl Driver {
                 Some(Some(GenerateEvent::Error { code, message })) => {
                     break Outcome::Failed(code.as_str().into(), message)
                 }
-                // The Responses API does not offer tools to the worker yet.
-                Some(Some(
-                    GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. },
-                )) => {
-                    break Outcome::Failed(
-                        FailureCode::BadWorkerResponse.as_str().into(),
-                        "the worker sent a tool call that was not asked for".into(),
-                    )
+                Some(Some(ev)) => {
+                    for ev in output.push(ev) {
+                        self.emit(ev).await;
+                    }
                 }
                 Some(None) => {
                     break Outcome::Failed(
@@ -294,49 +277,27 @@ impl Driver {
         drop(stream);
         match outcome {
             Outcome::Cancelled => {
-                self.resp.output = vec![output_message(&item_id, "incomplete", Some(&text))];
+                self.resp.output = output.into_items();
                 self.cancelled_object().await
             }
-            Outcome::Failed(code, message) => self.fail(code, message, Some((item_id, text))).await,
+            Outcome::Failed(code, message) => self.fail(code, message, output).await,
             Outcome::Finished(FinishReason::Cancelled, _) => {
                 self.fail(
                     FailureCode::GenerationCancelled.as_str().into(),
                     "the worker cancelled the generation".into(),
-                    Some((item_id, text)),
+                    output,
                 )
                 .await
             }
             Outcome::Finished(reason, usage) => {
-                let item_status = if reason == FinishReason::Length {
-                    "incomplete"
-                } else {
-                    "completed"
-                };
-                self.emit(ResponseStreamEvent::OutputTextDone {
-                    item_id: item_id.clone(),
-                    output_index: 0,
-                    content_index: 0,
-                    text: text.clone(),
-                    logprobs: vec![],
-                })
-                .await;
-                self.emit(ResponseStreamEvent::ContentPartDone {
-                    item_id: item_id.clone(),
-                    output_index: 0,
-                    content_index: 0,
-                    part: output_text_part(&text),
-                })
-                .await;
-                let item = output_message(&item_id, item_status, Some(&text));
-                self.emit(ResponseStreamEvent::OutputItemDone {
-                    output_index: 0,
-                    item: item.clone(),
-                })
-                .await;
-                self.resp.output = vec![item];
+                let cut = reason == FinishReason::Length;
+                for ev in output.finish(if cut { "incomplete" } else { "completed" }) {
+                    self.emit(ev).await;
+                }
+                self.resp.output = output.into_items();
                 self.resp.usage = Some(ResponseUsage::from(usage));
                 self.resp.completed_at = Some(now_secs());
-                if reason == FinishReason::Length {
+                if cut {
                     self.resp.status = ResponseStatus::Incomplete;
                     self.resp.incomplete_details = Some(IncompleteDetails {
                         reason: "max_output_tokens".into(),
@@ -360,12 +321,8 @@ impl Driver {
         }
     }
 
-    async fn fail(
-        mut self,
-        code: String,
-        message: String,
-        partial: Option<(String, String)>,
-    ) -> ResponseObject {
+    /// Ends the response `failed`, keeping what `output` holds.
+    async fn fail(mut self, code: String, message: String, output: Output) -> ResponseObject {
         // The SDKs raise on `error` and never show the `response.failed`
         // after it: say there which record tells the rest.
         let told = if self.resp.store {
@@ -377,9 +334,7 @@ impl Driver {
             format!("{message} (response {})", self.resp.id)
         };
         self.emit(ResponseStreamEvent::error(&code, &told)).await;
-        if let Some((item_id, text)) = partial {
-            self.resp.output = vec![output_message(&item_id, "incomplete", Some(&text))];
-        }
+        self.resp.output = output.into_items();
         self.resp.status = ResponseStatus::Failed;
         self.resp.error = Some(ResponseErrorInfo { code, message });
         self.resp.completed_at = Some(now_secs());

@@ -61,6 +61,18 @@ pub enum ResponseStreamEvent {
         #[schema(value_type = Part)]
         part: Value,
     },
+    #[serde(rename = "response.function_call_arguments.delta")]
+    FunctionCallArgumentsDelta {
+        item_id: String,
+        output_index: u32,
+        delta: String,
+    },
+    #[serde(rename = "response.function_call_arguments.done")]
+    FunctionCallArgumentsDone {
+        item_id: String,
+        output_index: u32,
+        arguments: String,
+    },
     #[serde(rename = "response.output_item.done")]
     OutputItemDone {
         output_index: u32,
@@ -105,6 +117,8 @@ impl ResponseStreamEvent {
             Self::OutputTextDelta { .. } => "response.output_text.delta",
             Self::OutputTextDone { .. } => "response.output_text.done",
             Self::ContentPartDone { .. } => "response.content_part.done",
+            Self::FunctionCallArgumentsDelta { .. } => "response.function_call_arguments.delta",
+            Self::FunctionCallArgumentsDone { .. } => "response.function_call_arguments.done",
             Self::OutputItemDone { .. } => "response.output_item.done",
             Self::Completed { .. } => "response.completed",
             Self::Incomplete { .. } => "response.incomplete",
@@ -186,6 +200,16 @@ mod tests {
                 content_index: 0,
                 delta: "d".into(),
                 logprobs: vec![],
+            },
+            ResponseStreamEvent::FunctionCallArgumentsDelta {
+                item_id: "fc".into(),
+                output_index: 1,
+                delta: "{".into(),
+            },
+            ResponseStreamEvent::FunctionCallArgumentsDone {
+                item_id: "fc".into(),
+                output_index: 1,
+                arguments: "{}".into(),
             },
             ResponseStreamEvent::error("server_error", "m"),
         ];

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::events::{ResponseStreamEvent, Sequenced};
 use super::items::output_message;
+use super::output::function_call;
 use crate::store::StoredEvent;
 use crate::types::{
     now_secs, InputTokensDetails, OutputTokensDetails, ResponseErrorInfo, ResponseObject,
@@ -21,10 +22,35 @@ pub const LOST_MESSAGE: &str = "generation lost: router replica stopped";
 /// One output item as far as the log tells it.
 #[derive(Default)]
 struct Partial {
-    id: String,
+    /// As announced by `response.output_item.added`.
+    added: Value,
+    /// Its text, or its call's arguments, so far.
     text: String,
     /// The finished item, once `response.output_item.done` was logged.
     done: Option<Value>,
+}
+
+impl Partial {
+    /// The unfinished item, `incomplete`, with what was streamed of it.
+    fn incomplete(self) -> Value {
+        let str_of = |k: &str| {
+            self.added
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        if str_of("type") == "function_call" {
+            function_call(
+                str_of("id"),
+                str_of("call_id"),
+                str_of("name"),
+                &self.text,
+                "incomplete",
+            )
+        } else {
+            output_message(str_of("id"), "incomplete", Some(&self.text))
+        }
+    }
 }
 
 /// Ends `response` as `failed` with [`LOST_MESSAGE`], announced by `error`
@@ -44,12 +70,15 @@ pub fn lost(
         };
         match event {
             ResponseStreamEvent::OutputItemAdded { output_index, item } => {
-                let p = items.entry(output_index).or_default();
-                p.id = item
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                items.entry(output_index).or_default().added = item;
+            }
+            ResponseStreamEvent::FunctionCallArgumentsDelta {
+                output_index,
+                delta,
+                ..
+            } => {
+                deltas = deltas.saturating_add(1);
+                items.entry(output_index).or_default().text.push_str(&delta);
             }
             ResponseStreamEvent::OutputTextDelta {
                 output_index,
@@ -68,10 +97,7 @@ pub fn lost(
     if !items.is_empty() {
         response.output = items
             .into_values()
-            .map(|p| {
-                p.done
-                    .unwrap_or_else(|| output_message(&p.id, "incomplete", Some(&p.text)))
-            })
+            .map(|mut p| p.done.take().unwrap_or_else(|| p.incomplete()))
             .collect();
         response.usage = Some(ResponseUsage {
             input_tokens: 0,

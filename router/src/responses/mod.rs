@@ -3,7 +3,8 @@
 //! - [`prepare`] validates a create request once, into a typed plan;
 //! - [`agents`] validates its tools, tool choice and text format into
 //!   what the worker enforces;
-//! - [`driver`] runs a generation and emits [`events`];
+//! - [`driver`] runs a generation and emits [`events`], building its
+//!   [`output`] items (text and function calls);
 //! - [`replay`] serves stored events to followers on any replica;
 //! - [`lost`] ends a response whose generating replica vanished;
 //! - [`backlog`] holds final states the store could not take yet;
@@ -17,6 +18,7 @@ pub mod events;
 pub mod handlers;
 pub mod items;
 mod lost;
+mod output;
 mod prepare;
 mod replay;
 

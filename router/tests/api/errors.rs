@@ -74,15 +74,27 @@ async fn error_cases() {
             None,
         ),
         (
-            json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "a", "schema": {}}}}),
+            json!({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}),
+            400,
+            Some("text.format.name"),
+            None,
+        ),
+        (
+            json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "a", "schema": {"not": {}}}}}),
+            400,
+            Some("text.format.schema"),
+            Some("unsupported_schema"),
+        ),
+        (
+            json!({"input": "x", "text": {"format": {"type": "yaml"}}}),
             400,
             Some("text.format.type"),
             None,
         ),
         (
-            json!({"input": "x", "text": {"format": {"type": "json_object"}}}),
+            json!({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}),
             400,
-            Some("text.format.type"),
+            Some("tool_choice.name"),
             None,
         ),
         (
@@ -109,17 +121,21 @@ async fn error_cases() {
         assert_error(st, &e, status, param, code);
         assert!(e["error"]["message"].as_str().unwrap().len() > 5, "{body}");
     }
-    let json_schema_msg = s
+    let unsupported = s
         .post(
             "/v1/responses",
-            json!({"input": "x", "text": {"format": {"type": "json_schema"}}}),
+            json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "a",
+                   "schema": {"type": "array", "uniqueItems": true}}}}),
         )
         .await
         .1;
-    assert!(json_schema_msg["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("not supported yet"));
+    assert!(
+        unsupported["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'uniqueItems'"),
+        "the feature is named: {unsupported}"
+    );
     // Oversize body.
     let big = "x".repeat(10_000);
     let (st, e) = s.post("/v1/responses", json!({"input": big})).await;

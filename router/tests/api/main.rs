@@ -12,3 +12,4 @@ mod openapi;
 mod responses;
 mod streams;
 mod support;
+mod tools;

@@ -74,9 +74,10 @@ async fn function_tools_are_validated_and_echoed_with_every_field() {
     let echoed = &r["tools"][0];
     assert_eq!(echoed["name"], "get_weather");
     assert_eq!(echoed["parameters"], tool["parameters"]);
-    // `strict` and `description` are required keys of FunctionTool.
+    // `strict` and `description` are required keys of FunctionTool;
+    // `strict` defaults to true.
     assert!(
-        echoed["strict"].is_null() && echoed["description"].is_null(),
+        echoed["strict"] == true && echoed["description"].is_null(),
         "{echoed}"
     );
     let strict = json!({"type": "function", "name": "f", "description": "d", "strict": true});
@@ -138,15 +139,19 @@ async fn message_input_roles_and_tools_render() {
     let m = s.last_messages();
     assert_eq!(m[0], ("system".into(), "be brief".into()));
     assert_eq!(m[1], ("user".into(), "weather?".into()));
-    assert_eq!(m[2].0, "assistant");
-    assert!(m[2].1.contains("get_weather") && m[2].1.contains("call_1"));
+    // The call joins the assistant turn; its output is a tool message.
+    let PromptInput::Messages(msgs) = s.gen.requests().pop().unwrap().input else {
+        panic!("messages")
+    };
+    assert_eq!(msgs[2].role, "assistant");
+    let call = &msgs[2].tool_calls[0];
     assert_eq!(
-        m[3],
-        (
-            "user".into(),
-            "<tool_response call_id=\"call_1\">sunny</tool_response>".into()
-        )
+        (call.call_id.as_str(), call.name.as_str()),
+        ("call_1", "get_weather")
     );
+    assert_eq!(call.arguments, "{\"city\":\"Paris\"}");
+    assert_eq!(m[3], ("tool".into(), "sunny".into()));
+    assert_eq!(msgs[3].tool_call_id.as_deref(), Some("call_1"));
     assert_eq!(m[4], ("assistant".into(), "It is sunny.".into()));
     assert_eq!(m[5], ("user".into(), "thanks".into()));
 }
