@@ -135,8 +135,9 @@ fn whole_floats_as_integers(bytes: &[u8]) -> Option<serde_json::Value> {
                 }
                 _ => false,
             },
-            Value::Array(a) => a.iter_mut().fold(false, |any, x| walk(x) || any),
-            Value::Object(o) => o.values_mut().fold(false, |any, x| walk(x) || any),
+            // Every value is walked (no short cut): all of them change.
+            Value::Array(a) => a.iter_mut().map(walk).filter(|&changed| changed).count() > 0,
+            Value::Object(o) => o.values_mut().map(walk).filter(|&changed| changed).count() > 0,
             _ => false,
         }
     }
