@@ -6,6 +6,8 @@
 //! - [`request`] holds the request types, whose `to_generate` validates
 //!   sampling and renders messages (tool calls included) into a
 //!   [`crate::GenerateRequest`] in one place;
+//! - [`tools`] validates `tools`, `tool_choice` and `response_format` into
+//!   the worker's output spec and holds the `tool_calls` answer types;
 //! - [`response`] holds the response and stream chunk types and
 //!   [`response::Completer`], which turns generation events into them.
 //!
@@ -16,6 +18,7 @@ pub mod request;
 pub mod response;
 mod sampling;
 pub mod shape;
+pub mod tools;
 
 pub use request::{ChatCompletionRequest, CompletionRequest, RequestMessage};
 pub use response::{

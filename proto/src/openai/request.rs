@@ -2,16 +2,19 @@
 //! conversion to a [`GenerateRequest`].
 //!
 //! Message rendering: `developer` → `system`; an assistant message's
-//! `tool_calls` → `<tool_call>{"name","arguments","call_id"}</tool_call>`
-//! appended to its text; `tool` (and legacy `function`) messages → user
-//! messages `<tool_response call_id="…">…</tool_response>`. Any chat template
-//! renders these, with or without its own tool syntax.
+//! `tool_calls` and a `tool` (or legacy `function`) message's
+//! `tool_call_id` go to the worker as they are, where the model's chat
+//! template renders them (or a fallback in the same syntax as its calls).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use serde_json::Value;
+
 use super::sampling::SamplingFields;
+use super::tools::{output_format, output_spec, ChatTool};
 use super::{invalid, InvalidParam};
+use crate::tools::OutputSpec;
 use crate::{ChatMessage, GenerateRequest, PromptInput};
 
 /// Message content: a string or a list of typed parts.
@@ -77,6 +80,15 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Functions the model may call.
+    #[serde(default)]
+    pub tools: Option<Vec<ChatTool>>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name"}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -135,36 +147,31 @@ fn content_text(content: Option<&Content>, at: &str) -> Result<String, InvalidPa
     }
 }
 
-#[derive(Serialize)]
-struct RenderedCall<'a> {
-    name: &'a str,
-    arguments: &'a str,
-    call_id: Option<&'a str>,
-}
-
 /// One request message as the template sees it.
 fn render(m: &RequestMessage, at: &str) -> Result<ChatMessage, InvalidParam> {
-    let mut content = content_text(m.content.as_ref(), at)?;
-    let role = match m.role.as_str() {
+    let content = content_text(m.content.as_ref(), at)?;
+    let mut msg = ChatMessage::text("", content);
+    msg.role = match m.role.as_str() {
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => {
-            for call in m.tool_calls.iter().flatten() {
-                let rendered = RenderedCall {
-                    name: &call.function.name,
-                    arguments: &call.function.arguments,
-                    call_id: call.id.as_deref(),
-                };
-                let json = serde_json::to_string(&rendered).unwrap_or_default();
-                content.push_str(&format!("<tool_call>{json}</tool_call>"));
-            }
+            msg.tool_calls = m
+                .tool_calls
+                .iter()
+                .flatten()
+                .map(|call| crate::tools::ToolCall {
+                    call_id: call.id.clone().unwrap_or_default(),
+                    name: call.function.name.clone(),
+                    arguments: call.function.arguments.clone(),
+                })
+                .collect();
             "assistant"
         }
         "tool" | "function" => {
             // `function` is the legacy role, which named no call.
-            let call_id = match (m.role.as_str(), m.tool_call_id.as_deref()) {
-                (_, Some(id)) => id,
-                ("function", None) => "",
+            msg.tool_call_id = match (m.role.as_str(), &m.tool_call_id) {
+                (_, Some(id)) => Some(id.clone()),
+                ("function", None) => Some(String::new()),
                 _ => {
                     return Err(invalid(
                         format!("{at}.tool_call_id"),
@@ -172,8 +179,7 @@ fn render(m: &RequestMessage, at: &str) -> Result<ChatMessage, InvalidParam> {
                     ))
                 }
             };
-            content = format!("<tool_response call_id=\"{call_id}\">{content}</tool_response>");
-            "user"
+            "tool"
         }
         other => {
             return Err(invalid(
@@ -181,8 +187,9 @@ fn render(m: &RequestMessage, at: &str) -> Result<ChatMessage, InvalidParam> {
                 format!("invalid role '{other}'"),
             ))
         }
-    };
-    Ok(ChatMessage::text(role, content))
+    }
+    .to_owned();
+    Ok(msg)
 }
 
 impl ChatCompletionRequest {
@@ -198,6 +205,12 @@ impl ChatCompletionRequest {
             .enumerate()
             .map(|(i, m)| render(m, &format!("messages[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let output = output_spec(
+            self.tools.as_deref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+            self.sampling.response_format.as_ref(),
+        )?;
         Ok(GenerateRequest {
             request_id: Some(request_id),
             model: self.model.clone().filter(|m| !m.is_empty()),
@@ -206,7 +219,7 @@ impl ChatCompletionRequest {
             sampling,
             cache_key: None,
             cache_salt: None,
-            output: Default::default(),
+            output,
         })
     }
 
@@ -244,7 +257,10 @@ impl CompletionRequest {
             sampling,
             cache_key: None,
             cache_salt: None,
-            output: Default::default(),
+            output: OutputSpec {
+                format: output_format(self.sampling.response_format.as_ref())?,
+                ..OutputSpec::default()
+            },
         })
     }
 
@@ -278,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn tool_calls_and_results_render_as_text() {
+    fn tool_calls_and_results_reach_the_template_typed() {
         let r: ChatCompletionRequest = serde_json::from_str(
             r#"{"messages":[{"role":"user","content":"weather?"},
                 {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Oslo\"}"}}]},
@@ -289,15 +305,18 @@ mod tests {
         let PromptInput::Messages(m) = &g.input else {
             panic!("messages expected")
         };
+        let call = &m[1].tool_calls[0];
         assert_eq!(
-            m[1].content,
-            r#"<tool_call>{"name":"get","arguments":"{\"city\":\"Oslo\"}","call_id":"c1"}</tool_call>"#
+            (m[1].role.as_str(), m[1].content.as_str()),
+            ("assistant", "")
         );
-        assert_eq!(m[2].role, "user");
+        assert_eq!((call.call_id.as_str(), call.name.as_str()), ("c1", "get"));
+        assert_eq!(call.arguments, r#"{"city":"Oslo"}"#);
         assert_eq!(
-            m[2].content,
-            r#"<tool_response call_id="c1">cold</tool_response>"#
+            (m[2].role.as_str(), m[2].content.as_str()),
+            ("tool", "cold")
         );
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("c1"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::tools::{CalledFunction, FunctionDelta, ToolCallDelta, ToolCallOut};
 use crate::{FailureCode, FinishReason, GenerateEvent, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -57,8 +58,11 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
     pub refusal: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -88,6 +92,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -198,6 +204,8 @@ pub struct Completer {
     model: String,
     include_usage: bool,
     text: String,
+    /// Tool calls of a whole chat answer.
+    calls: Vec<ToolCallOut>,
 }
 
 impl Completer {
@@ -215,6 +223,7 @@ impl Completer {
             model,
             include_usage,
             text: String::new(),
+            calls: Vec::new(),
         }
     }
 
@@ -273,6 +282,7 @@ impl Completer {
             let delta = Delta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
+                tool_calls: None,
             };
             self.chunk(delta, "", None)
         })
@@ -284,8 +294,8 @@ impl Completer {
             GenerateEvent::Delta { text, .. } if text.is_empty() => (Vec::new(), false),
             GenerateEvent::Delta { text, .. } => {
                 let delta = Delta {
-                    role: None,
                     content: Some(text.clone()),
+                    ..Delta::default()
                 };
                 (vec![self.chunk(delta, &text, None)], false)
             }
@@ -304,9 +314,40 @@ impl Completer {
                 vec![Self::error_item(&GenerationFailed { code, message })],
                 true,
             ),
-            // Tools are not offered on this endpoint yet, so none are called.
-            GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. } => {
+            // Only chat offers tools.
+            GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. }
+                if self.endpoint != Endpoint::Chat =>
+            {
                 (Vec::new(), false)
+            }
+            GenerateEvent::ToolCall {
+                index,
+                call_id,
+                name,
+                ..
+            } => {
+                let call = ToolCallDelta {
+                    index,
+                    id: Some(call_id),
+                    kind: Some("function".into()),
+                    function: FunctionDelta {
+                        name: Some(name),
+                        arguments: Some(String::new()),
+                    },
+                };
+                (vec![self.tool_chunk(call)], false)
+            }
+            GenerateEvent::ToolArguments { index, delta, .. } => {
+                let call = ToolCallDelta {
+                    index,
+                    id: None,
+                    kind: None,
+                    function: FunctionDelta {
+                        name: None,
+                        arguments: Some(delta),
+                    },
+                };
+                (vec![self.tool_chunk(call)], false)
             }
         }
     }
@@ -336,8 +377,33 @@ impl Completer {
                 ..
             } => Some(Ok(self.whole(r, usage.into()))),
             GenerateEvent::Error { code, message } => Some(Err(GenerationFailed { code, message })),
-            GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. } => None,
+            GenerateEvent::ToolCall { call_id, name, .. } => {
+                self.calls.push(ToolCallOut {
+                    id: call_id,
+                    kind: "function".into(),
+                    function: CalledFunction {
+                        name,
+                        arguments: String::new(),
+                    },
+                });
+                None
+            }
+            GenerateEvent::ToolArguments { index, delta, .. } => {
+                if let Some(call) = self.calls.get_mut(index as usize) {
+                    call.function.arguments.push_str(&delta);
+                }
+                None
+            }
         }
+    }
+
+    /// A chat chunk carrying one piece of a tool call.
+    fn tool_chunk(&self, call: ToolCallDelta) -> StreamItem {
+        let delta = Delta {
+            tool_calls: Some(vec![call]),
+            ..Delta::default()
+        };
+        self.chunk(delta, "", None)
     }
 
     fn whole(&mut self, reason: FinishReason, usage: CompletionUsage) -> Completion {
@@ -354,8 +420,9 @@ impl Completer {
                     index: 0,
                     message: AssistantMessage {
                         role: "assistant".into(),
-                        content: text,
+                        content: (!text.is_empty() || self.calls.is_empty()).then_some(text),
                         refusal: None,
+                        tool_calls: std::mem::take(&mut self.calls),
                     },
                     logprobs: None,
                     finish_reason,

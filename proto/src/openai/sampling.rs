@@ -45,7 +45,7 @@ pub struct SamplingFields {
     pub n: Option<u32>,
     /// Only `false`/absent is supported.
     pub logprobs: Option<Value>,
-    /// Only `{"type": "text"}` is supported.
+    /// `text`, `json_object` or `json_schema` (see [`super::tools::output_format`]).
     pub response_format: Option<Value>,
     /// llama.cpp's extension: generate exactly `max_tokens`.
     pub ignore_eos: Option<bool>,
@@ -83,23 +83,6 @@ impl SamplingFields {
         }
         if matches!(self.logprobs, Some(Value::Bool(true))) {
             return Err(invalid("logprobs", "logprobs are not supported yet"));
-        }
-        if let Some(f) = &self.response_format {
-            match f.get("type").and_then(Value::as_str) {
-                Some("text") => {}
-                Some(kind) => {
-                    return Err(invalid(
-                        "response_format",
-                        format!("response_format type '{kind}' is not supported yet"),
-                    ))
-                }
-                None => {
-                    return Err(invalid(
-                        "response_format",
-                        "'response_format' must be an object with a 'type'",
-                    ))
-                }
-            }
         }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if max_tokens == Some(0) {
