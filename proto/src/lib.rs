@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod openai;
+pub mod schema;
 pub mod tools;
 
 use serde::{Deserialize, Serialize};
