@@ -10,6 +10,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use spindle_proto::tools::FunctionTool;
 use spindle_proto::ChatMessage;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -44,6 +45,8 @@ pub struct Model {
     /// The name clients use (`model` field): the file name without `.gguf`.
     pub name: String,
     template: ChatTemplate,
+    /// The chat template's source (it decides the tool-call syntax).
+    pub template_source: String,
     bos: Option<LlamaToken>,
     bos_text: String,
     /// Every end-of-generation token (banned under `ignore_eos`).
@@ -125,6 +128,7 @@ impl Model {
             llama,
             name,
             template,
+            template_source: source,
             bos,
             bos_text,
             eog_tokens,
@@ -133,13 +137,15 @@ impl Model {
     }
 
     /// Tokens of a chat: the template's text with special tokens, the messages' text as plain text.
-    /// `continuation` (text the assistant already produced) is appended as plain text.
+    /// `tools` are the functions offered this turn. `continuation` (text
+    /// the assistant already produced) is appended as plain text.
     pub fn tokenize_chat(
         &self,
         messages: &[ChatMessage],
+        tools: &[FunctionTool],
         continuation: Option<&str>,
     ) -> Result<Vec<LlamaToken>, crate::template::TemplateError> {
-        let segments = self.template.render(messages)?;
+        let segments = self.template.render(messages, tools)?;
         let vocab = self.llama.vocab();
         let mut out = Vec::new();
         let starts_with_bos = matches!(segments.first(), Some(Segment::Template(t)) if !self.bos_text.is_empty() && t.starts_with(&self.bos_text));
