@@ -55,7 +55,7 @@ const CALL_RULE: &str = "spindle-tool-call";
 pub fn plan(spec: &OutputSpec, format: ToolFormat) -> Result<Option<String>, ConstraintError> {
     if spec.tools_enabled() {
         if let Some(schema) = forced::call_schema(&spec.tools, &spec.tool_choice, format)? {
-            let gbnf = convert(&schema)?;
+            let gbnf = convert_text(&schema)?;
             let renamed = rename_root(&gbnf, CALL_RULE);
             return Ok(Some(format!(
                 "root ::= {}\n{renamed}",
@@ -76,8 +76,11 @@ pub fn plan(spec: &OutputSpec, format: ToolFormat) -> Result<Option<String>, Con
 }
 
 fn convert(schema: &Value) -> Result<String, ConstraintError> {
-    llama_cpp_2::json_schema_to_grammar(&schema.to_string())
-        .map_err(|e| ConstraintError::Convert(e.to_string()))
+    convert_text(&schema.to_string())
+}
+
+fn convert_text(schema: &str) -> Result<String, ConstraintError> {
+    llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| ConstraintError::Convert(e.to_string()))
 }
 
 /// `gbnf` with its `root` rule renamed (rule names start a line).
@@ -147,6 +150,14 @@ impl Constraint {
             }
         }
         any.then_some(self.masked.as_slice())
+    }
+
+    /// Advance the grammar past `tokens` (text already generated, replayed
+    /// by a failover); false when it does not follow the grammar.
+    pub fn advance(&mut self, tokens: &[LlamaToken]) -> bool {
+        tokens
+            .iter()
+            .all(|t| self.allows(t.0) && self.grammar.try_accept(*t).is_ok())
     }
 
     /// Pick the next token with `sampler` among those the grammar allows,

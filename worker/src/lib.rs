@@ -175,7 +175,7 @@ impl Worker {
         let spec = &req.output;
         // Before tokenizing: a schema the grammar cannot enforce is the
         // caller's mistake, answered without further work.
-        let constraint = match grammar::plan(spec, self.tool_format) {
+        let mut constraint = match grammar::plan(spec, self.tool_format) {
             Ok(None) => None,
             Ok(Some(gbnf)) => Some(Constraint::new(&model.llama, &gbnf)),
             Err(e) => Some(Err(e)),
@@ -219,10 +219,27 @@ impl Worker {
         let id = req
             .request_id
             .unwrap_or_else(|| format!("gen-{}", uuid::Uuid::new_v4().simple()));
-        let tools = (!offered.is_empty()).then(|| {
+        let mut tools = (!offered.is_empty()).then(|| {
             let names = offered.iter().map(|t| t.name.clone()).collect();
             ToolParser::new(self.tool_format, names, spec.parallel_tool_calls)
         });
+        // A failover's continuation is output already sent: the grammar and
+        // the parser resume after it (its calls are not sent again, and
+        // call numbering goes on).
+        if let Some(c) = req.continuation.as_deref().filter(|c| !c.is_empty()) {
+            if let Some(con) = constraint.as_mut() {
+                let sent = model.llama.vocab().tokenize(c.as_bytes(), false, false);
+                if !con.advance(&sent) {
+                    return Err(WorkerError::invalid(
+                        "the continuation does not follow the requested output format",
+                        Some("continuation"),
+                    ));
+                }
+            }
+            if let Some(parser) = tools.as_mut() {
+                parser.resume(c);
+            }
+        }
         let rx = self.engine.submit(Job {
             id,
             tokens,

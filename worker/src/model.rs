@@ -145,6 +145,9 @@ impl Model {
         tools: &[FunctionTool],
         continuation: Option<&str>,
     ) -> Result<Vec<LlamaToken>, crate::template::TemplateError> {
+        if self.template.renders_tools() {
+            self.check_tool_text(messages, tools)?;
+        }
         let segments = self.template.render(messages, tools)?;
         let vocab = self.llama.vocab();
         let mut out = Vec::new();
@@ -162,6 +165,29 @@ impl Model {
             vocab.tokenize_into(c.as_bytes(), &mut out, false, false);
         }
         Ok(out)
+    }
+
+    /// A template that renders tools writes their definitions and the
+    /// history's calls as template text, whose special tokens are real:
+    /// refuse caller text that would spell one.
+    fn check_tool_text(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[FunctionTool],
+    ) -> Result<(), crate::template::TemplateError> {
+        let mut text = crate::tools::prompt::hf_tools(tools).to_string();
+        for m in messages.iter().filter(|m| !m.tool_calls.is_empty()) {
+            text.push_str(&crate::tools::prompt::hf_tool_calls(&m.tool_calls).to_string());
+        }
+        let vocab = self.llama.vocab();
+        if vocab.tokenize(text.as_bytes(), false, true)
+            != vocab.tokenize(text.as_bytes(), false, false)
+        {
+            return Err(crate::template::TemplateError::new(
+                "tool definitions and tool calls must not contain special-token text",
+            ));
+        }
+        Ok(())
     }
 
     /// Tokens of a raw prompt: BOS if the model wants one, the text as plain text.

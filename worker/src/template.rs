@@ -38,6 +38,12 @@ pub enum Segment {
 #[error("chat template: {0}")]
 pub struct TemplateError(String);
 
+impl TemplateError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
@@ -72,6 +78,12 @@ impl ChatTemplate {
             eos: eos.to_owned(),
             native_tools: source.contains("tools"),
         })
+    }
+
+    /// Whether the template renders tools and calls itself (as template
+    /// text), rather than getting them as message text.
+    pub fn renders_tools(&self) -> bool {
+        self.native_tools
     }
 
     /// Render `messages`, opening the assistant turn, as template and

@@ -89,7 +89,11 @@ async fn run(w: &Worker, req: GenerateRequest) -> Outcome {
                 name,
                 ..
             } => {
-                assert_eq!(index as usize, out.calls.len(), "calls are numbered in order");
+                assert_eq!(
+                    index as usize,
+                    out.calls.len(),
+                    "calls are numbered in order"
+                );
                 out.calls.push((call_id, name, String::new()));
             }
             GenerateEvent::ToolArguments { index, delta, .. } => {
@@ -115,7 +119,10 @@ fn json_schema(schema: Value) -> OutputSpec {
 fn validate(schema: &Value, text: &str) -> Result<(), String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
     if errors.is_empty() {
         Ok(())
     } else {
@@ -206,7 +213,10 @@ async fn json_schema_outputs_validate_for_every_seed() {
     let mut failures = Vec::new();
     for (schema, seed, out) in &results {
         if out.finish != Some(FinishReason::Stop) {
-            failures.push(format!("seed {seed}: finished {:?}: {}", out.finish, out.text));
+            failures.push(format!(
+                "seed {seed}: finished {:?}: {}",
+                out.finish, out.text
+            ));
         } else if let Err(why) = validate(schema, &out.text) {
             failures.push(format!("seed {seed}: {why}: {}", out.text));
         }
@@ -271,7 +281,11 @@ fn weather_tools() -> Vec<FunctionTool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_calls_parse_and_their_arguments_validate() {
     let w = worker().await;
-    assert_eq!(w.tool_format(), ToolFormat::Hermes, "SmolLM2 gets the fallback");
+    assert_eq!(
+        w.tool_format(),
+        ToolFormat::Hermes,
+        "SmolLM2 gets the fallback"
+    );
     let tools = weather_tools();
     let choices = [
         ToolChoice::Function {
@@ -300,7 +314,10 @@ async fn forced_calls_parse_and_their_arguments_validate() {
         if let ToolChoice::Function { name: want } = choice {
             assert_eq!(name, want);
         }
-        let tool = tools.iter().find(|t| &t.name == name).expect("a known tool");
+        let tool = tools
+            .iter()
+            .find(|t| &t.name == name)
+            .expect("a known tool");
         validate(&tool.parameters, arguments).unwrap_or_else(|e| panic!("{e}: {arguments}"));
         assert!(
             out.raw.starts_with("<tool_call>\n{") && out.raw.contains(&format!("\"{name}\"")),
@@ -336,7 +353,10 @@ async fn calls_in_the_history_are_shown_as_hermes_text() {
         .expect("detokenizes");
     assert!(text.contains("<tools>\n{"), "{text}");
     assert!(text.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\",\"unit\":\"celsius\"}}\n</tool_call>"), "{text}");
-    assert!(text.contains("<|im_start|>user\n<tool_response>\n18 degrees\n</tool_response><|im_end|>"), "{text}");
+    assert!(
+        text.contains("<|im_start|>user\n<tool_response>\n18 degrees\n</tool_response><|im_end|>"),
+        "{text}"
+    );
     assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
 }
 
@@ -344,7 +364,11 @@ async fn calls_in_the_history_are_shown_as_hermes_text() {
 async fn a_max_tokens_cut_ends_with_length() {
     let w = worker().await;
     let schema = schemas().remove(0);
-    let out = run(w, request("Describe a person.", sampling(1, 5), json_schema(schema))).await;
+    let out = run(
+        w,
+        request("Describe a person.", sampling(1, 5), json_schema(schema)),
+    )
+    .await;
     assert_eq!(out.finish, Some(FinishReason::Length));
     assert!(out.text.starts_with('{'), "{}", out.text);
     // A forced call cut short is no call.
@@ -356,14 +380,19 @@ async fn a_max_tokens_cut_ends_with_length() {
     let out = run(w, request("Weather?", sampling(1, 6), spec)).await;
     assert_eq!(out.finish, Some(FinishReason::Length));
     assert!(out.calls.is_empty(), "{out:?}");
-    assert!(out.text.starts_with("<tool_call>"), "released as text: {out:?}");
+    assert!(
+        out.text.starts_with("<tool_call>"),
+        "released as text: {out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_schemas_are_a_400_naming_the_feature() {
     let w = worker().await.clone();
     let app = spindle_worker::api::router(w, None, None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
@@ -386,7 +415,8 @@ async fn unsupported_schemas_are_a_400_naming_the_feature() {
         ),
     ];
     for (format, feature, param) in cases {
-        let body = json!({"messages": [{"role": "user", "content": "x"}], "output": {"format": format}});
+        let body =
+            json!({"messages": [{"role": "user", "content": "x"}], "output": {"format": format}});
         let resp = post(body).await.expect("answers");
         assert_eq!(resp.status(), 400);
         let err: Value = resp.json().await.expect("a JSON error");
@@ -401,9 +431,62 @@ async fn unsupported_schemas_are_a_400_naming_the_feature() {
     let resp = post(forced).await.expect("answers");
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.expect("a JSON error");
-    assert!(err["error"]["message"].as_str().unwrap_or_default().contains("\"minimum\" on a number"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"minimum\" on a number"),
+        "{err}"
+    );
     assert_eq!(err["error"]["param"], "tools");
     let auto = json!({"messages": [{"role": "user", "content": "x"}], "sampling": {"max_tokens": 2},
         "output": {"tools": [tool]}});
     assert_eq!(post(auto).await.expect("answers").status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_continuation_resumes_the_grammar_and_the_call_count() {
+    let w = worker().await;
+    let schema = schemas().remove(1);
+    let first = run(
+        w,
+        request(
+            "Pick some colors.",
+            sampling(3, 12),
+            json_schema(schema.clone()),
+        ),
+    )
+    .await;
+    assert_eq!(first.finish, Some(FinishReason::Length));
+    // Another worker goes on from the text sent so far.
+    let mut req = request(
+        "Pick some colors.",
+        sampling(4, 300),
+        json_schema(schema.clone()),
+    );
+    req.continuation = Some(first.raw.clone());
+    let rest = run(w, req).await;
+    assert_eq!(rest.finish, Some(FinishReason::Stop));
+    let whole = format!("{}{}", first.text, rest.text);
+    validate(&schema, &whole).unwrap_or_else(|e| panic!("{e}: {whole}"));
+    // A continuation that breaks the format is refused.
+    let mut bad = request("Pick some colors.", sampling(4, 10), json_schema(schema));
+    bad.continuation = Some("not json".into());
+    assert!(w.generate(bad).await.is_err());
+
+    // A forced call already sent is not sent again; the turn still ends
+    // for tool calls.
+    let spec = OutputSpec {
+        tools: weather_tools(),
+        tool_choice: ToolChoice::Function { name: "add".into() },
+        ..OutputSpec::default()
+    };
+    let mut req = request("Add 2 and 3.", sampling(5, 100), spec);
+    req.continuation = Some(
+        "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call>"
+            .into(),
+    );
+    let out = run(w, req).await;
+    assert_eq!(out.finish, Some(FinishReason::ToolCalls), "{out:?}");
+    assert!(out.calls.is_empty() && out.text.is_empty(), "{out:?}");
 }

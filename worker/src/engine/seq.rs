@@ -75,8 +75,9 @@ impl Seq {
                 Sampler::new(job.sampling)
             },
             constraint: job.constraint,
+            // Calls in a failover's continuation were sent by the first worker.
+            calls_sent: job.tools.as_ref().map_or(0, |p| p.calls() as u32),
             tools: job.tools,
-            calls_sent: 0,
             text,
             max_tokens,
             generated: 0,

@@ -4,7 +4,7 @@
 //! function's `parameters`.
 
 use super::ToolFormat;
-use serde_json::{json, Value};
+use serde_json::Value;
 use spindle_proto::tools::{FunctionTool, ToolChoice};
 
 /// Why no call can be forced.
@@ -16,13 +16,16 @@ pub enum ForcedError {
     Unsupported { name: String, feature: String },
 }
 
-/// The schema every forced call must match, or `None` when the choice
-/// forces nothing (`auto`, `none`).
+/// The schema every forced call must match, as JSON text, or `None` when
+/// the choice forces nothing (`auto`, `none`). Text, not a `Value`: the
+/// converter keeps properties in the order it reads them, and `name` must
+/// come first (the model picks the function, then writes its arguments;
+/// `Value` maps serialize sorted).
 pub fn call_schema(
     tools: &[FunctionTool],
     choice: &ToolChoice,
     format: ToolFormat,
-) -> Result<Option<Value>, ForcedError> {
+) -> Result<Option<String>, ForcedError> {
     let key = format.arguments_key();
     let chosen: Vec<&FunctionTool> = match choice {
         ToolChoice::None | ToolChoice::Auto => return Ok(None),
@@ -43,23 +46,22 @@ pub fn call_schema(
     let one = |t: &FunctionTool, base: String| {
         let mut params = t.parameters.clone();
         rebase_refs(&mut params, &base);
-        json!({
-            "type": "object",
-            "properties": {"name": {"const": t.name}, key: params},
-            "required": ["name", key],
-            "additionalProperties": false,
-        })
+        let name = Value::String(t.name.clone());
+        format!(
+            r#"{{"type":"object","properties":{{"name":{{"const":{name}}},"{key}":{params}}},"required":["name","{key}"],"additionalProperties":false}}"#
+        )
     };
     Ok(match chosen.as_slice() {
         [] => None,
         [t] => Some(one(t, format!("/properties/{key}"))),
-        many => Some(json!({
-            "anyOf": many
+        many => {
+            let alternatives: Vec<String> = many
                 .iter()
                 .enumerate()
                 .map(|(i, t)| one(t, format!("/anyOf/{i}/properties/{key}")))
-                .collect::<Vec<_>>()
-        })),
+                .collect();
+            Some(format!(r#"{{"anyOf":[{}]}}"#, alternatives.join(",")))
+        }
     })
 }
 
@@ -97,6 +99,7 @@ fn rebase_refs(v: &mut Value, base: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn tool(name: &str, parameters: Value) -> FunctionTool {
         FunctionTool {
@@ -112,9 +115,14 @@ mod tests {
         let params = json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/p"}}, "$defs": {"p": {"type": "integer"}}});
         let tools = [tool("a", json!({"type": "object"})), tool("b", params)];
         let choice = ToolChoice::Function { name: "b".into() };
-        let s = call_schema(&tools, &choice, ToolFormat::Llama3)
+        let text = call_schema(&tools, &choice, ToolFormat::Llama3)
             .unwrap()
             .unwrap();
+        assert!(
+            text.find("\"name\"") < text.find("\"parameters\""),
+            "{text}"
+        );
+        let s: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(s["properties"]["name"]["const"], "b");
         assert_eq!(
             s["properties"]["parameters"]["properties"]["p"]["$ref"],
@@ -124,6 +132,7 @@ mod tests {
         let all = call_schema(&tools, &ToolChoice::Required, ToolFormat::Hermes)
             .unwrap()
             .unwrap();
+        let all: Value = serde_json::from_str(&all).unwrap();
         assert_eq!(all["anyOf"].as_array().map(Vec::len), Some(2));
         assert_eq!(
             all["anyOf"][1]["properties"]["arguments"]["properties"]["p"]["$ref"],

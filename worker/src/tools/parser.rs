@@ -71,6 +71,15 @@ impl ToolParser {
         self.single && self.calls > 0
     }
 
+    /// Take in text already sent (a failover's continuation): its calls
+    /// count, nothing of it is released again.
+    pub fn resume(&mut self, sent: &str) {
+        self.push(sent);
+        // It was all sent, so none of it can still be a call's beginning.
+        self.buf.clear();
+        self.in_call = false;
+    }
+
     /// Feed generated text; returns what can be released now.
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         let mut out = Vec::new();
@@ -539,6 +548,18 @@ mod tests {
         }
         assert!(released > 0, "an endless call is released as text");
         assert!(p.buf.len() <= MAX_CALL_BYTES);
+    }
+
+    #[test]
+    fn resuming_counts_the_calls_already_sent() {
+        let mut p = parser(ToolFormat::Hermes);
+        p.resume("Sure. <tool_call>{\"name\": \"add\", \"arguments\": {}}</tool_call> <tool");
+        assert_eq!(p.calls(), 1);
+        assert_eq!(
+            p.push("box"),
+            vec![text("box")],
+            "the sent tail is not held"
+        );
     }
 
     fn format_strategy() -> impl Strategy<Value = ToolFormat> {
