@@ -5,11 +5,11 @@
 //! `json_schema_to_grammar`, and [`Constraint::new`] parses it into a
 //! llama.cpp grammar sampler; both run when the request is admitted, on
 //! the blocking pool. On the engine thread a sequence's [`Constraint`]
-//! checks the token its own sampler picked, and only when the grammar
-//! refuses it masks the full vocabulary and samples again: the same
-//! distribution as masking first (a rejected draw is resampled from the
-//! allowed tokens), at the cost of one token check on most steps. Other
-//! sequences in the batch never see it.
+//! checks the token its own sampler picked; a refused token is removed and
+//! the draw repeated (a few times), and only then does the grammar mask the
+//! full vocabulary. That is the distribution of masking first (a draw from
+//! the remaining tokens, renormalized), at the cost of one token check on
+//! most steps. Other sequences in the batch never see it.
 
 use crate::sampler::Sampler;
 use crate::tools::forced::{self, ForcedError};
@@ -93,6 +93,9 @@ fn rename_root(gbnf: &str, name: &str) -> String {
         .collect()
 }
 
+/// Draws after a refused one before the grammar masks the whole vocabulary.
+const MAX_REDRAWS: usize = 8;
+
 /// One sequence's grammar and its scratch buffers.
 pub struct Constraint {
     grammar: LlamaSampler,
@@ -164,17 +167,36 @@ impl Constraint {
     /// and advance the grammar past it. `None`: the grammar allows nothing
     /// (cannot happen for a grammar that ends: it then allows end-of-generation).
     pub fn sample(&mut self, sampler: &mut Sampler, logits: &[f32]) -> Option<i32> {
-        let first = sampler.sample(logits);
-        let token = if self.allows(first) {
-            first
-        } else {
-            let masked = self.mask(logits)?.to_vec();
-            let t = sampler.sample(&masked);
-            if !masked.get(t as usize).is_some_and(|l| l.is_finite()) {
+        let mut token = sampler.sample(logits);
+        let mut allowed = self.allows(token);
+        // A refused token is dropped and the draw repeated: still a draw
+        // from the allowed tokens' distribution, and a few draws cost far
+        // less than the grammar checking the whole vocabulary.
+        if !allowed {
+            self.masked.clear();
+            self.masked.extend_from_slice(logits);
+            for _ in 0..MAX_REDRAWS {
+                if let Some(l) = self.masked.get_mut(token as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+                token = sampler.sample(&self.masked);
+                allowed = self
+                    .masked
+                    .get(token as usize)
+                    .is_some_and(|l| l.is_finite())
+                    && self.allows(token);
+                if allowed {
+                    break;
+                }
+            }
+        }
+        if !allowed {
+            let masked = self.mask(logits)?;
+            token = sampler.sample(masked);
+            if !masked.get(token as usize).is_some_and(|l| l.is_finite()) {
                 return None;
             }
-            t
-        };
+        }
         self.grammar.try_accept(LlamaToken(token)).ok()?;
         Some(token)
     }
