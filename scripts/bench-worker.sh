@@ -5,7 +5,8 @@
 # machine (shared cores) hits both alike, and the summary uses medians.
 # Prints each table and the ratios; writes JSON into bench-out/. Then, on
 # Spindle alone, 16 streams with half of them constrained by a JSON schema
-# against none (`spindle bench structured`, STRUCTURED_SECONDS per run).
+# against none (`spindle bench structured`: REPEAT alternating pairs of
+# STRUCTURED_SECONDS runs).
 #   THREADS=2 REPEAT=5 ROUNDS=2 MAX_TOKENS=128 scripts/bench-worker.sh [MODEL.gguf]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ threads=${THREADS:-2}
 repeat=${REPEAT:-5}
 rounds=${ROUNDS:-2}
 max_tokens=${MAX_TOKENS:-128}
-structured_seconds=${STRUCTURED_SECONDS:-20}
+structured_seconds=${STRUCTURED_SECONDS:-8}
 model=${1:-../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 [ -f "$model" ] || model="${SPINDLE_CACHE_DIR:-$HOME/.cache/spindle}/SmolLM2-135M-Instruct.Q4_1.gguf"
 out=bench-out; mkdir -p "$out"
@@ -63,7 +64,7 @@ done
 
 # Grammar-constrained output has no llama-server counterpart here: Spindle only.
 $spindle bench structured --url "http://127.0.0.1:$sp" --streams 16 --seconds "$structured_seconds" \
-  --max-tokens "$max_tokens" --out "$out/spindle-structured.json"
+  --repeat "$repeat" --max-tokens "$max_tokens" --out "$out/spindle-structured.json"
 
 python3 - "$out" "$repeat" <<'PY'
 import json, statistics, sys, pathlib

@@ -1,10 +1,13 @@
 //! `structured`: what grammar-constrained output costs a Spindle worker.
 //! N streams decode side by side on the worker's `/v1/generate` for a
-//! fixed time, first all unconstrained, then half of them constrained by a
-//! JSON schema; aggregate tokens/s of each run, and of each half of the
-//! mixed one. Every stream starts its next request as soon as one ends,
-//! so both runs keep N sequences in the batch (constrained requests end
-//! when their JSON is complete, unconstrained ones at `--max-tokens`).
+//! fixed time, all unconstrained, then half of them constrained by a JSON
+//! schema; aggregate tokens/s of each run, and of each half of the mixed
+//! one. Every stream starts its next request as soon as one ends, so both
+//! runs keep N sequences in the batch (constrained requests end when their
+//! JSON is complete, unconstrained ones at `--max-tokens`). The two runs
+//! alternate `--repeat` times and the table gives medians and each pair's
+//! ratio: on shared cores a single window swings by far more than the
+//! difference measured.
 
 use anyhow::Context;
 use clap::Args;
@@ -24,8 +27,11 @@ pub struct StructuredArgs {
     #[arg(long, default_value_t = 16)]
     pub streams: usize,
     /// Seconds each run lasts.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 8)]
     pub seconds: u64,
+    /// Pairs of runs (unconstrained, then mixed), alternating.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
     /// Output tokens per request (unconstrained requests do not stop early).
     #[arg(long, default_value_t = 128)]
     pub max_tokens: u32,
@@ -186,33 +192,89 @@ fn row(label: &str, run: &'static str, wall: f64, tallies: &[(bool, Tally)]) -> 
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 pub async fn structured(client: &reqwest::Client, args: &StructuredArgs) -> anyhow::Result<Value> {
     // Warm-up: page in the weights, build one grammar.
     one(client, args, true, 0).await?;
     eprintln!(
-        "[bench] {}: {} streams × {} s, unconstrained then half constrained",
-        args.label, args.streams, args.seconds
+        "[bench] {}: {} streams, {} × ({} s unconstrained, {} s half constrained)",
+        args.label, args.streams, args.repeat, args.seconds, args.seconds
     );
-    let (wall, plain) = run(client, args, |_| false).await?;
-    let plain = row(&args.label, "unconstrained", wall, &plain);
-    let (wall, mixed) = run(client, args, |i| i % 2 == 1).await?;
-    let mixed = row(&args.label, "half json_schema", wall, &mixed);
+    let mut pairs = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let (wall, plain) = run(client, args, |_| false).await?;
+        let plain = row(&args.label, "unconstrained", wall, &plain);
+        let (wall, mixed) = run(client, args, |i| i % 2 == 1).await?;
+        let mixed = row(&args.label, "half json_schema", wall, &mixed);
+        pairs.push((plain, mixed));
+    }
+    let med = |f: fn(&Row) -> f64, mixed: bool| {
+        median(
+            pairs
+                .iter()
+                .map(|(p, m)| f(if mixed { m } else { p }))
+                .collect(),
+        )
+    };
+    let ratios: Vec<f64> = pairs
+        .iter()
+        .map(|(p, m)| m.tokens_per_s / p.tokens_per_s)
+        .collect();
     println!(
         "{:<12} {:<17} {:>7} {:>10} {:>14} {:>16} {:>10}",
-        "server", "run", "streams", "tok/s", "constrained", "unconstrained", "valid json"
+        "server", "run (median)", "streams", "tok/s", "constrained", "unconstrained", "valid json"
     );
-    for r in [&plain, &mixed] {
+    for mixed in [false, true] {
+        let total: (u64, u64) = pairs.iter().fold((0, 0), |acc, (p, m)| {
+            let r = if mixed { m } else { p };
+            (
+                acc.0 + r.constrained_valid_json,
+                acc.1 + r.constrained_requests,
+            )
+        });
         println!(
             "{:<12} {:<17} {:>7} {:>10.1} {:>14.1} {:>16.1} {:>6}/{:<3}",
-            r.label,
-            r.run,
-            r.streams,
-            r.tokens_per_s,
-            r.constrained_tokens_per_s,
-            r.unconstrained_tokens_per_s,
-            r.constrained_valid_json,
-            r.constrained_requests,
+            args.label,
+            if mixed {
+                "half json_schema"
+            } else {
+                "unconstrained"
+            },
+            args.streams,
+            med(|r| r.tokens_per_s, mixed),
+            med(|r| r.constrained_tokens_per_s, mixed),
+            med(|r| r.unconstrained_tokens_per_s, mixed),
+            total.0,
+            total.1,
         );
     }
-    Ok(serde_json::to_value([plain, mixed])?)
+    println!(
+        "mixed / unconstrained tok/s: median {:.2} (pairs {})",
+        median(ratios.clone()),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let runs: Vec<&Row> = pairs.iter().flat_map(|(p, m)| [p, m]).collect();
+    Ok(json!({
+        "label": args.label,
+        "streams": args.streams,
+        "unconstrained_tokens_per_s": med(|r| r.tokens_per_s, false),
+        "mixed_tokens_per_s": med(|r| r.tokens_per_s, true),
+        "mixed_constrained_tokens_per_s": med(|r| r.constrained_tokens_per_s, true),
+        "mixed_unconstrained_tokens_per_s": med(|r| r.unconstrained_tokens_per_s, true),
+        "ratio_median": median(ratios.clone()),
+        "pair_ratios": ratios,
+        "runs": runs,
+    }))
 }

@@ -155,6 +155,20 @@ impl Constraint {
         any.then_some(self.masked.as_slice())
     }
 
+    /// Whether the output is complete after a token whose text is
+    /// `piece`: it closed a value (or a call's closing marker) and the
+    /// grammar now allows the end. The whitespace a grammar still allows
+    /// after a JSON value is not worth generating; a bare number or a
+    /// scalar that may go on ends when the model ends it.
+    pub fn is_complete(&mut self, piece: &[u8], eos: LlamaToken) -> bool {
+        let closes = piece
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| b"}]\">el".contains(b));
+        closes && self.allows(eos.0)
+    }
+
     /// Advance the grammar past `tokens` (text already generated, replayed
     /// by a failover); false when it does not follow the grammar.
     pub fn advance(&mut self, tokens: &[LlamaToken]) -> bool {

@@ -219,6 +219,11 @@ async fn json_schema_outputs_validate_for_every_seed() {
             ));
         } else if let Err(why) = validate(schema, &out.text) {
             failures.push(format!("seed {seed}: {why}: {}", out.text));
+        } else if out.text.trim_end() != out.text {
+            failures.push(format!(
+                "seed {seed}: went on after the value: {:?}",
+                out.text
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

@@ -232,7 +232,8 @@ pub(super) fn sample_next(
     s.generated += 1;
     s.tokens.push(token);
     s.unsent_ids.push(token.0);
-    let release = s.text.push(&model.piece(token));
+    let piece = model.piece(token);
+    let release = s.text.push(&piece);
     let (text, stopped) = match release {
         Release::Text(t) => (t, false),
         Release::Stopped(t) => (t, true),
@@ -240,8 +241,13 @@ pub(super) fn sample_next(
     if !text.is_empty() && !s.send_text(text) {
         return Some(FinishReason::Cancelled);
     }
-    // A stop string, or the one call allowed without parallel calls.
-    if stopped || s.tools.as_ref().is_some_and(ToolParser::is_done) {
+    // A stop string, the one call allowed without parallel calls, or a
+    // constrained output that is complete.
+    let complete = s
+        .constraint
+        .as_mut()
+        .is_some_and(|c| c.is_complete(&piece, model.llama.vocab().eos()));
+    if stopped || complete || s.tools.as_ref().is_some_and(ToolParser::is_done) {
         return Some(FinishReason::Stop);
     }
     if s.generated >= s.max_tokens {
