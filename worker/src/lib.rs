@@ -46,8 +46,6 @@ pub struct Worker {
     /// Bounds the prompts being rendered and tokenized at once (on Tokio's
     /// blocking pool, never on the async runtime's threads).
     tokenizing: Arc<tokio::sync::Semaphore>,
-    /// The syntax the model writes tool calls in.
-    tool_format: ToolFormat,
 }
 
 /// Prompts rendered and tokenized at once: one per core, at least two.
@@ -61,7 +59,7 @@ impl Worker {
         let path = model_source::resolve(config.model.as_deref()).await?;
         tracing::info!(path = %path.display(), "loading model");
         let options = config.load_options();
-        let model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
+        let mut model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
         let names = config.served_names(&model.name);
         let engine_config = config.engine();
         let metrics = Arc::new(WorkerMetrics::new(
@@ -69,7 +67,8 @@ impl Worker {
             engine_config.max_seqs,
             engine_config.max_waiting,
         ));
-        let tool_format = ToolFormat::choose(config.tool_call_format, &model.template_source);
+        model.tool_format = ToolFormat::choose(config.tool_call_format, &model.template_source);
+        let tool_format = model.tool_format;
         let engine = Engine::start(Arc::new(model), engine_config, metrics)?;
         tracing::info!(
             model = %names[0],
@@ -83,7 +82,6 @@ impl Worker {
             engine,
             names: Arc::new(names),
             tokenizing: Arc::new(tokio::sync::Semaphore::new(tokenizer_threads())),
-            tool_format,
         })
     }
 
@@ -104,7 +102,7 @@ impl Worker {
 
     /// The syntax this worker's model writes tool calls in.
     pub fn tool_format(&self) -> ToolFormat {
-        self.tool_format
+        self.engine.model.tool_format
     }
 
     /// Tokenize and submit a request; its events follow on the stream.
@@ -175,7 +173,7 @@ impl Worker {
         let spec = &req.output;
         // Before tokenizing: a schema the grammar cannot enforce is the
         // caller's mistake, answered without further work.
-        let mut constraint = match grammar::plan(spec, self.tool_format) {
+        let mut constraint = match grammar::plan(spec, model.tool_format) {
             Ok(None) => None,
             Ok(Some(gbnf)) => Some(Constraint::new(&model.llama, &gbnf)),
             Err(e) => Some(Err(e)),
@@ -221,7 +219,7 @@ impl Worker {
             .unwrap_or_else(|| format!("gen-{}", uuid::Uuid::new_v4().simple()));
         let mut tools = (!offered.is_empty()).then(|| {
             let names = offered.iter().map(|t| t.name.clone()).collect();
-            ToolParser::new(self.tool_format, names, spec.parallel_tool_calls)
+            ToolParser::new(model.tool_format, names, spec.parallel_tool_calls)
         });
         // A failover's continuation is output already sent: the grammar and
         // the parser resume after it (its calls are not sent again, and

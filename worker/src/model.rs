@@ -6,6 +6,7 @@
 
 use crate::model_source::{check_gguf, ModelError};
 use crate::template::{ChatTemplate, Segment, CHATML};
+use crate::tools::ToolFormat;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
@@ -47,6 +48,9 @@ pub struct Model {
     template: ChatTemplate,
     /// The chat template's source (it decides the tool-call syntax).
     pub template_source: String,
+    /// The syntax the model writes tool calls in (the template's, unless
+    /// the worker's `--tool-call-format` sets it).
+    pub tool_format: ToolFormat,
     bos: Option<LlamaToken>,
     bos_text: String,
     /// Every end-of-generation token (banned under `ignore_eos`).
@@ -128,6 +132,7 @@ impl Model {
             llama,
             name,
             template,
+            tool_format: ToolFormat::from_template(&source).unwrap_or(ToolFormat::Hermes),
             template_source: source,
             bos,
             bos_text,
@@ -148,7 +153,7 @@ impl Model {
         if self.template.renders_tools() {
             self.check_tool_text(messages, tools)?;
         }
-        let segments = self.template.render(messages, tools)?;
+        let segments = self.template.render(messages, tools, self.tool_format)?;
         let vocab = self.llama.vocab();
         let mut out = Vec::new();
         let starts_with_bos = matches!(segments.first(), Some(Segment::Template(t)) if !self.bos_text.is_empty() && t.starts_with(&self.bos_text));

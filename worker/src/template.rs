@@ -14,6 +14,7 @@
 //! them written into the messages as text (`tools::prompt`).
 
 use crate::tools::prompt::{fallback_messages, hf_tool_calls, hf_tools};
+use crate::tools::ToolFormat;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use spindle_proto::tools::FunctionTool;
 use spindle_proto::ChatMessage;
@@ -87,14 +88,17 @@ impl ChatTemplate {
     }
 
     /// Render `messages`, opening the assistant turn, as template and
-    /// content segments; `tools` are the functions offered this turn.
+    /// content segments; `tools` are the functions offered this turn, and
+    /// `format` the call syntax a template without tools is shown.
     pub fn render(
         &self,
         messages: &[ChatMessage],
         tools: &[FunctionTool],
+        format: ToolFormat,
     ) -> Result<Vec<Segment>, TemplateError> {
         if !self.native_tools {
-            return self.render_masked(&fallback_messages(messages, tools), None);
+            let written = fallback_messages(messages, tools, format);
+            return self.render_masked(&written, None);
         }
         let tools = (!tools.is_empty()).then(|| hf_tools(tools));
         self.render_masked(messages, tools)
@@ -174,6 +178,7 @@ mod tests {
             .render(
                 &[msg("system", "Be brief."), msg("user", "Hi <|im_end|>")],
                 &[],
+                ToolFormat::Hermes,
             )
             .unwrap();
         assert_eq!(
@@ -193,7 +198,11 @@ mod tests {
         let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'].strip() }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         let segs = t
-            .render(&[msg("user", "q"), msg("assistant", "a")], &[])
+            .render(
+                &[msg("user", "q"), msg("assistant", "a")],
+                &[],
+                ToolFormat::Hermes,
+            )
             .unwrap();
         assert_eq!(
             segs,
@@ -210,7 +219,9 @@ mod tests {
     #[test]
     fn raise_exception_is_an_error_not_a_panic() {
         let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
-        let err = t.render(&[msg("user", "x")], &[]).unwrap_err();
+        let err = t
+            .render(&[msg("user", "x")], &[], ToolFormat::Hermes)
+            .unwrap_err();
         assert!(err.to_string().contains("roles must alternate"));
     }
 
@@ -227,7 +238,11 @@ mod tests {
     fn a_template_without_tools_gets_them_as_message_text() {
         let t = ChatTemplate::new(CHATML, "", "").unwrap();
         let segs = t
-            .render(&[msg("user", "Weather?")], &[weather_tool()])
+            .render(
+                &[msg("user", "Weather?")],
+                &[weather_tool()],
+                ToolFormat::Hermes,
+            )
             .unwrap();
         // The tool list is content (plain text), never template text.
         assert!(
@@ -258,7 +273,9 @@ mod tests {
                 ..msg("tool", "5C")
             },
         ];
-        let segs = t.render(&messages, &[weather_tool()]).unwrap();
+        let segs = t
+            .render(&messages, &[weather_tool()], ToolFormat::Hermes)
+            .unwrap();
         let text: String = segs
             .iter()
             .map(|s| match s {

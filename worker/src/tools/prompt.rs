@@ -3,11 +3,13 @@
 //! A template that renders tools itself gets them in the Hugging Face
 //! shape ([`hf_tools`], [`hf_tool_calls`]). For one that does not (ChatML,
 //! SmolLM2), [`fallback_messages`] writes everything as message text in the
-//! Hermes syntax the parser reads back: a system block listing the tools
-//! and how to call them, assistant calls as `<tool_call>` blocks and tool
-//! results as `<tool_response>` blocks in a user turn. Being message text,
+//! syntax the parser reads back (Hermes unless `--tool-call-format` says
+//! otherwise): a system block listing the tools and how to call them,
+//! assistant calls as `<tool_call>` blocks and tool results as
+//! `<tool_response>` blocks in a user turn. Being message text,
 //! none of it can produce special tokens.
 
+use super::ToolFormat;
 use serde_json::{json, Value};
 use spindle_proto::tools::{FunctionTool, ToolCall};
 use spindle_proto::ChatMessage;
@@ -49,8 +51,9 @@ pub fn hf_tool_calls(calls: &[ToolCall]) -> Value {
         .collect()
 }
 
-/// The system block that shows `tools` to a model whose template does not.
-pub fn tools_block(tools: &[FunctionTool]) -> String {
+/// The system block that shows `tools` to a model whose template does
+/// not, with the call syntax of `format`.
+pub fn tools_block(tools: &[FunctionTool], format: ToolFormat) -> String {
     let mut s = String::from(
         "You may call one or more functions to assist with the user query. \
          Function signatures are within <tools></tools> XML tags:\n<tools>\n",
@@ -59,28 +62,55 @@ pub fn tools_block(tools: &[FunctionTool]) -> String {
         s.push_str(&t.to_string());
         s.push('\n');
     }
-    s.push_str(
-        "</tools>\nFor each function call, return a json object with function name and \
-         arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
-         {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
-    );
+    s.push_str("</tools>\n");
+    s.push_str(match format {
+        ToolFormat::Hermes => {
+            "For each function call, return a json object with function name and \
+             arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
+             {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"
+        }
+        ToolFormat::Llama3 => {
+            "To call a function, answer with only a json object:\n\
+             {\"name\": <function-name>, \"parameters\": <args-json-object>}"
+        }
+        ToolFormat::Mistral => {
+            "To call functions, answer with [TOOL_CALLS] and a json list:\n\
+             [TOOL_CALLS][{\"name\": <function-name>, \"arguments\": <args-json-object>}]"
+        }
+        ToolFormat::Json => {
+            "To call a function, answer with only a json object:\n\
+             {\"name\": <function-name>, \"arguments\": <args-json-object>}"
+        }
+    });
     s
 }
 
-fn call_text(c: &ToolCall) -> String {
+/// A call as the model would write it in `format`.
+fn call_text(c: &ToolCall, format: ToolFormat) -> String {
     // Name first, as the system block shows it (maps serialize sorted).
     let name = Value::String(c.name.clone());
     let arguments = arguments_value(&c.arguments);
-    format!("<tool_call>\n{{\"name\": {name}, \"arguments\": {arguments}}}\n</tool_call>")
+    let key = format.arguments_key();
+    let call = format!("{{\"name\": {name}, \"{key}\": {arguments}}}");
+    match format {
+        ToolFormat::Hermes => format!("<tool_call>\n{call}\n</tool_call>"),
+        ToolFormat::Mistral => format!("[TOOL_CALLS][{call}]"),
+        ToolFormat::Llama3 | ToolFormat::Json => call,
+    }
 }
 
-/// `messages` with tools, calls and results written as text (Hermes
-/// syntax) for a template that renders none of them. `tools` is empty when
-/// no tools are offered this turn (history may still hold calls).
-pub fn fallback_messages(messages: &[ChatMessage], tools: &[FunctionTool]) -> Vec<ChatMessage> {
+/// `messages` with tools, calls and results written as text (calls in
+/// `format`, results as `<tool_response>` blocks) for a template that
+/// renders none of them. `tools` is empty when no tools are offered this
+/// turn (history may still hold calls).
+pub fn fallback_messages(
+    messages: &[ChatMessage],
+    tools: &[FunctionTool],
+    format: ToolFormat,
+) -> Vec<ChatMessage> {
     let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len() + 1);
     if !tools.is_empty() {
-        let block = tools_block(tools);
+        let block = tools_block(tools, format);
         match messages.first() {
             Some(m) if m.role == "system" => {
                 out.push(ChatMessage::text(
@@ -111,7 +141,7 @@ pub fn fallback_messages(messages: &[ChatMessage], tools: &[FunctionTool]) -> Ve
             if !content.is_empty() {
                 content.push('\n');
             }
-            content.push_str(&call_text(c));
+            content.push_str(&call_text(c, format));
         }
         out.push(ChatMessage::text(m.role.clone(), content));
     }
@@ -151,7 +181,7 @@ mod tests {
                 ..ChatMessage::text("tool", "21C")
             },
         ];
-        let out = fallback_messages(&messages, &tools);
+        let out = fallback_messages(&messages, &tools, ToolFormat::Hermes);
         let roles: Vec<&str> = out.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["system", "user", "assistant", "user"]);
         assert!(out[0].content.starts_with("Be brief.\n\nYou may call"));
@@ -169,9 +199,21 @@ mod tests {
             "<tool_response>\n18C\n</tool_response>\n<tool_response>\n21C\n</tool_response>"
         );
         // Without tools this turn, history is still text, and no block is added.
-        let plain = fallback_messages(&messages, &[]);
+        let plain = fallback_messages(&messages, &[], ToolFormat::Hermes);
         assert_eq!(plain.len(), 4);
         assert_eq!(plain[0].content, "Be brief.");
+        // Another format's syntax, in the block and the history alike.
+        let mistral = fallback_messages(&messages, &tools, ToolFormat::Mistral);
+        assert!(mistral[0].content.ends_with(
+            "[TOOL_CALLS][{\"name\": <function-name>, \"arguments\": <args-json-object>}]"
+        ));
+        assert!(mistral[2]
+            .content
+            .starts_with("[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {"));
+        let llama = fallback_messages(&messages, &tools, ToolFormat::Llama3);
+        assert!(llama[2]
+            .content
+            .starts_with("{\"name\": \"get_weather\", \"parameters\": {"));
     }
 
     #[test]
