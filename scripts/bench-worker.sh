@@ -3,7 +3,10 @@
 # the same GGUF with the same thread count, in one run. Both servers start
 # once; the benchmark then alternates between them REPEAT times, so a noisy
 # machine (shared cores) hits both alike, and the summary uses medians.
-# Prints each table and the ratios; writes JSON into bench-out/.
+# Prints each table and the ratios; writes JSON into bench-out/. Then, on
+# Spindle alone, 16 streams with half of them constrained by a JSON schema
+# against none (`spindle bench structured`: REPEAT alternating pairs of
+# STRUCTURED_SECONDS runs).
 #   THREADS=2 REPEAT=5 ROUNDS=2 MAX_TOKENS=128 scripts/bench-worker.sh [MODEL.gguf]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +14,11 @@ threads=${THREADS:-2}
 repeat=${REPEAT:-5}
 rounds=${ROUNDS:-2}
 max_tokens=${MAX_TOKENS:-128}
+structured_seconds=${STRUCTURED_SECONDS:-8}
 model=${1:-../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 [ -f "$model" ] || model="${SPINDLE_CACHE_DIR:-$HOME/.cache/spindle}/SmolLM2-135M-Instruct.Q4_1.gguf"
 out=bench-out; mkdir -p "$out"
-rm -f "$out"/*-streams-*.json "$out"/*-followup-*.json
+rm -f "$out"/*-streams-*.json "$out"/*-followup-*.json "$out"/*-structured.json
 
 # `spindle bench` exists only in builds with the bench feature.
 cargo build --release --locked --features bench >&2
@@ -58,6 +62,10 @@ for r in $(seq "$repeat"); do
   fi
 done
 
+# Grammar-constrained output has no llama-server counterpart here: Spindle only.
+$spindle bench structured --url "http://127.0.0.1:$sp" --streams 16 --seconds "$structured_seconds" \
+  --repeat "$repeat" --max-tokens "$max_tokens" --out "$out/spindle-structured.json"
+
 python3 - "$out" "$repeat" <<'PY'
 import json, statistics, sys, pathlib
 out, repeat = pathlib.Path(sys.argv[1]), int(sys.argv[2])
@@ -81,6 +89,8 @@ for label in ("spindle", "llama-server"):
     f = fu[label]
     print(f"  {label}: cached follow-up TTFT / cold TTFT {f['ratio']:.3f} "
           f"({f['warm_ttft_p50_ms']:.1f} / {f['cold_ttft_p50_ms']:.1f} ms)")
-(out / "summary.json").write_text(json.dumps({"repeat": repeat, "throughput": rows, "followup": fu}, indent=2))
+structured = load("spindle-structured.json")
+(out / "summary.json").write_text(json.dumps({"repeat": repeat, "throughput": rows, "followup": fu,
+                                              "structured": structured}, indent=2))
 print(f"wrote {out}/summary.json")
 PY

@@ -4,6 +4,8 @@
 //! Scenarios (`spindle bench <scenario>`):
 //! - `streams`, `followup`: a server's streaming throughput and prefix-cache
 //!   TTFT (see [`engine`]);
+//! - `structured`: a Spindle worker's throughput with half its streams
+//!   constrained by a JSON schema, against none (see [`structured`]);
 //! - `store`: the Redis response store beside `redis-benchmark` (see [`store`]);
 //! - `affinity`, `overhead`: cluster routing (see [`cluster`]);
 //! - `chain`: the cost of one more turn of a long chain (see [`chain`]);
@@ -19,6 +21,7 @@ mod cluster;
 mod engine;
 mod soak;
 mod store;
+mod structured;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -29,6 +32,7 @@ use cluster::ClusterBenchArgs;
 use engine::ClientArgs;
 use soak::SoakArgs;
 use store::StoreArgs;
+use structured::StructuredArgs;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -42,6 +46,8 @@ pub enum Scenario {
     Streams(ClientArgs),
     /// TTFT of a turn whose ~1,000-token history is cached, against the same history cold.
     Followup(ClientArgs),
+    /// A worker's tokens/s with half of N streams constrained by a JSON schema, against none.
+    Structured(StructuredArgs),
     /// The Redis response store: create/get/complete latency beside redis-benchmark.
     Store(StoreArgs),
     /// Cache affinity per routing policy: 3 workers behind a router, multi-turn conversations.
@@ -68,6 +74,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (name, out, result) = match &args.scenario {
         Scenario::Streams(a) => ("streams", &a.out, engine::streams(&client()?, a).await?),
         Scenario::Followup(a) => ("followup", &a.out, engine::followup(&client()?, a).await?),
+        Scenario::Structured(a) => {
+            let r = structured::structured(&client()?, a).await?;
+            ("structured", &a.out, r)
+        }
         Scenario::Store(a) => {
             let r = store::store_bench(&a.redis_url, a.ops_per_sec, a.seconds).await;
             ("store", &a.out, r)

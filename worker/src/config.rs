@@ -1,5 +1,6 @@
 //! The worker's command-line flags (each with a `SPINDLE_*` environment fallback).
 
+use crate::tools::ToolCallFlag;
 use clap::Args;
 use std::time::Duration;
 
@@ -45,6 +46,14 @@ pub struct WorkerConfig {
     /// ggml's batched CPU kernels (slower; the weights stay in the page cache).
     #[arg(long, env = "SPINDLE_NO_REPACK")]
     pub no_repack: bool,
+
+    /// The syntax the model writes tool calls in: `auto` takes it from the chat
+    /// template (`<tool_call>` → hermes, `[TOOL_CALLS]` → mistral,
+    /// `<|python_tag|>`/ipython → llama3, other tool-aware templates → json;
+    /// a template without tools is shown them in hermes syntax), or one of
+    /// hermes, llama3, mistral, json.
+    #[arg(long, env = "SPINDLE_TOOL_CALL_FORMAT", value_enum, default_value_t = ToolCallFlag::Auto)]
+    pub tool_call_format: ToolCallFlag,
 
     /// On SIGTERM, how long in-flight requests may run before the process exits.
     #[arg(long, env = "SPINDLE_DRAIN_TIMEOUT", value_parser = humantime_secs, default_value = "30")]

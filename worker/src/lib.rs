@@ -2,30 +2,37 @@
 //!
 //! - [`model_source`] finds the GGUF file (`--model`, default model, downloads);
 //! - [`model`] loads it and tokenizes with the model's [`template`];
-//! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens and
-//!   [`text`] turns them into streamable text;
+//! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens
+//!   (within a [`grammar`] when the output is constrained) and [`text`]
+//!   turns them into streamable text;
+//! - [`tools`] shows function tools to the model and parses its calls;
 //! - [`api`] serves it all over HTTP, with [`error`] the one error mapping.
 
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod metrics;
 pub mod model;
 pub mod model_source;
 pub mod sampler;
 pub mod template;
 pub mod text;
+pub mod tools;
 
 use engine::{Engine, Job, SubmitError};
 use error::WorkerError;
 use futures::Stream;
+use grammar::Constraint;
 use metrics::{Rejection, WorkerMetrics};
 use model::Model;
 use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport, PromptInput};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tools::parser::ToolParser;
+use tools::ToolFormat;
 
 pub use config::WorkerConfig;
 
@@ -52,7 +59,7 @@ impl Worker {
         let path = model_source::resolve(config.model.as_deref()).await?;
         tracing::info!(path = %path.display(), "loading model");
         let options = config.load_options();
-        let model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
+        let mut model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
         let names = config.served_names(&model.name);
         let engine_config = config.engine();
         let metrics = Arc::new(WorkerMetrics::new(
@@ -60,12 +67,15 @@ impl Worker {
             engine_config.max_seqs,
             engine_config.max_waiting,
         ));
+        model.tool_format = ToolFormat::choose(config.tool_call_format, &model.template_source);
+        let tool_format = model.tool_format;
         let engine = Engine::start(Arc::new(model), engine_config, metrics)?;
         tracing::info!(
             model = %names[0],
             ctx = config.ctx_size,
             max_seqs = config.max_seqs,
             threads = config.threads(),
+            ?tool_format,
             "engine ready"
         );
         Ok(Self {
@@ -90,10 +100,16 @@ impl Worker {
         self.names.iter().any(|n| n == name)
     }
 
+    /// The syntax this worker's model writes tool calls in.
+    pub fn tool_format(&self) -> ToolFormat {
+        self.engine.model.tool_format
+    }
+
     /// Tokenize and submit a request; its events follow on the stream.
     /// Dropping the stream cancels the request. A prompt too large for the
-    /// context in bytes is refused before any work; the rest is rendered and
-    /// tokenized on the blocking pool, a bounded number at once.
+    /// context in bytes is refused before any work; the rest (rendering,
+    /// tokenizing, building an output grammar) runs on the blocking pool, a
+    /// bounded number at once.
     pub async fn generate(
         &self,
         req: GenerateRequest,
@@ -154,6 +170,21 @@ impl Worker {
             return Err(WorkerError::invalid(message, Some("stop")));
         }
         let model = &self.engine.model;
+        let spec = &req.output;
+        // Before tokenizing: a schema the grammar cannot enforce is the
+        // caller's mistake, answered without further work.
+        let mut constraint = match grammar::plan(spec, model.tool_format) {
+            Ok(None) => None,
+            Ok(Some(gbnf)) => Some(Constraint::new(&model.llama, &gbnf)),
+            Err(e) => Some(Err(e)),
+        }
+        .transpose()
+        .map_err(|e| WorkerError::invalid(e.to_string(), Some(e.param())))?;
+        let offered = if spec.tools_enabled() {
+            spec.tools.as_slice()
+        } else {
+            &[]
+        };
         let mut tokens = match &req.input {
             PromptInput::Messages(m) if m.is_empty() => {
                 return Err(WorkerError::invalid(
@@ -161,7 +192,9 @@ impl Worker {
                     Some("messages"),
                 ))
             }
-            PromptInput::Messages(m) => model.tokenize_chat(m, req.continuation.as_deref())?,
+            PromptInput::Messages(m) => {
+                model.tokenize_chat(m, offered, req.continuation.as_deref())?
+            }
             PromptInput::Prompt(p) => model.tokenize_prompt(p),
             PromptInput::Tokens(t) => {
                 let n_vocab = model.n_vocab();
@@ -184,11 +217,34 @@ impl Worker {
         let id = req
             .request_id
             .unwrap_or_else(|| format!("gen-{}", uuid::Uuid::new_v4().simple()));
+        let mut tools = (!offered.is_empty()).then(|| {
+            let names = offered.iter().map(|t| t.name.clone()).collect();
+            ToolParser::new(model.tool_format, names, spec.parallel_tool_calls)
+        });
+        // A failover's continuation is output already sent: the grammar and
+        // the parser resume after it (its calls are not sent again, and
+        // call numbering goes on).
+        if let Some(c) = req.continuation.as_deref().filter(|c| !c.is_empty()) {
+            if let Some(con) = constraint.as_mut() {
+                let sent = model.llama.vocab().tokenize(c.as_bytes(), false, false);
+                if !con.advance(&sent) {
+                    return Err(WorkerError::invalid(
+                        "the continuation does not follow the requested output format",
+                        Some("continuation"),
+                    ));
+                }
+            }
+            if let Some(parser) = tools.as_mut() {
+                parser.resume(c);
+            }
+        }
         let rx = self.engine.submit(Job {
             id,
             tokens,
             sampling: req.sampling,
             cache_salt: req.cache_salt,
+            constraint,
+            tools,
         })?;
         Ok(UnboundedReceiverStream::new(rx))
     }
@@ -217,5 +273,15 @@ fn prompt_bytes(req: &GenerateRequest) -> usize {
         PromptInput::Prompt(p) => p.len(),
         PromptInput::Tokens(t) => t.len(),
     };
-    input + req.continuation.as_ref().map_or(0, String::len)
+    let tools: usize = req
+        .output
+        .tools
+        .iter()
+        .map(|t| {
+            t.name.len()
+                + t.description.as_ref().map_or(0, String::len)
+                + t.parameters.to_string().len()
+        })
+        .sum();
+    input + tools + req.continuation.as_ref().map_or(0, String::len)
 }

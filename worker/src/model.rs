@@ -6,10 +6,12 @@
 
 use crate::model_source::{check_gguf, ModelError};
 use crate::template::{ChatTemplate, Segment, CHATML};
+use crate::tools::ToolFormat;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use spindle_proto::tools::FunctionTool;
 use spindle_proto::ChatMessage;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -44,6 +46,11 @@ pub struct Model {
     /// The name clients use (`model` field): the file name without `.gguf`.
     pub name: String,
     template: ChatTemplate,
+    /// The chat template's source (it decides the tool-call syntax).
+    pub template_source: String,
+    /// The syntax the model writes tool calls in (the template's, unless
+    /// the worker's `--tool-call-format` sets it).
+    pub tool_format: ToolFormat,
     bos: Option<LlamaToken>,
     bos_text: String,
     /// Every end-of-generation token (banned under `ignore_eos`).
@@ -125,6 +132,8 @@ impl Model {
             llama,
             name,
             template,
+            tool_format: ToolFormat::from_template(&source).unwrap_or(ToolFormat::Hermes),
+            template_source: source,
             bos,
             bos_text,
             eog_tokens,
@@ -133,13 +142,18 @@ impl Model {
     }
 
     /// Tokens of a chat: the template's text with special tokens, the messages' text as plain text.
-    /// `continuation` (text the assistant already produced) is appended as plain text.
+    /// `tools` are the functions offered this turn. `continuation` (text
+    /// the assistant already produced) is appended as plain text.
     pub fn tokenize_chat(
         &self,
         messages: &[ChatMessage],
+        tools: &[FunctionTool],
         continuation: Option<&str>,
     ) -> Result<Vec<LlamaToken>, crate::template::TemplateError> {
-        let segments = self.template.render(messages)?;
+        if self.template.renders_tools() {
+            self.check_tool_text(messages, tools)?;
+        }
+        let segments = self.template.render(messages, tools, self.tool_format)?;
         let vocab = self.llama.vocab();
         let mut out = Vec::new();
         let starts_with_bos = matches!(segments.first(), Some(Segment::Template(t)) if !self.bos_text.is_empty() && t.starts_with(&self.bos_text));
@@ -156,6 +170,29 @@ impl Model {
             vocab.tokenize_into(c.as_bytes(), &mut out, false, false);
         }
         Ok(out)
+    }
+
+    /// A template that renders tools writes their definitions and the
+    /// history's calls as template text, whose special tokens are real:
+    /// refuse caller text that would spell one.
+    fn check_tool_text(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[FunctionTool],
+    ) -> Result<(), crate::template::TemplateError> {
+        let mut text = crate::tools::prompt::hf_tools(tools).to_string();
+        for m in messages.iter().filter(|m| !m.tool_calls.is_empty()) {
+            text.push_str(&crate::tools::prompt::hf_tool_calls(&m.tool_calls).to_string());
+        }
+        let vocab = self.llama.vocab();
+        if vocab.tokenize(text.as_bytes(), false, true)
+            != vocab.tokenize(text.as_bytes(), false, false)
+        {
+            return Err(crate::template::TemplateError::new(
+                "tool definitions and tool calls must not contain special-token text",
+            ));
+        }
+        Ok(())
     }
 
     /// Tokens of a raw prompt: BOS if the model wants one, the text as plain text.

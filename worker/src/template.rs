@@ -8,8 +8,15 @@
 //! each message's content is replaced by a sentinel while rendering; the
 //! result is split at the sentinels into template text (tokenized with special
 //! tokens parsed) and message text (tokenized as plain text).
+//!
+//! Tools: a template that mentions `tools` gets them (and each message's
+//! `tool_calls` / `tool_call_id`) in the Hugging Face shape; any other gets
+//! them written into the messages as text (`tools::prompt`).
 
+use crate::tools::prompt::{fallback_messages, hf_tool_calls, hf_tools};
+use crate::tools::ToolFormat;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use spindle_proto::tools::FunctionTool;
 use spindle_proto::ChatMessage;
 
 /// ChatML, used by models whose GGUF carries no template.
@@ -32,10 +39,18 @@ pub enum Segment {
 #[error("chat template: {0}")]
 pub struct TemplateError(String);
 
+impl TemplateError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// The template renders `tools` itself.
+    native_tools: bool,
 }
 
 impl ChatTemplate {
@@ -62,15 +77,50 @@ impl ChatTemplate {
             env,
             bos: bos.to_owned(),
             eos: eos.to_owned(),
+            native_tools: source.contains("tools"),
         })
     }
 
-    /// Render `messages`, opening the assistant turn, as template and content segments.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<Vec<Segment>, TemplateError> {
+    /// Whether the template renders tools and calls itself (as template
+    /// text), rather than getting them as message text.
+    pub fn renders_tools(&self) -> bool {
+        self.native_tools
+    }
+
+    /// Render `messages`, opening the assistant turn, as template and
+    /// content segments; `tools` are the functions offered this turn, and
+    /// `format` the call syntax a template without tools is shown.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[FunctionTool],
+        format: ToolFormat,
+    ) -> Result<Vec<Segment>, TemplateError> {
+        if !self.native_tools {
+            let written = fallback_messages(messages, tools, format);
+            return self.render_masked(&written, None);
+        }
+        let tools = (!tools.is_empty()).then(|| hf_tools(tools));
+        self.render_masked(messages, tools)
+    }
+
+    fn render_masked(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<serde_json::Value>,
+    ) -> Result<Vec<Segment>, TemplateError> {
         let masked: Vec<_> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| context! { role => m.role.as_str(), content => format!("{OPEN}{i}{CLOSE}") })
+            .map(|(i, m)| {
+                let calls = (!m.tool_calls.is_empty()).then(|| hf_tool_calls(&m.tool_calls));
+                context! {
+                    role => m.role.as_str(),
+                    content => format!("{OPEN}{i}{CLOSE}"),
+                    tool_calls => calls,
+                    tool_call_id => m.tool_call_id.as_deref(),
+                }
+            })
             .collect();
         let tmpl = self
             .env
@@ -79,6 +129,7 @@ impl ChatTemplate {
         let rendered = tmpl
             .render(context! {
                 messages => masked,
+                tools => tools,
                 add_generation_prompt => true,
                 bos_token => self.bos.as_str(),
                 eos_token => self.eos.as_str(),
@@ -124,7 +175,11 @@ mod tests {
     fn chatml_renders_turns_and_opens_assistant() {
         let t = ChatTemplate::new(CHATML, "", "").unwrap();
         let segs = t
-            .render(&[msg("system", "Be brief."), msg("user", "Hi <|im_end|>")])
+            .render(
+                &[msg("system", "Be brief."), msg("user", "Hi <|im_end|>")],
+                &[],
+                ToolFormat::Hermes,
+            )
             .unwrap();
         assert_eq!(
             segs,
@@ -143,7 +198,11 @@ mod tests {
         let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'].strip() }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         let segs = t
-            .render(&[msg("user", "q"), msg("assistant", "a")])
+            .render(
+                &[msg("user", "q"), msg("assistant", "a")],
+                &[],
+                ToolFormat::Hermes,
+            )
             .unwrap();
         assert_eq!(
             segs,
@@ -160,7 +219,72 @@ mod tests {
     #[test]
     fn raise_exception_is_an_error_not_a_panic() {
         let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
-        let err = t.render(&[msg("user", "x")]).unwrap_err();
+        let err = t
+            .render(&[msg("user", "x")], &[], ToolFormat::Hermes)
+            .unwrap_err();
         assert!(err.to_string().contains("roles must alternate"));
+    }
+
+    fn weather_tool() -> FunctionTool {
+        FunctionTool {
+            name: "get_weather".into(),
+            description: Some("Weather <|im_end|> of a city".into()),
+            parameters: serde_json::json!({"type": "object"}),
+            strict: false,
+        }
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_them_as_message_text() {
+        let t = ChatTemplate::new(CHATML, "", "").unwrap();
+        let segs = t
+            .render(
+                &[msg("user", "Weather?")],
+                &[weather_tool()],
+                ToolFormat::Hermes,
+            )
+            .unwrap();
+        // The tool list is content (plain text), never template text.
+        assert!(
+            matches!(&segs[1], Segment::Content(c) if c.contains("<tools>") && c.contains("<|im_end|> of a city"))
+        );
+        assert!(segs
+            .iter()
+            .all(|s| !matches!(s, Segment::Template(t) if t.contains("get_weather"))));
+    }
+
+    #[test]
+    fn a_template_with_tools_gets_them_in_the_hugging_face_shape() {
+        let src = "{% if tools %}[T]{% for t in tools %}{{ t.function.name }};{% endfor %}{% endif %}{% for m in messages %}{{ m.role }}:{{ m.content }}{% if m.tool_calls %}{% for c in m.tool_calls %}<{{ c.function.name }} {{ c.function.arguments.city }} {{ c.id }}>{% endfor %}{% endif %}{% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %}|{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let call = spindle_proto::tools::ToolCall {
+            call_id: "call_9".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city": "Oslo"}"#.into(),
+        };
+        let messages = [
+            msg("user", "q"),
+            ChatMessage {
+                tool_calls: vec![call],
+                ..msg("assistant", "")
+            },
+            ChatMessage {
+                tool_call_id: Some("call_9".into()),
+                ..msg("tool", "5C")
+            },
+        ];
+        let segs = t
+            .render(&messages, &[weather_tool()], ToolFormat::Hermes)
+            .unwrap();
+        let text: String = segs
+            .iter()
+            .map(|s| match s {
+                Segment::Template(t) | Segment::Content(t) => t.as_str(),
+            })
+            .collect();
+        assert_eq!(
+            text,
+            "[T]get_weather;user:q|assistant:<get_weather Oslo call_9>|tool:5C#call_9|"
+        );
     }
 }

@@ -118,6 +118,10 @@ pub struct Job {
     pub sampling: SamplingParams,
     /// Reuse only prefix-cache entries made with the same salt.
     pub cache_salt: Option<String>,
+    /// The grammar output must follow (structured output, forced call).
+    pub constraint: Option<crate::grammar::Constraint>,
+    /// Parses tool calls out of the output when tools are offered.
+    pub tools: Option<crate::tools::parser::ToolParser>,
 }
 
 impl Engine {

@@ -1,12 +1,17 @@
 //! One request inside the engine ([`Seq`]): its tokens, sampler, text
 //! stream and timings, from admission to its last event, and
 //! [`sample_next`], which samples, streams and decides when it ends.
+//! With tools offered, released text goes through the sequence's tool
+//! parser, and complete calls become `ToolCall` + `ToolArguments` events.
 
+use crate::grammar::Constraint;
 use crate::metrics::WorkerMetrics;
 use crate::model::Model;
 use crate::sampler::Sampler;
 use crate::text::{Release, TextStream};
+use crate::tools::parser::{Piece, ToolParser};
 use llama_cpp_2::token::LlamaToken;
+use rand::Rng;
 use spindle_proto::{FinishReason, GenerateEvent, Timings, Usage};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -26,6 +31,11 @@ pub(super) struct Seq {
     /// Its prefix-cache isolation salt (see `GenerateRequest::cache_salt`).
     pub(super) cache_salt: Option<String>,
     pub(super) sampler: Sampler,
+    /// Grammar the output must follow.
+    pub(super) constraint: Option<Constraint>,
+    /// Tool-call parser (tools offered), and the calls sent so far.
+    pub(super) tools: Option<ToolParser>,
+    pub(super) calls_sent: u32,
     pub(super) text: TextStream,
     pub(super) max_tokens: u32,
     pub(super) generated: u32,
@@ -64,6 +74,10 @@ impl Seq {
             } else {
                 Sampler::new(job.sampling)
             },
+            constraint: job.constraint,
+            // Calls in a failover's continuation were sent by the first worker.
+            calls_sent: job.tools.as_ref().map_or(0, |p| p.calls() as u32),
+            tools: job.tools,
             text,
             max_tokens,
             generated: 0,
@@ -85,7 +99,54 @@ impl Seq {
         self.n_past >= self.prompt_len
     }
 
+    /// Stream released text (through the tool parser when tools are offered).
     pub(super) fn send_text(&mut self, text: String) -> bool {
+        match self.tools.as_mut() {
+            Some(parser) => {
+                let pieces = parser.push(&text);
+                self.send_pieces(pieces)
+            }
+            None => self.send_delta(text),
+        }
+    }
+
+    fn send_pieces(&mut self, pieces: Vec<Piece>) -> bool {
+        for piece in pieces {
+            let sent = match piece {
+                Piece::Text(t) => self.send_delta(t),
+                Piece::Call {
+                    name,
+                    arguments,
+                    raw,
+                } => {
+                    let index = self.calls_sent;
+                    self.calls_sent += 1;
+                    let token_ids = std::mem::take(&mut self.unsent_ids);
+                    let call = GenerateEvent::ToolCall {
+                        index,
+                        call_id: call_id(),
+                        name,
+                        raw,
+                        token_ids,
+                    };
+                    let arguments = GenerateEvent::ToolArguments {
+                        index,
+                        delta: arguments,
+                        raw: String::new(),
+                        token_ids: Vec::new(),
+                    };
+                    self.events.send(call).is_ok() && self.events.send(arguments).is_ok()
+                }
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Send `text` with the token ids sampled since the last event.
+    fn send_delta(&mut self, text: String) -> bool {
         if text.is_empty() && self.unsent_ids.is_empty() {
             return true;
         }
@@ -101,8 +162,24 @@ impl Seq {
     pub(super) fn finish(&mut self, reason: FinishReason, metrics: &WorkerMetrics) {
         let tail = self.text.finish();
         if reason != FinishReason::Cancelled {
-            self.send_text(tail);
+            match self.tools.as_mut() {
+                Some(parser) => {
+                    let mut pieces = parser.push(&tail);
+                    pieces.extend(parser.finish());
+                    self.send_pieces(pieces);
+                    // Ids of text the parser held to the end.
+                    self.send_delta(String::new());
+                }
+                None => {
+                    self.send_delta(tail);
+                }
+            }
         }
+        // A turn that made calls and ended on its own ends for them.
+        let reason = match reason {
+            FinishReason::Stop if self.calls_sent > 0 => FinishReason::ToolCalls,
+            r => r,
+        };
         let now = Instant::now();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let timings = Timings {
@@ -137,7 +214,14 @@ pub(super) fn sample_next(
     logits: &[f32],
     now: Instant,
 ) -> Option<FinishReason> {
-    let token = s.sampler.sample(logits);
+    let token = match s.constraint.as_mut() {
+        Some(c) => match c.sample(&mut s.sampler, logits) {
+            Some(t) => t,
+            // The grammar allows nothing more (it is complete).
+            None => return Some(FinishReason::Stop),
+        },
+        None => s.sampler.sample(logits),
+    };
     s.sampler.accept(token);
     let token = LlamaToken(token);
     s.first_token.get_or_insert(now);
@@ -148,7 +232,8 @@ pub(super) fn sample_next(
     s.generated += 1;
     s.tokens.push(token);
     s.unsent_ids.push(token.0);
-    let release = s.text.push(&model.piece(token));
+    let piece = model.piece(token);
+    let release = s.text.push(&piece);
     let (text, stopped) = match release {
         Release::Text(t) => (t, false),
         Release::Stopped(t) => (t, true),
@@ -156,11 +241,27 @@ pub(super) fn sample_next(
     if !text.is_empty() && !s.send_text(text) {
         return Some(FinishReason::Cancelled);
     }
-    if stopped {
+    // A stop string, the one call allowed without parallel calls, or a
+    // constrained output that is complete.
+    let complete = s
+        .constraint
+        .as_mut()
+        .is_some_and(|c| c.is_complete(&piece, model.llama.vocab().eos()));
+    if stopped || complete || s.tools.as_ref().is_some_and(ToolParser::is_done) {
         return Some(FinishReason::Stop);
     }
     if s.generated >= s.max_tokens {
         return Some(FinishReason::Length);
     }
     None
+}
+
+/// A new call id: `call_` and 24 random letters and digits.
+fn call_id() -> String {
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("call_{suffix}")
 }
