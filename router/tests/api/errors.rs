@@ -133,7 +133,7 @@ async fn error_cases() {
         unsupported["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("'uniqueItems'"),
+            .contains("uniqueItems"),
         "the feature is named: {unsupported}"
     );
     // Oversize body.
