@@ -69,7 +69,8 @@ pub struct FunctionDelta {
     pub arguments: Option<String>,
 }
 
-fn check_name(name: &str, param: &str) -> Result<(), InvalidParam> {
+/// A function or format name: 1 to 64 of `a-zA-Z0-9_-`, as OpenAI's API allows.
+pub fn check_name(name: &str, param: &str) -> Result<(), InvalidParam> {
     let ok = (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -84,7 +85,9 @@ fn check_name(name: &str, param: &str) -> Result<(), InvalidParam> {
     }
 }
 
-fn check_schema(schema: &Value, param: &str) -> Result<(), InvalidParam> {
+/// A schema the worker's grammar can enforce; otherwise a 400 naming the
+/// feature (`unsupported_schema`).
+pub fn check_schema(schema: &Value, param: &str) -> Result<(), InvalidParam> {
     match crate::schema::unsupported(schema) {
         Some(feature) => Err(InvalidParam {
             param: Some(param.to_owned()),

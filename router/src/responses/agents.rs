@@ -10,6 +10,7 @@
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use spindle_proto::openai::tools as openai_tools;
 use spindle_proto::tools::{self, OutputFormat, OutputSpec, ToolChoice};
 
 use crate::error::{ApiError, ApiResult};
@@ -58,17 +59,14 @@ pub(super) fn validate(req: &CreateResponseRequest) -> ApiResult<Agentic> {
     })
 }
 
-/// The JSON Schema feature the worker's grammar cannot enforce in
-/// `schema`, as a 400 naming `param`.
+/// A schema the grammar can enforce (400 `unsupported_schema` otherwise).
 fn check_schema(schema: &Value, param: &str) -> ApiResult<()> {
-    match spindle_proto::schema::unsupported(schema) {
-        Some(feature) => Err(ApiError::invalid_code(
-            format!("'{param}' uses a JSON Schema feature Spindle cannot enforce: {feature}"),
-            Some(param),
-            "unsupported_schema",
-        )),
-        None => Ok(()),
-    }
+    Ok(openai_tools::check_schema(schema, param)?)
+}
+
+/// A name as OpenAI allows it (1 to 64 of `a-zA-Z0-9_-`).
+fn check_name(name: &str, param: &str) -> ApiResult<()> {
+    Ok(openai_tools::check_name(name, param)?)
 }
 
 fn validate_tools(tools: &[Value]) -> ApiResult<Vec<FunctionTool>> {
@@ -98,21 +96,6 @@ fn validate_tools(tools: &[Value]) -> ApiResult<Vec<FunctionTool>> {
             Ok(tool)
         })
         .collect()
-}
-
-fn check_name(name: &str, param: &str) -> ApiResult<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            format!("invalid name '{name}' at '{param}': use 1 to 64 letters, digits, '_' or '-'"),
-            Some(param),
-        ))
-    }
 }
 
 /// `tool_choice` as the request may give it.
