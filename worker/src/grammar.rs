@@ -6,10 +6,13 @@
 //! llama.cpp grammar sampler; both run when the request is admitted, on
 //! the blocking pool. On the engine thread a sequence's [`Constraint`]
 //! checks the token its own sampler picked; a refused token is removed and
-//! the draw repeated (a few times), and only then does the grammar mask the
-//! full vocabulary. That is the distribution of masking first (a draw from
-//! the remaining tokens, renormalized), at the cost of one token check on
-//! most steps. Other sequences in the batch never see it.
+//! the draw repeated (twice), then the grammar masks the 256 most likely
+//! tokens, and only when none of those fits the whole vocabulary (about
+//! 5 ms for SmolLM2's 49k tokens, against ~0.2 ms). Redraws keep the
+//! distribution of masking first (a draw from the remaining tokens,
+//! renormalized); the top-256 mask drops allowed tokens of negligible
+//! probability. Most steps cost one token check. Other sequences in the
+//! batch never see it.
 
 use crate::sampler::Sampler;
 use crate::tools::forced::{self, ForcedError};
@@ -93,8 +96,16 @@ fn rename_root(gbnf: &str, name: &str) -> String {
         .collect()
 }
 
-/// Draws after a refused one before the grammar masks the whole vocabulary.
-const MAX_REDRAWS: usize = 8;
+/// Draws after a refused one before the grammar masks the vocabulary (a
+/// stochastic draw is a pass over the logits, about as costly as masking
+/// the top candidates).
+const MAX_REDRAWS: usize = 2;
+
+/// The grammar masks the most likely tokens first: checking a token costs
+/// a walk over the grammar's states, so a 50k vocabulary takes
+/// milliseconds, and tokens past the first few hundred carry almost no
+/// probability.
+const TOP_CANDIDATES: usize = 256;
 
 /// One sequence's grammar and its scratch buffers.
 pub struct Constraint {
@@ -128,9 +139,10 @@ impl Constraint {
         self.one.data.first().is_some_and(|d| d.logit().is_finite())
     }
 
-    /// `logits` with every token the grammar refuses at −∞; `None` when it
-    /// allows none.
-    fn mask(&mut self, logits: &[f32]) -> Option<&[f32]> {
+    /// `logits` with every token the grammar refuses at −∞, looking only at
+    /// the `top` most likely tokens when given (the rest count as refused);
+    /// `None` when it allows none of those it looked at.
+    fn mask(&mut self, logits: &[f32], top: Option<usize>) -> Option<&[f32]> {
         self.all.data.clear();
         self.all.data.extend(
             logits
@@ -138,6 +150,12 @@ impl Constraint {
                 .enumerate()
                 .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
         );
+        if let Some(k) = top.filter(|&k| k > 0 && k < self.all.data.len()) {
+            self.all
+                .data
+                .select_nth_unstable_by(k - 1, |a, b| b.logit().total_cmp(&a.logit()));
+            self.all.data.truncate(k);
+        }
         self.all.selected = None;
         self.all.sorted = false;
         self.grammar.apply(&mut self.all);
@@ -205,9 +223,19 @@ impl Constraint {
             }
         }
         if !allowed {
-            let masked = self.mask(logits)?;
-            token = sampler.sample(masked);
-            if !masked.get(token as usize).is_some_and(|l| l.is_finite()) {
+            // The most likely tokens first (what a draw picks from anyway),
+            // the whole vocabulary only when none of them fits.
+            let found = self.mask(logits, Some(TOP_CANDIDATES)).is_some()
+                || self.mask(logits, None).is_some();
+            if !found {
+                return None;
+            }
+            token = sampler.sample(&self.masked);
+            if !self
+                .masked
+                .get(token as usize)
+                .is_some_and(|l| l.is_finite())
+            {
                 return None;
             }
         }
