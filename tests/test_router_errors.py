@@ -72,14 +72,14 @@ def test_background_without_store(api, model):
     assert e.value.param == "background"
 
 
-def test_structured_output_not_supported(http, model):
-    for fmt in ({"type": "json_object"}, {"type": "json_schema", "name": "x", "schema": {"type": "object"}}):
-        err = assert_error_body(
-            http.post("/v1/responses", json={"model": model, "input": "x", "text": {"format": fmt}}),
-            400,
-            param="text.format.type",
-        )
-        assert "not supported yet" in err["message"]
+def test_structured_output_errors_name_their_param(http, model):
+    no_name = {"type": "json_schema", "schema": {"type": "object"}}
+    r = http.post("/v1/responses", json={"model": model, "input": "x", "text": {"format": no_name}})
+    assert_error_body(r, 400, param="text.format.name")
+    unsupported = {"type": "json_schema", "name": "x", "schema": {"type": "number", "multipleOf": 3}}
+    r = http.post("/v1/responses", json={"model": model, "input": "x", "text": {"format": unsupported}})
+    err = assert_error_body(r, 400, param="text.format.schema", code="unsupported_schema")
+    assert "multipleOf" in err["message"]
 
 
 def test_conversation_with_previous_id(http, model):

@@ -108,6 +108,9 @@ impl MemoryStore {
     /// conversations), each for at most `ttl`, in at most
     /// [`DEFAULT_MAX_BYTES`] (see [`MemoryStore::with_max_bytes`]).
     pub fn new(max_records: usize, ttl: Duration) -> Self {
+        // Exported from the start, before anything is held or evicted.
+        metrics::counter!("spindle_router_store_evictions_total").increment(0);
+        metrics::gauge!("spindle_router_store_bytes").set(0.0);
         Self {
             inner: Mutex::new(Inner::default()),
             max_records: max_records.max(1),
