@@ -74,6 +74,22 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 }
 
 impl WorkerConfig {
+    /// The settings `spindle worker --model MODEL` would run with (every
+    /// other flag at its default or its `SPINDLE_*` variable): for embedding
+    /// a worker, and tests that change a few fields.
+    pub fn for_model(model: &str) -> Self {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            config: WorkerConfig,
+        }
+        let mut config = <Flags as clap::Parser>::try_parse_from(["worker"])
+            .map(|f| f.config)
+            .unwrap_or_else(|e| panic!("the worker flags' defaults parse: {e}"));
+        config.model = Some(model.to_owned());
+        config
+    }
+
     /// `--served-model-name`'s names, else `file_name`; never empty.
     pub fn served_names(&self, file_name: &str) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();

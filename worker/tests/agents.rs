@@ -14,21 +14,17 @@ use spindle_worker::{Worker, WorkerConfig};
 use std::time::Duration;
 
 fn config() -> WorkerConfig {
+    let model = format!(
+        "{}/../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
     WorkerConfig {
-        model: Some(format!(
-            "{}/../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            env!("CARGO_MANIFEST_DIR")
-        )),
-        served_model_name: Vec::new(),
         ctx_size: 1024,
-        max_seqs: 16,
-        max_batch_tokens: 512,
         max_waiting: 64,
         threads: Some(2),
         gpu_layers: 0,
-        no_repack: false,
-        tool_call_format: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        ..WorkerConfig::for_model(&model)
     }
 }
 

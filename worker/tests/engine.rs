@@ -24,17 +24,14 @@ fn model_path() -> String {
 
 fn config() -> WorkerConfig {
     WorkerConfig {
-        model: Some(model_path()),
-        served_model_name: Vec::new(),
         ctx_size: 1024,
         max_seqs: 8,
         max_batch_tokens: 256,
         max_waiting: 64,
         threads: Some(2),
         gpu_layers: 0,
-        no_repack: false,
-        tool_call_format: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        ..WorkerConfig::for_model(&model_path())
     }
 }
 

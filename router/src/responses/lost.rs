@@ -72,15 +72,13 @@ pub fn lost(
             ResponseStreamEvent::OutputItemAdded { output_index, item } => {
                 items.entry(output_index).or_default().added = item;
             }
-            ResponseStreamEvent::FunctionCallArgumentsDelta {
+            // A message's text or a call's arguments, as far as they came.
+            ResponseStreamEvent::OutputTextDelta {
                 output_index,
                 delta,
                 ..
-            } => {
-                deltas = deltas.saturating_add(1);
-                items.entry(output_index).or_default().text.push_str(&delta);
             }
-            ResponseStreamEvent::OutputTextDelta {
+            | ResponseStreamEvent::FunctionCallArgumentsDelta {
                 output_index,
                 delta,
                 ..
