@@ -7,6 +7,10 @@ use spindle_proto::auth::Secrets;
 
 use crate::api::keys::ApiKeys;
 
+/// `--default-max-output-tokens`: enough for any answer a chat turn needs,
+/// far below a context, so a looping model stops early.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 1024;
+
 /// Settings of the public API layer. The binary owns host and port.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RouterConfig {
@@ -29,6 +33,17 @@ pub struct RouterConfig {
     /// Redis's own `maxmemory`.)
     #[arg(long, env = "SPINDLE_STORE_MAX_BYTES", default_value_t = crate::store::memory::DEFAULT_MAX_BYTES)]
     pub store_max_bytes: usize,
+    /// Output cap of a request that sets none (`max_output_tokens` in the
+    /// Responses API, `max_tokens`/`max_completion_tokens` in chat and
+    /// completions), so one request cannot generate until the context is
+    /// full. Reported in the response's `max_output_tokens`. 0: no cap
+    /// (up to the context).
+    #[arg(
+        long,
+        env = "SPINDLE_DEFAULT_MAX_OUTPUT_TOKENS",
+        default_value_t = 1024
+    )]
+    pub default_max_output_tokens: u32,
     /// Largest input one response may store: its input items and
     /// instructions, encoded; more gets 413 `request_too_large`.
     #[arg(long, env = "SPINDLE_MAX_RECORD_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -130,6 +145,7 @@ impl Default for RouterConfig {
             store_max_records: 100_000,
             store_max_bytes: crate::store::memory::DEFAULT_MAX_BYTES,
             max_record_bytes: 8 * 1024 * 1024,
+            default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
             max_conversation_bytes: 16 * 1024 * 1024,
             store_ttl_secs: 30 * 24 * 3600,
             store: StoreKind::Memory,
@@ -175,6 +191,12 @@ impl RouterConfig {
     pub fn load_keys(&self) -> Result<usize, String> {
         self.keys
             .load(&self.api_keys, self.api_keys_file.as_deref())
+    }
+
+    /// The output cap of a request that asked for `requested` (see
+    /// `--default-max-output-tokens`).
+    pub fn max_output_tokens(&self, requested: Option<u32>) -> Option<u32> {
+        requested.or(Some(self.default_max_output_tokens).filter(|&n| n > 0))
     }
 
     /// Whether API keys are configured (env or file).

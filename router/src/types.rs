@@ -264,8 +264,15 @@ pub struct CreateResponseRequest {
     pub parallel_tool_calls: Option<bool>,
     #[serde(default)]
     pub truncation: Option<String>,
+    /// Refused unless it asks for no reasoning (no served model reasons).
     #[serde(default)]
-    pub reasoning: Option<Value>,
+    pub reasoning: Option<crate::responses::unsupported::ReasoningParam>,
+    /// Stored prompt templates: refused (the server keeps none).
+    #[serde(default)]
+    pub prompt: Option<crate::responses::unsupported::PromptParam>,
+    /// Extra output to include; see `responses::unsupported` for which.
+    #[serde(default)]
+    pub include: Option<Vec<String>>,
     #[serde(default)]
     pub seed: Option<u64>,
 }

@@ -57,6 +57,7 @@ async fn run(
     };
     let mut gen = to_generate(id.clone())?;
     gen.model = Some(model.clone());
+    gen.sampling.max_tokens = st.config.max_output_tokens(gen.sampling.max_tokens);
     assign_routing_key(
         &mut gen,
         &KeySources {

@@ -12,7 +12,7 @@
 //!   `tool_call_id`;
 //! - content parts are joined without separators; only text parts are accepted.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use spindle_proto::tools::ToolCall;
 use spindle_proto::ChatMessage;
@@ -194,6 +194,24 @@ fn normalize_item(item: &Value, at: &str) -> Result<Value, ApiError> {
             let mut m = message_item(role, content);
             if let Some(Value::String(id)) = obj.get("id") {
                 m["id"] = Value::String(id.clone());
+            }
+            match obj.get("phase") {
+                None | Some(Value::Null) => {}
+                Some(phase) if role == "assistant" => {
+                    let phase: Phase = serde_json::from_value(phase.clone()).map_err(|_| {
+                        ApiError::invalid(
+                            format!("invalid '{at}.phase' {phase}; expected 'commentary' or 'final_answer'"),
+                            Some(&format!("{at}.phase")),
+                        )
+                    })?;
+                    m["phase"] = json!(phase);
+                }
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!("'{at}.phase' labels assistant messages only, not '{role}' ones"),
+                        Some(&format!("{at}.phase")),
+                    ))
+                }
             }
             Ok(m)
         }
@@ -379,6 +397,8 @@ pub enum Item {
         status: ItemStatus,
         role: Role,
         content: Vec<Part>,
+        /// Assistant messages only.
+        phase: Option<Phase>,
     },
     FunctionCall {
         id: String,
@@ -401,6 +421,16 @@ pub enum ItemStatus {
     InProgress,
     Completed,
     Incomplete,
+}
+
+/// An assistant message's label (Open Responses `phase`): `commentary`
+/// before its tool calls, `final_answer` otherwise. Input messages keep
+/// the one the client sent, as the specification asks clients to resend it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Commentary,
+    FinalAnswer,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -453,6 +483,8 @@ pub enum InputItem {
         id: Option<String>,
         role: Role,
         content: InputContent,
+        /// Assistant messages only.
+        phase: Option<Phase>,
     },
     FunctionCall {
         id: Option<String>,

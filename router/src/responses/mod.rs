@@ -5,6 +5,7 @@
 //!   what the worker enforces;
 //! - [`driver`] runs a generation and emits [`events`], building its
 //!   [`output`] items (text and function calls);
+//! - [`unsupported`] refuses what the server cannot honour, by name;
 //! - [`replay`] serves stored events to followers on any replica;
 //! - [`lost`] ends a response whose generating replica vanished;
 //! - [`backlog`] holds final states the store could not take yet;
@@ -21,6 +22,7 @@ mod lost;
 mod output;
 mod prepare;
 mod replay;
+pub mod unsupported;
 
 pub use backlog::Backlog;
 pub use lost::{lost, LOST_MESSAGE};

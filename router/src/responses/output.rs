@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use spindle_proto::GenerateEvent;
 
 use super::events::ResponseStreamEvent as Ev;
-use super::items::{output_message, output_text_part};
+use super::items::{output_message, output_text_part, Phase};
 use crate::types::new_id;
 
 /// The item being generated.
@@ -45,6 +45,13 @@ pub(super) fn function_call(
 ) -> Value {
     json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
            "arguments": arguments, "status": status})
+}
+
+/// `item` with its `phase` (a message's label, set once it is closed: only
+/// then is it known whether a tool call follows).
+fn with_phase(mut item: Value, phase: Phase) -> Value {
+    item["phase"] = json!(phase);
+    item
 }
 
 impl Output {
@@ -98,7 +105,8 @@ impl Output {
                 out
             }
             GenerateEvent::ToolCall { call_id, name, .. } => {
-                let mut out = self.close("completed");
+                // Text the model wrote before a call is commentary on it.
+                let mut out = self.close_as("completed", Phase::Commentary);
                 let id = new_id("fc");
                 out.push(Ev::OutputItemAdded {
                     output_index: self.index(),
@@ -131,8 +139,14 @@ impl Output {
     }
 
     /// Closes the open item with `status` (`completed`, or `incomplete`
-    /// when the output was cut), announcing its final form.
+    /// when the output was cut), announcing its final form; a message
+    /// closed here is the turn's answer (`phase: final_answer`).
     pub fn close(&mut self, status: &str) -> Vec<Ev> {
+        self.close_as(status, Phase::FinalAnswer)
+    }
+
+    /// [`Output::close`], a message labelled `phase`.
+    fn close_as(&mut self, status: &str, phase: Phase) -> Vec<Ev> {
         let output_index = self.index();
         let Some(open) = self.open.take() else {
             return Vec::new();
@@ -154,7 +168,7 @@ impl Output {
                         part: output_text_part(&text),
                     },
                 ],
-                output_message(&id, status, Some(&text)),
+                with_phase(output_message(&id, status, Some(&text)), phase),
             ),
             Open::Call {
                 id,
@@ -256,6 +270,10 @@ mod tests {
         );
         let items = o.into_items();
         assert_eq!(items[0]["type"], "message");
+        assert_eq!(
+            items[0]["phase"], "commentary",
+            "text before a call comments on it"
+        );
         assert_eq!(items[1]["type"], "function_call");
         assert_eq!(items[1]["arguments"], "{\"city\":\"Paris\"}");
         assert_eq!(items[1]["call_id"], "call_1");
@@ -270,7 +288,9 @@ mod tests {
     fn nothing_generated_is_one_empty_message_and_a_cut_call_is_incomplete() {
         let mut o = Output::default();
         assert_eq!(o.finish("completed").len(), 5);
-        assert_eq!(o.into_items()[0]["content"][0]["text"], "");
+        let answer = &o.into_items()[0];
+        assert_eq!(answer["content"][0]["text"], "");
+        assert_eq!(answer["phase"], "final_answer");
         let mut o = Output::default();
         o.push(GenerateEvent::ToolCall {
             index: 0,

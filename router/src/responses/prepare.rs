@@ -6,8 +6,8 @@
 use serde_json::Value;
 use spindle_proto::{ChatMessage, GenerateRequest, PromptInput, SamplingParams};
 
-use super::agents;
 use super::items::{items_to_messages, normalize_input};
+use super::{agents, unsupported};
 use crate::api::SharedState;
 use crate::chain::{self, ContextTurn, Truncation};
 use crate::cluster::key::{assign_routing_key, KeySources};
@@ -76,7 +76,9 @@ pub(super) async fn prepare(
             Some("truncation"),
         ));
     }
+    unsupported::check(&req, &model)?;
     let agentic = agents::validate(&req)?;
+    let max_output_tokens = st.config.max_output_tokens(req.max_output_tokens);
     let input_items = normalize_input(req.input.as_ref())?;
     // What this response stores of its own, bounded before any other work.
     let input_bytes: u64 = input_items
@@ -105,11 +107,11 @@ pub(super) async fn prepare(
         id,
         chain_key,
     } = if let Some(prev_id) = &req.previous_response_id {
-        let budget = chain::budget(mode, st.context_tokens(&model), req.max_output_tokens);
+        let budget = chain::budget(mode, st.context_tokens(&model), max_output_tokens);
         follow_up(st, tenant, prev_id, &input_items, budget, mode).await?
     } else if let Some(conv) = &req.conversation {
         let id = new_id("resp");
-        let budget = chain::budget(mode, st.context_tokens(&model), req.max_output_tokens);
+        let budget = chain::budget(mode, st.context_tokens(&model), max_output_tokens);
         let tail = st
             .store
             .conversation_tail(tenant, conv.id(), budget.saturating_sub(input_bytes))
@@ -176,7 +178,7 @@ pub(super) async fn prepare(
             presence_penalty: presence_penalty as f32,
             frequency_penalty: frequency_penalty as f32,
             seed: req.seed,
-            max_tokens: req.max_output_tokens,
+            max_tokens: max_output_tokens,
             ..SamplingParams::default()
         },
         cache_key: None,
@@ -234,7 +236,7 @@ pub(super) async fn prepare(
         truncation,
         text: agentic.text,
         reasoning: None,
-        max_output_tokens: req.max_output_tokens,
+        max_output_tokens,
         max_tool_calls: req.max_tool_calls,
         store,
         background,

@@ -115,11 +115,74 @@ async fn error_cases() {
             Some("tool_choice"),
             None,
         ),
+        // What the server cannot do is refused by name, never ignored.
+        (
+            json!({"input": "x", "tools": [{"type": "mcp", "server_label": "s"}]}),
+            400,
+            Some("tools[0].type"),
+            None,
+        ),
+        (
+            json!({"input": "x", "tools": [{"type": "function", "name": "f"}, {"type": "web_search_preview"}]}),
+            400,
+            Some("tools[1].type"),
+            None,
+        ),
+        (
+            json!({"input": "x", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}),
+            400,
+            Some("tools[0].type"),
+            None,
+        ),
+        (
+            json!({"input": "x", "include": ["message.output_text.logprobs"]}),
+            400,
+            Some("include[0]"),
+            Some("unsupported_value"),
+        ),
+        (
+            json!({"input": "x", "include": ["code_interpreter_call.outputs"]}),
+            400,
+            Some("include[0]"),
+            Some("unsupported_value"),
+        ),
+        (
+            json!({"input": "x", "top_logprobs": 3}),
+            400,
+            Some("top_logprobs"),
+            Some("unsupported_value"),
+        ),
+        (
+            json!({"input": "x", "prompt": {"id": "pmpt_nonexistent", "version": "2"}}),
+            400,
+            Some("prompt.id"),
+            Some("prompt_not_found"),
+        ),
+        (
+            json!({"input": "x", "reasoning": {"effort": "high"}}),
+            400,
+            Some("reasoning.effort"),
+            Some("unsupported_value"),
+        ),
+        (
+            json!({"input": "x", "reasoning": {"summary": "detailed"}}),
+            400,
+            Some("reasoning.summary"),
+            Some("unsupported_value"),
+        ),
     ];
     for (body, status, param, code) in cases {
         let (st, e) = s.post("/v1/responses", body.clone()).await;
         assert_error(st, &e, status, param, code);
         assert!(e["error"]["message"].as_str().unwrap().len() > 5, "{body}");
+    }
+    // The accepted ones: nothing is asked that the server would leave out.
+    for body in [
+        json!({"input": "x", "include": ["reasoning.encrypted_content"], "store": false}),
+        json!({"input": "x", "reasoning": {"effort": "none"}, "top_logprobs": 0}),
+    ] {
+        let (st, r) = s.post("/v1/responses", body.clone()).await;
+        assert_eq!(st, 200, "{body}: {r}");
     }
     let unsupported = s
         .post(

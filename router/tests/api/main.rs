@@ -12,4 +12,5 @@ mod openapi;
 mod responses;
 mod streams;
 mod support;
+mod surface;
 mod tools;
