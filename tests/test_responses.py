@@ -254,3 +254,30 @@ def test_conversations(api, model, server_url):
     assert deleted.deleted is True
     with pytest.raises(openai.NotFoundError):
         api.conversations.retrieve(conv.id)
+
+
+def test_default_cap_phase_and_refusals_by_name(api, model, server_url):
+    # Background answers at once, so the default cap is seen without
+    # generating up to it.
+    r = api.responses.create(model=model, input="Count to ten.", background=True)
+    assert r.max_output_tokens == 1024, "the server's default cap is reported"
+    api.responses.cancel(r.id)
+    r = api.responses.create(model=model, input="Say hi.", **GEN)
+    raw = raw_json(server_url, "GET", f"/v1/responses/{r.id}")
+    validate_response(raw)
+    assert raw["output"][0]["phase"] == "final_answer"
+    refused = [
+        ({"include": ["message.output_text.logprobs"]}, "include[0]", "message.output_text.logprobs"),
+        ({"tools": [{"type": "web_search_preview"}]}, "tools[0].type", "web_search_preview"),
+        ({"prompt": {"id": "pmpt_missing"}}, "prompt.id", "pmpt_missing"),
+        ({"reasoning": {"effort": "high"}}, "reasoning.effort", "high"),
+    ]
+    for kwargs, param, value in refused:
+        with pytest.raises(openai.BadRequestError) as e:
+            api.responses.create(model=model, input="x", **kwargs, **GEN)
+        assert e.value.param == param, kwargs
+        assert value in e.value.message, kwargs
+    ok = api.responses.create(
+        model=model, input="Say hi.", include=["reasoning.encrypted_content"], store=False, **GEN
+    )
+    assert ok.status in TERMINAL
