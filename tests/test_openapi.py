@@ -80,7 +80,7 @@ def test_document_is_valid_openapi_3_1(document):
 # Every operation the document must have (router/tests/api/openapi.rs holds
 # the document to exactly these); each is fuzzed on its own.
 OPERATIONS = [
-    ("POST", "/v1/responses"), ("GET", "/v1/responses/{id}"), ("POST", "/v1/responses/{id}/cancel"),
+    ("POST", "/v1/responses"), ("GET", "/v1/responses"), ("GET", "/v1/responses/{id}"), ("POST", "/v1/responses/{id}/cancel"),
     ("GET", "/v1/responses/{id}/input_items"), ("POST", "/v1/conversations"),
     ("GET", "/v1/conversations/{id}"), ("POST", "/v1/conversations/{id}"),
     ("GET", "/v1/conversations/{id}/items"), ("POST", "/v1/conversations/{id}/items"),

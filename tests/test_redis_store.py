@@ -94,6 +94,30 @@ def test_tenants_and_auth(replicas):
     assert call("GET", f"{b}/v1/responses/{r['id']}", key="key-a")[0] == 200
 
 
+def test_listing_spans_replicas_and_tenants(replicas):
+    a, b = replicas
+    mine = []
+    for n, url in enumerate([a, b, a]):
+        code, r = js(call("POST", f"{url}/v1/responses", {"input": f"list {n}", **GEN}))
+        assert code == 200, r
+        mine.append(r["id"])
+    # Pages of two on alternating replicas, newest first.
+    code, p1 = js(call("GET", f"{b}/v1/responses?limit=2"))
+    assert code == 200 and p1["object"] == "list", p1
+    assert [r["id"] for r in p1["data"]] == mine[:0:-1] and p1["has_more"]
+    code, p2 = js(call("GET", f"{a}/v1/responses?limit=1&after={p1['last_id']}"))
+    assert code == 200 and [r["id"] for r in p2["data"]] == mine[:1], p2
+    # Deleted on one replica: gone from the other's listing.
+    assert call("DELETE", f"{a}/v1/responses/{mine[1]}")[0] == 200
+    code, p = js(call("GET", f"{b}/v1/responses?limit=2"))
+    assert [r["id"] for r in p["data"]] == [mine[2], mine[0]], p
+    # The other tenant sees none of them, and cannot page from them.
+    code, other = js(call("GET", f"{b}/v1/responses?limit=100", key="key-b"))
+    assert code == 200 and not {r["id"] for r in other["data"]} & set(mine)
+    code, err = js(call("GET", f"{a}/v1/responses?after={mine[0]}", key="key-b"))
+    assert code == 400 and err["error"]["param"] == "after"
+
+
 def test_redis_down_is_503_and_store_false_works(replicas, redis_server):
     a, _ = replicas
     proc, _ = redis_server

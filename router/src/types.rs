@@ -306,7 +306,7 @@ pub struct ListQuery {
 }
 
 /// The orders `ListQuery::order` accepts.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListOrder {
     Asc,

@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 use super::{chat, conversations, models, ops, SharedState};
 use crate::lifecycle::GENERATING;
 use crate::responses::handlers as responses;
+use crate::responses::listing;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -58,7 +59,7 @@ struct ApiDoc;
 /// The `/v1` routes; they need an API key when keys are set.
 pub fn api() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
-        .routes(routes!(responses::create))
+        .routes(routes!(responses::create, listing::list))
         .routes(routes!(responses::retrieve, responses::delete))
         .routes(routes!(responses::cancel))
         .routes(routes!(responses::input_items))

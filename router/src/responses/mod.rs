@@ -10,7 +10,7 @@
 //! - [`lost`] ends a response whose generating replica vanished;
 //! - [`backlog`] holds final states the store could not take yet;
 //! - [`items`] normalizes and renders input and output items;
-//! - [`handlers`] are the HTTP endpoints.
+//! - [`handlers`] are the HTTP endpoints; [`listing`] lists stored ones.
 
 mod agents;
 pub mod backlog;
@@ -18,6 +18,7 @@ mod driver;
 pub mod events;
 pub mod handlers;
 pub mod items;
+pub mod listing;
 mod lost;
 mod output;
 mod prepare;

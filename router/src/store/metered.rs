@@ -10,10 +10,10 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::{
-    Appended, Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult,
-    StoredEvent, Subscription,
+    Appended, Conversation, ConversationTail, ResponsePage, ResponseRecord, ResponseStore,
+    StoreResult, StoredEvent, Subscription,
 };
-use crate::types::{ResponseObject, ResponseStatus};
+use crate::types::{ListOrder, ResponseObject, ResponseStatus};
 
 /// Wraps a store; the router wraps whichever backend it was given.
 pub struct MeteredStore {
@@ -22,8 +22,9 @@ pub struct MeteredStore {
 
 /// Every operation, so each error series exists (at 0) from the start and
 /// dashboards and alerts see "no errors" rather than "no data".
-const OPS: [&str; 20] = [
+const OPS: [&str; 21] = [
     "insert_response",
+    "list_responses",
     "append_turn",
     "chain_turns",
     "get_response",
@@ -82,6 +83,19 @@ impl ResponseStore for MeteredStore {
     }
     async fn get_response(&self, tenant: &str, id: &str) -> StoreResult<Option<ResponseRecord>> {
         timed("get_response", self.inner.get_response(tenant, id)).await
+    }
+    async fn list_responses(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        order: ListOrder,
+    ) -> StoreResult<Option<ResponsePage>> {
+        timed(
+            "list_responses",
+            self.inner.list_responses(tenant, after, limit, order),
+        )
+        .await
     }
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {
         timed("response_status", self.inner.response_status(id)).await

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::chain::ContextTurn;
-use crate::types::{ResponseObject, ResponseStatus};
+use crate::types::{ListOrder, ResponseObject, ResponseStatus};
 
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
@@ -149,6 +149,20 @@ pub struct Subscription {
 /// and its closing stream events. The store only reads and writes bytes.
 pub type LostFn = fn(ResponseObject, &[StoredEvent]) -> (ResponseObject, Vec<Vec<u8>>);
 
+/// One page of a tenant's stored responses ([`ResponseStore::list_responses`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponsePage {
+    /// The responses, in the order asked for.
+    pub data: Vec<ResponseObject>,
+    /// Whether more follow the last one.
+    pub has_more: bool,
+}
+
+/// Most index entries one listing call reads, live or not: entries whose
+/// record vanished are skipped (and dropped), so a page may come back short
+/// with `has_more` set rather than read without bound.
+pub const LIST_SCAN_MAX: usize = 1000;
+
 /// A conversation object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Conversation {
@@ -204,6 +218,18 @@ pub trait ResponseStore: Send + Sync + 'static {
         chain_root: &str,
         indexes: &[u64],
     ) -> StoreResult<Vec<Option<Vec<u8>>>>;
+    /// A page of `tenant`'s stored responses, in insertion order (`Asc`) or
+    /// newest first (`Desc`), at most `limit` of them, starting after the
+    /// response `after`; `None` when `after` is not in the tenant's listing
+    /// (unknown, another tenant's, deleted or expired). Deleted and expired
+    /// responses never appear. Reads at most [`LIST_SCAN_MAX`] index entries.
+    async fn list_responses(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        order: ListOrder,
+    ) -> StoreResult<Option<ResponsePage>>;
     /// Only the status (cheap; polled while generating).
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>>;
     /// Delete a response and its events; false when unknown (or another tenant's).

@@ -8,6 +8,7 @@ mod chat;
 mod conversations;
 mod errors;
 mod http_worker;
+mod listing;
 mod openapi;
 mod responses;
 mod streams;

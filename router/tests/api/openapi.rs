@@ -6,8 +6,9 @@ use crate::support::*;
 use spindle_proto::auth::Secrets;
 
 /// Every public endpoint (issue 12): the document must list these, no more.
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 21] = [
     ("POST", "/v1/responses"),
+    ("GET", "/v1/responses"),
     ("GET", "/v1/responses/{id}"),
     ("DELETE", "/v1/responses/{id}"),
     ("POST", "/v1/responses/{id}/cancel"),
@@ -229,6 +230,10 @@ async fn real_answers_validate_against_their_documented_schemas() {
         )
         .await;
     sse_conforms(&doc, "/v1/responses", &events);
+    let (st, list) = s.get("/v1/responses?limit=2").await;
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(st, 200);
+    json_ok("GET", "/v1/responses", &list);
     let (_, del) = s.delete(&format!("/v1/responses/{id}")).await;
     json_ok("DELETE", "/v1/responses/{id}", &del);
 

@@ -1,9 +1,12 @@
 //! [`Bounded`]: the memory store's map of one kind of entry, ordered by
 //! insertion, bounded in count and by each entry's TTL; the oldest entries
 //! go first, expired ones whenever they are met. It keeps the total of its
-//! entries' sizes, so the store can bound its bytes across all maps.
+//! entries' sizes, so the store can bound its bytes across all maps, and an
+//! index of each group's entries (a response's tenant) in insertion order,
+//! updated by every insert and removal, so a group is paged without a scan.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::time::Instant;
 
 /// An entry's expiry, its insertion number (which tells a live entry from
@@ -17,6 +20,10 @@ pub(super) trait Aged {
     fn units(&self) -> usize {
         1
     }
+    /// The group it is listed in (a response: its tenant), if any.
+    fn group(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Insertion-ordered bounded map with TTL.
@@ -27,6 +34,15 @@ pub(super) struct Bounded<E> {
     bytes: usize,
     /// Sum of the entries' [`Aged::units`].
     units: usize,
+    /// Each group's live entries by insertion number: exactly the entries
+    /// in `map` with that [`Aged::group`], never more.
+    groups: HashMap<String, BTreeMap<u64, String>>,
+}
+
+/// A page of one group's entries ([`Bounded::page`]).
+pub(super) struct Page<'a, E> {
+    pub(super) entries: Vec<&'a E>,
+    pub(super) has_more: bool,
 }
 
 impl<E> Default for Bounded<E> {
@@ -36,6 +52,7 @@ impl<E> Default for Bounded<E> {
             order: VecDeque::new(),
             bytes: 0,
             units: 0,
+            groups: HashMap::new(),
         }
     }
 }
@@ -45,11 +62,76 @@ impl<E: Aged> Bounded<E> {
         self.order.push_back((entry.seq(), id.clone()));
         self.bytes += entry.bytes();
         self.units += entry.units();
+        if let Some(g) = entry.group() {
+            self.groups
+                .entry(g.to_owned())
+                .or_default()
+                .insert(entry.seq(), id.clone());
+        }
         if let Some(old) = self.map.insert(id, entry) {
             self.bytes -= old.bytes();
             self.units -= old.units();
+            self.ungroup(&old);
         }
         self.evict(max);
+    }
+
+    /// Drop a removed or replaced entry from its group's index.
+    fn ungroup(&mut self, e: &E) {
+        let Some(g) = e.group() else { return };
+        if let Some(index) = self.groups.get_mut(g) {
+            index.remove(&e.seq());
+            if index.is_empty() {
+                self.groups.remove(g);
+            }
+        }
+    }
+
+    /// Up to `limit` live entries of `group` after entry `after` (from the
+    /// start when `None`), oldest first or (`desc`) newest first; `None` when
+    /// `after` is not a live entry of the group. The walk reads at most
+    /// `limit + 1` index entries (the caller evicts expired entries first;
+    /// one expiring meanwhile is left out).
+    pub(super) fn page(
+        &self,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+        desc: bool,
+    ) -> Option<Page<'_, E>> {
+        let now = Instant::now();
+        let from = match after {
+            None => None,
+            Some(a) => Some(
+                self.map
+                    .get(a)
+                    .filter(|e| e.group() == Some(group) && e.expires() > now)?
+                    .seq(),
+            ),
+        };
+        let Some(index) = self.groups.get(group) else {
+            return Some(Page {
+                entries: Vec::new(),
+                has_more: false,
+            });
+        };
+        let range = match from {
+            Some(seq) if desc => index.range(..seq),
+            Some(seq) => index.range((Bound::Excluded(seq), Bound::Unbounded)),
+            None => index.range(..),
+        };
+        let ids: Box<dyn Iterator<Item = &String>> = if desc {
+            Box::new(range.rev().map(|(_, id)| id))
+        } else {
+            Box::new(range.map(|(_, id)| id))
+        };
+        let mut entries: Vec<&E> = ids
+            .take(limit + 1)
+            .filter_map(|id| self.map.get(id).filter(|e| e.expires() > now))
+            .collect();
+        let has_more = entries.len() > limit;
+        entries.truncate(limit);
+        Some(Page { entries, has_more })
     }
 
     /// Bytes held by all entries.
@@ -71,6 +153,7 @@ impl<E: Aged> Bounded<E> {
         let e = self.map.remove(id)?;
         self.bytes -= e.bytes();
         self.units -= e.units();
+        self.ungroup(&e);
         Some(e)
     }
 

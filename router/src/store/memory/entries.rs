@@ -111,6 +111,10 @@ impl Aged for RespEntry {
     fn bytes(&self) -> usize {
         ENTRY_OVERHEAD + self.rec_bytes + self.event_bytes
     }
+    /// Responses are listed by tenant (`GET /v1/responses`).
+    fn group(&self) -> Option<&str> {
+        Some(&self.rec.owner)
+    }
 }
 
 impl Aged for ConvEntry {

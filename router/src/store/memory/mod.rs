@@ -6,7 +6,9 @@
 //! item logs hold at most `max_records` entries in all: past that, the least
 //! recently extended chain goes first. All entries together hold at most
 //! `max_bytes` (their encoded sizes): past that, the oldest entry of any
-//! kind goes first, so no input can grow the process without bound.
+//! kind goes first, so no input can grow the process without bound. Each
+//! tenant's responses are indexed in insertion order as they are inserted
+//! and removed (`Bounded`'s groups), for `list_responses`.
 
 mod bounded;
 mod entries;
@@ -19,11 +21,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
-    Appended, Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreResult,
-    StoredEvent, Subscription,
+    Appended, Conversation, ConversationTail, ResponsePage, ResponseRecord, ResponseStore,
+    StoreResult, StoredEvent, Subscription,
 };
 use crate::sync;
-use crate::types::{now_secs, ResponseObject, ResponseStatus};
+use crate::types::{now_secs, ListOrder, ResponseObject, ResponseStatus};
 use bounded::Bounded;
 use entries::{encoded_len, ChainLog, ConvEntry, RespEntry, EVENT_OVERHEAD};
 
@@ -217,6 +219,27 @@ impl ResponseStore for MemoryStore {
             .get(id)
             .filter(|e| e.rec.owner == tenant)
             .map(|e| e.rec.clone()))
+    }
+
+    async fn list_responses(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        order: ListOrder,
+    ) -> StoreResult<Option<ResponsePage>> {
+        let mut g = self.lock();
+        // Expired records are the oldest (one TTL for all): drop them first.
+        g.responses.evict(self.max_records);
+        let page = g
+            .responses
+            .page(tenant, after, limit, order == ListOrder::Desc)
+            .map(|p| ResponsePage {
+                data: p.entries.iter().map(|e| e.rec.response.clone()).collect(),
+                has_more: p.has_more,
+            });
+        g.shed(self.max_bytes);
+        Ok(page)
     }
 
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {

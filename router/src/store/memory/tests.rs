@@ -148,3 +148,139 @@ async fn events_after_filters_by_sequence() {
     s.delete_response("t", "a").await.unwrap();
     assert!(events.changed().await.is_err());
 }
+
+fn owned(id: &str, owner: &str) -> ResponseRecord {
+    ResponseRecord {
+        owner: owner.into(),
+        ..rec(id)
+    }
+}
+
+/// The ids of a listing page, and its `has_more`.
+async fn ids(
+    s: &MemoryStore,
+    tenant: &str,
+    after: Option<&str>,
+    limit: usize,
+    order: ListOrder,
+) -> Option<(Vec<String>, bool)> {
+    let page = s
+        .list_responses(tenant, after, limit, order)
+        .await
+        .unwrap()?;
+    Some((page.data.into_iter().map(|r| r.id).collect(), page.has_more))
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn lists_a_tenants_responses_in_order_with_paging() {
+    let s = MemoryStore::new(100, Duration::from_secs(60));
+    for id in ["a", "b", "c", "d", "e"] {
+        s.insert_response(owned(id, "t")).await.unwrap();
+        s.insert_response(owned(&format!("x{id}"), "other"))
+            .await
+            .unwrap();
+    }
+    let desc = ListOrder::Desc;
+    assert_eq!(
+        ids(&s, "t", None, 2, desc).await,
+        Some((strs(&["e", "d"]), true))
+    );
+    assert_eq!(
+        ids(&s, "t", Some("d"), 2, desc).await,
+        Some((strs(&["c", "b"]), true))
+    );
+    assert_eq!(
+        ids(&s, "t", Some("b"), 2, desc).await,
+        Some((strs(&["a"]), false))
+    );
+    assert_eq!(
+        ids(&s, "t", Some("a"), 2, desc).await,
+        Some((vec![], false))
+    );
+    assert_eq!(
+        ids(&s, "t", None, 5, ListOrder::Asc).await,
+        Some((strs(&["a", "b", "c", "d", "e"]), false))
+    );
+    assert_eq!(
+        ids(&s, "t", Some("c"), 1, ListOrder::Asc).await,
+        Some((strs(&["d"]), true))
+    );
+    // Another tenant's id is no cursor; a tenant with nothing has an empty list.
+    assert_eq!(ids(&s, "t", Some("xa"), 2, desc).await, None);
+    assert_eq!(ids(&s, "t", Some("nope"), 2, desc).await, None);
+    assert_eq!(
+        ids(&s, "nobody", None, 2, desc).await,
+        Some((vec![], false))
+    );
+    assert_eq!(
+        ids(&s, "other", None, 1, desc).await,
+        Some((strs(&["xe"]), true))
+    );
+    // The objects listed are the stored ones, current status included.
+    s.cancel_response("t", "e").await.unwrap();
+    let page = s.list_responses("t", None, 1, desc).await.unwrap().unwrap();
+    assert_eq!(page.data[0].status, ResponseStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn deleted_evicted_and_expired_responses_leave_the_listing() {
+    let s = MemoryStore::new(3, Duration::from_secs(60));
+    for id in ["a", "b", "c"] {
+        s.insert_response(owned(id, "t")).await.unwrap();
+    }
+    assert!(s.delete_response("t", "b").await.unwrap());
+    assert_eq!(
+        ids(&s, "t", None, 10, ListOrder::Desc).await,
+        Some((strs(&["c", "a"]), false))
+    );
+    // A deleted response is no cursor any more.
+    assert_eq!(ids(&s, "t", Some("b"), 10, ListOrder::Desc).await, None);
+    // Over the count bound: the oldest ("a") is evicted, from the index too.
+    s.insert_response(owned("d", "t")).await.unwrap();
+    s.insert_response(owned("e", "u")).await.unwrap();
+    assert_eq!(
+        ids(&s, "t", None, 10, ListOrder::Asc).await,
+        Some((strs(&["c", "d"]), false))
+    );
+    // Replacing a record moves it to the end once.
+    s.insert_response(owned("c", "t")).await.unwrap();
+    assert_eq!(
+        ids(&s, "t", None, 10, ListOrder::Asc).await,
+        Some((strs(&["d", "c"]), false))
+    );
+
+    // Expired: gone from the listing without any other write.
+    let s = MemoryStore::new(10, Duration::from_millis(30));
+    s.insert_response(owned("old", "t")).await.unwrap();
+    assert_eq!(
+        ids(&s, "t", None, 10, ListOrder::Desc).await,
+        Some((strs(&["old"]), false))
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        ids(&s, "t", None, 10, ListOrder::Desc).await,
+        Some((vec![], false))
+    );
+    assert_eq!(ids(&s, "t", Some("old"), 10, ListOrder::Desc).await, None);
+}
+
+#[tokio::test]
+async fn byte_shedding_updates_the_listing() {
+    let one = {
+        let s = MemoryStore::new(100, Duration::from_secs(60));
+        s.insert_response(owned("r0", "t")).await.unwrap();
+        s.bytes()
+    };
+    let s = MemoryStore::new(100, Duration::from_secs(60)).with_max_bytes(2 * one + 10);
+    for id in ["a", "b", "c"] {
+        s.insert_response(owned(id, "t")).await.unwrap();
+    }
+    assert_eq!(
+        ids(&s, "t", None, 10, ListOrder::Desc).await,
+        Some((strs(&["c", "b"]), false))
+    );
+}

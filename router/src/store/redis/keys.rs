@@ -33,6 +33,11 @@ impl Inner {
     pub(super) fn items_key(&self, id: &str) -> String {
         format!("{}:items", self.conv_key(id))
     }
+    /// `P:tenant:{<tenant>}:responses`: the tenant's response ids by
+    /// insertion time (sorted set; its own Cluster slot per tenant).
+    pub(super) fn index_key(&self, tenant: &str) -> String {
+        format!("{}:tenant:{{{tenant}}}:responses", self.opts.prefix)
+    }
     /// `P:leases`: the lease deadlines of active responses (sorted set).
     pub(super) fn leases_key(&self) -> String {
         format!("{}:leases", self.opts.prefix)

@@ -18,6 +18,7 @@
 //! | `spindle:{T}:chain:<root id>:log` | list | the chain's item log: one entry per turn (its input and output items, JSON), written once; records point into it |
 //! | `spindle:{T}:conv:<id>` | hash | `conv` (JSON), `metadata` (JSON), `owner`, `bytes` (the items' total size) |
 //! | `spindle:{T}:conv:<id>:items` | list | item JSON, oldest first |
+//! | `spindle:tenant:{<tenant>}:responses` | sorted set | the tenant's response ids, score = insertion time (µs since epoch); see `listing` |
 //! | `spindle:leases` | sorted set | ids of queued/in-progress responses, score = lease deadline (ms since epoch) |
 //!
 //! Every key has the store TTL (`--store-ttl`) from its creation; a chain's
@@ -59,12 +60,14 @@
 //! - `keys`: key names and the encodings of stored values;
 //! - `record`: reading a record and its state transitions;
 //! - `lease`: leases, heartbeat and reaper;
+//! - `listing`: each tenant's response index and its pages;
 //! - `watch`: change notifications ([`Subscription`]);
 //! - `scripts`: the Lua scripts, one file each under `lua/`.
 
 mod conn;
 mod keys;
 mod lease;
+mod listing;
 mod record;
 mod scripts;
 mod watch;
@@ -81,10 +84,10 @@ use self::record::Transition;
 use self::scripts::Scripts;
 use self::watch::{Change, Notifiers};
 use super::{
-    Appended, Conversation, ConversationTail, ResponseRecord, ResponseStore, StoreError,
-    StoreResult, StoredEvent, Subscription,
+    Appended, Conversation, ConversationTail, ResponsePage, ResponseRecord, ResponseStore,
+    StoreError, StoreResult, StoredEvent, Subscription,
 };
-use crate::types::{now_secs, ResponseObject, ResponseStatus};
+use crate::types::{now_secs, ListOrder, ResponseObject, ResponseStatus};
 
 pub use self::conn::{RedisConn, RedisOptions};
 
@@ -192,8 +195,20 @@ impl ResponseStore for RedisStore {
                     .unwrap_or_default(),
             )
             .arg(&rec.routing_key);
+        let together = i.index_in_scripts();
+        if together {
+            i.index_insert_args(&mut inv, &rec.owner, &id);
+        }
         let mut c = i.conn();
-        let insert = i.run(inv.invoke_async::<()>(&mut c));
+        let owner = &rec.owner;
+        let insert = async {
+            i.run(inv.invoke_async::<()>(&mut c)).await?;
+            if !together {
+                // Cluster: the index is in another slot; indexed once stored.
+                i.index_add(owner, &id).await?;
+            }
+            Ok::<(), StoreError>(())
+        };
         if !active {
             return insert.await;
         }
@@ -242,6 +257,16 @@ impl ResponseStore for RedisStore {
             .map(drop)
     }
 
+    async fn list_responses(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        order: ListOrder,
+    ) -> StoreResult<Option<ResponsePage>> {
+        self.inner.list_responses(tenant, after, limit, order).await
+    }
+
     async fn response_status(&self, id: &str) -> StoreResult<Option<ResponseStatus>> {
         let i = &self.inner;
         let mut c = i.conn();
@@ -259,12 +284,25 @@ impl ResponseStore for RedisStore {
     async fn delete_response(&self, tenant: &str, id: &str) -> StoreResult<bool> {
         let i = &self.inner;
         let mut inv = i.scripts.delete.prepare_invoke();
-        inv.key(i.rec_key(id)).key(i.events_key(id)).arg(tenant);
+        inv.key(i.rec_key(id))
+            .key(i.events_key(id))
+            .arg(tenant)
+            .arg(id);
+        let together = i.index_in_scripts();
+        if together {
+            inv.key(i.index_key(tenant));
+        }
         let mut c = i.conn();
         let n: i64 = i.run(inv.invoke_async(&mut c)).await?;
         if n == 1 {
             i.bump(id, Change::Status);
             i.finished(id);
+            if !together {
+                // Cluster: a failure leaves an entry a listing drops later.
+                if let Err(e) = i.index_remove(tenant, &[id.to_owned()]).await {
+                    tracing::debug!(error = %e, "could not drop a deleted response's index entry");
+                }
+            }
         }
         Ok(n == 1)
     }

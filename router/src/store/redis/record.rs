@@ -52,7 +52,7 @@ impl Inner {
     }
 
     /// Overlay the authoritative `status`, `completed_at` and `error` fields.
-    fn overlay(
+    pub(super) fn overlay(
         resp: &str,
         status: Option<&str>,
         completed_at: Option<&str>,
