@@ -9,10 +9,13 @@
 //! - [`lost`] ends a response whose generating replica vanished;
 //! - [`backlog`] holds final states the store could not take yet;
 //! - [`items`] normalizes and renders input and output items;
-//! - [`handlers`] are the HTTP endpoints.
+//! - [`handlers`] are the HTTP endpoints;
+//! - [`compact`] is `POST /v1/responses/compact` (a window summarised into
+//!   one sealed compaction item).
 
 mod agents;
 pub mod backlog;
+pub mod compact;
 mod driver;
 pub mod events;
 pub mod handlers;
