@@ -295,6 +295,15 @@ fn guard_keyless(router: &mut RouterConfig, listen: &Listen) -> anyhow::Result<(
     Ok(())
 }
 
+/// Loads the key that seals compaction items (a bad key or file stops
+/// startup); without one the router makes its own and says what that costs.
+fn load_compaction_key(router: &mut RouterConfig) -> anyhow::Result<()> {
+    if router.load_compaction_key().map_err(anyhow::Error::msg)? {
+        tracing::info!(file = ?router.compaction_key_file, "compaction key loaded");
+    }
+    Ok(())
+}
+
 /// `stats` (activity counters) on `--metrics-port`, served there from now
 /// on; returns what the API port keeps of them (all, or nothing).
 async fn place_stats(
@@ -316,6 +325,7 @@ async fn place_stats(
 pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
     guard_keyless(&mut args.router, &args.listen)?;
+    load_compaction_key(&mut args.router)?;
     let metrics = metrics_recorder()?;
     let worker = Worker::start(&args.worker).await?;
     let store = response_store(&args.router).await?;
@@ -343,6 +353,7 @@ pub async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
 pub async fn router(mut args: RouterArgs) -> anyhow::Result<()> {
     args.validate()?;
     guard_keyless(&mut args.router, &args.listen)?;
+    load_compaction_key(&mut args.router)?;
     let mut cluster = args.cluster();
     cluster.worker_token =
         spindle_router::generator::WorkerToken(args.token.token()?.map(Arc::from));

@@ -125,7 +125,10 @@ VARIANTS: dict[str, dict] = {
             "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
         },
     }),
-    "auth": _deep_merge(FIXED_REDIS, {"auth": {"enabled": True, "apiKeys": ["sk-team-a", "sk-team-b"]}}),
+    "auth": _deep_merge(FIXED_REDIS, {
+        "auth": {"enabled": True, "apiKeys": ["sk-team-a", "sk-team-b"]},
+        "router": {"compactionKeySecret": {"name": "spindle-compaction"}},
+    }),
     "router-hpa": _deep_merge(FIXED_REDIS, {
         "router": {
             "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80},

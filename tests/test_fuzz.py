@@ -23,8 +23,10 @@ cheap) gets requests that schemathesis generates from the reference schema
   `GET /v1/responses/{id}/input_items` (`after`, `limit`, `order`,
   `include`). The id is often one the run created.
 
-Not fuzzed: `POST /v1/responses/compact` (Spindle does not implement
-compaction; it answers 405), the WebSocket transport (not implemented),
+Not fuzzed: `POST /v1/responses/compact` (each valid request is a
+summarising pass of up to 512 tokens: too slow for this budget;
+tests/test_compact.py checks it against the schema), the WebSocket
+transport (not implemented),
 `/v1/conversations` (not in the reference schema), and the form-encoded
 request body the schema also lists (Spindle accepts only
 `application/json` and answers 415, by design).
@@ -82,7 +84,7 @@ def _schema_doc() -> dict:
     create["responses"]["200"]["content"] = {
         "application/json": create["responses"]["200"]["content"]["application/json"]
     }
-    paths.pop("/responses/compact")  # not implemented by Spindle (405)
+    paths.pop("/responses/compact")  # a generation per request: tests/test_compact.py
     for p in paths.values():
         p.pop("x-openresponses-websocket", None)
 

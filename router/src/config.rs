@@ -1,11 +1,13 @@
 //! Router configuration: command-line flags with `SPINDLE_*` environment fallbacks.
-//! Secrets (API keys) come from the environment or a file, never from argv.
+//! Secrets (API keys, the compaction key) come from the environment or a
+//! file, never from argv.
 
 use std::path::PathBuf;
 
 use spindle_proto::auth::Secrets;
 
 use crate::api::keys::ApiKeys;
+use crate::compaction::CompactionKey;
 
 /// `--default-max-output-tokens`: enough for any answer a chat turn needs,
 /// far below a context, so a looping model stops early.
@@ -111,6 +113,17 @@ pub struct RouterConfig {
     pub cache_isolation: CacheIsolation,
     #[command(flatten)]
     pub limits: crate::api::limits::LimitsConfig,
+    /// File whose first line is the key that seals compaction items
+    /// (`POST /v1/responses/compact`): base64 of 32 bytes, e.g. from
+    /// `openssl rand -base64 32`. Or set SPINDLE_COMPACTION_KEY (never a
+    /// flag). Every replica needs the same key; without one each process
+    /// makes its own at start, and its items do not survive a restart.
+    /// Read at start (`--check` does not read it).
+    #[arg(long, env = "SPINDLE_COMPACTION_KEY_FILE")]
+    pub compaction_key_file: Option<PathBuf>,
+    /// The key loaded from the two sources above ([`RouterConfig::load_compaction_key`]).
+    #[arg(skip)]
+    pub compaction_key: Option<CompactionKey>,
     /// Answer only requests whose `Host` is loopback: set by the binary when
     /// it listens on loopback without API keys (DNS-rebinding defence).
     #[arg(skip)]
@@ -159,6 +172,8 @@ impl Default for RouterConfig {
             keys: ApiKeys::default(),
             cache_isolation: CacheIsolation::Tenant,
             limits: crate::api::limits::LimitsConfig::default(),
+            compaction_key_file: None,
+            compaction_key: None,
             host_check: false,
         }
     }
@@ -183,7 +198,19 @@ impl RouterConfig {
             }
         }
         crate::api::keys::KeySet::read(&self.api_keys, self.api_keys_file.as_deref())?;
+        if self.compaction_key_file.is_none() {
+            CompactionKey::load(None)?;
+        }
         self.limits.validate()
+    }
+
+    /// Loads the compaction key (`--compaction-key-file` or
+    /// `SPINDLE_COMPACTION_KEY`) into [`RouterConfig::compaction_key`];
+    /// returns whether one is configured. An unreadable file or a bad key
+    /// is an error: a replica must not quietly seal with a key of its own.
+    pub fn load_compaction_key(&mut self) -> Result<bool, String> {
+        self.compaction_key = CompactionKey::load(self.compaction_key_file.as_deref())?;
+        Ok(self.compaction_key.is_some())
     }
 
     /// Loads the API keys into [`RouterConfig::keys`] (once; later calls keep

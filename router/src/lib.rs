@@ -8,6 +8,7 @@
 pub mod api;
 pub mod chain;
 pub mod cluster;
+pub mod compaction;
 pub mod config;
 pub mod deadline;
 pub mod error;
@@ -91,7 +92,24 @@ pub fn app_with_ops(
     if let Err(e) = config.load_keys() {
         tracing::error!("API keys not loaded, refusing every request: {e}");
     }
+    let compaction_key = match &config.compaction_key {
+        Some(key) => key.clone(),
+        None => {
+            tracing::warn!(
+                "no compaction key (--compaction-key-file or SPINDLE_COMPACTION_KEY): using a \
+                 random one, so compaction items do not survive a restart and other replicas \
+                 cannot open them"
+            );
+            // Without system randomness no id could be made either
+            // (`uuid::Uuid::new_v4` panics the same way): nothing can be served.
+            compaction::CompactionKey::random().expect("system randomness")
+        }
+    };
+    for outcome in responses::compact::OUTCOMES {
+        metrics::counter!(responses::compact::COMPACTIONS, "outcome" => outcome).increment(0);
+    }
     let state = Arc::new(api::AppState {
+        compaction: Arc::new(compaction::Sealer::new(&compaction_key)),
         keys: config.keys.clone(),
         limits: api::limits::TenantLimits::new(&config.limits),
         generator: Arc::new(telemetry::MeteredGenerator::new(Arc::new(
@@ -127,10 +145,12 @@ pub fn app_with_ops(
         .layer(axum::middleware::from_fn(api::request_id::assign))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     // Probes and /openapi.json: no API key, no per-request metrics or logs.
+    // Every 405 is the same JSON error, on these routes too (axum's own is
+    // an empty body); set after the routes, as it applies to those only.
     let (ops, _) = api::openapi::probes().split_for_parts();
-    let stats = stats.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        api::authenticate,
-    ));
+    let ops = ops.method_not_allowed_fallback(method_not_allowed);
+    let stats = stats.method_not_allowed_fallback(method_not_allowed).layer(
+        axum::middleware::from_fn_with_state(state.clone(), api::authenticate),
+    );
     ops.merge(api).with_state(state).merge(stats)
 }

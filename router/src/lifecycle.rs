@@ -149,8 +149,12 @@ impl Lifecycle {
 }
 
 /// Endpoints that start generations.
-pub(crate) const GENERATING: [&str; 3] =
-    ["/v1/responses", "/v1/chat/completions", "/v1/completions"];
+pub(crate) const GENERATING: [&str; 4] = [
+    "/v1/responses",
+    "/v1/responses/compact",
+    "/v1/chat/completions",
+    "/v1/completions",
+];
 
 /// Middleware: while draining, requests that would start a generation get
 /// 503 so clients retry on another replica; reads and cancels still work.

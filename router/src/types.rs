@@ -277,6 +277,42 @@ pub struct CreateResponseRequest {
     pub seed: Option<u64>,
 }
 
+/// Body of `POST /v1/responses/compact`. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct CompactRequest {
+    /// Required (400 without it).
+    #[serde(default)]
+    #[schema(required = true, value_type = String)]
+    pub model: Option<String>,
+    /// A string (one user message) or a list of items, after the previous
+    /// response's context when `previous_response_id` is given.
+    #[serde(default)]
+    #[schema(value_type = Option<InputParam>)]
+    pub input: Option<Value>,
+    #[serde(default)]
+    pub previous_response_id: Option<String>,
+    /// The system message of the summarising pass (not kept in the window).
+    #[serde(default)]
+    pub instructions: Option<String>,
+    #[serde(default)]
+    pub prompt_cache_key: Option<String>,
+}
+
+/// The answer of `POST /v1/responses/compact`: a compacted input window.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CompactResource {
+    pub id: String,
+    /// Always `response.compaction`.
+    pub object: &'static str,
+    pub created_at: u64,
+    /// One `compaction` item standing for everything before the latest
+    /// user message, then that message and what followed it, verbatim.
+    #[schema(value_type = Vec<Item>)]
+    pub output: Vec<Value>,
+    /// Tokens of the summarising pass (zeros when there was nothing to summarise).
+    pub usage: ResponseUsage,
+}
+
 /// A new random id such as `resp_3f…`.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())

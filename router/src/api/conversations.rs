@@ -12,6 +12,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{SharedState, Tenant};
+use crate::compaction::Summaries;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::responses::items::{list_page, normalize_items, InputItem, Item, ItemList};
@@ -47,6 +48,14 @@ fn encoded_len(item: &Value) -> u64 {
     serde_json::to_vec(item).map_or(0, |v| v.len() as u64)
 }
 
+/// A compaction item joins a conversation only if this tenant can open it
+/// (a response reading it later would fail otherwise).
+fn check_compaction(st: &SharedState, tenant: &str, items: &[serde_json::Value]) -> ApiResult<()> {
+    Summaries::default().open_items(&st.compaction, tenant, items, |i| {
+        format!("items[{i}].encrypted_content")
+    })
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Conversation with id '{id}' not found."))
 }
@@ -60,6 +69,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateConversation>,
 ) -> ApiResult<Json<Conversation>> {
     let items = normalize_items(body.items.as_deref().unwrap_or_default(), "items")?;
+    check_compaction(&st, &tenant, &items)?;
     let bytes: u64 = items.iter().map(encoded_len).sum();
     let cap = st.config.max_conversation_bytes;
     if bytes > cap {
@@ -159,6 +169,7 @@ pub async fn add_items(
         ));
     }
     let items = normalize_items(&body.items, "items")?;
+    check_compaction(&st, &tenant, &items)?;
     let cap = st.config.max_conversation_bytes;
     match st
         .store

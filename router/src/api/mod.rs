@@ -35,6 +35,8 @@ pub struct AppState {
     pub keys: keys::ApiKeys,
     /// Per-tenant concurrency and rate.
     pub limits: Arc<limits::TenantLimits>,
+    /// Seals and opens compaction items.
+    pub compaction: Arc<crate::compaction::Sealer>,
 }
 
 /// Shared state handle.

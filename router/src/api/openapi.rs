@@ -26,6 +26,7 @@ use utoipa_axum::routes;
 
 use super::{chat, conversations, models, ops, SharedState};
 use crate::lifecycle::GENERATING;
+use crate::responses::compact;
 use crate::responses::handlers as responses;
 use crate::responses::listing;
 
@@ -60,6 +61,8 @@ struct ApiDoc;
 pub fn api() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
         .routes(routes!(responses::create, listing::list))
+        // A path of its own: matched before `/v1/responses/{id}`.
+        .routes(routes!(compact::compact))
         .routes(routes!(responses::retrieve, responses::delete))
         .routes(routes!(responses::cancel))
         .routes(routes!(responses::input_items))

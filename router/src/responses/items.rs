@@ -10,6 +10,9 @@
 //!   message for consecutive calls, and for the text just before them);
 //! - a `function_call_output` item becomes a `tool` message with its
 //!   `tool_call_id`;
+//! - a `compaction` item, kept as given (its content is opaque), becomes a
+//!   `system` message with the summary it seals, where the item stands
+//!   (opened beforehand into [`Summaries`]);
 //! - content parts are joined without separators; only text parts are accepted.
 
 use serde::{Deserialize, Serialize};
@@ -18,8 +21,12 @@ use spindle_proto::tools::ToolCall;
 use spindle_proto::ChatMessage;
 use utoipa::ToSchema;
 
+use crate::compaction::Summaries;
 use crate::error::ApiError;
 use crate::types::new_id;
+
+/// What the model reads before the summary of a compaction item.
+pub const SUMMARY_PREFIX: &str = "Summary of the earlier conversation: ";
 
 fn text_part(kind: &str, text: &str) -> Value {
     if kind == "output_text" {
@@ -249,6 +256,16 @@ fn normalize_item(item: &Value, at: &str) -> Result<Value, ApiError> {
                       "output": output, "status": "completed"}),
             )
         }
+        "compaction" => {
+            // Opaque: kept as given; opened (and refused) in the handlers,
+            // which know the tenant.
+            let content = str_field(obj, "encrypted_content", at)?;
+            let id = match obj.get("id") {
+                Some(Value::String(id)) => id.clone(),
+                _ => new_id("cmp"),
+            };
+            Ok(json!({"type": "compaction", "id": id, "encrypted_content": content}))
+        }
         other => Err(ApiError::invalid(
             format!("input item type '{other}' is not supported"),
             Some(&format!("{at}.type")),
@@ -272,7 +289,7 @@ fn parts_text(parts: &Value) -> String {
 }
 
 /// Render normalized items into chat messages for the worker (see module docs).
-pub fn items_to_messages(items: &[Value], out: &mut Vec<ChatMessage>) {
+pub fn items_to_messages(items: &[Value], summaries: &Summaries, out: &mut Vec<ChatMessage>) {
     for item in items {
         match item
             .get("type")
@@ -313,6 +330,14 @@ pub fn items_to_messages(items: &[Value], out: &mut Vec<ChatMessage>) {
                 );
                 m.tool_call_id = Some(call_id.to_owned());
                 out.push(m);
+            }
+            "compaction" => {
+                if let Some(summary) = summaries.get(item) {
+                    out.push(ChatMessage::text(
+                        "system",
+                        format!("{SUMMARY_PREFIX}{summary}"),
+                    ));
+                }
             }
             _ => {}
         }
@@ -413,6 +438,11 @@ pub enum Item {
         output: FunctionOutput,
         status: ItemStatus,
     },
+    /// Earlier turns, summarised by `POST /v1/responses/compact` and sealed.
+    Compaction {
+        id: String,
+        encrypted_content: String,
+    },
 }
 
 #[derive(Serialize, ToSchema)]
@@ -496,6 +526,11 @@ pub enum InputItem {
         id: Option<String>,
         call_id: String,
         output: InputOutput,
+    },
+    /// A `compaction` item as `POST /v1/responses/compact` returned it.
+    Compaction {
+        id: Option<String>,
+        encrypted_content: String,
     },
 }
 

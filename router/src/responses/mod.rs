@@ -11,9 +11,12 @@
 //! - [`backlog`] holds final states the store could not take yet;
 //! - [`items`] normalizes and renders input and output items;
 //! - [`handlers`] are the HTTP endpoints; [`listing`] lists stored ones.
+//! - [`compact`] is `POST /v1/responses/compact` (a window summarised into
+//!   one sealed compaction item).
 
 mod agents;
 pub mod backlog;
+pub mod compact;
 mod driver;
 pub mod events;
 pub mod handlers;

@@ -11,6 +11,7 @@ use super::{agents, unsupported};
 use crate::api::SharedState;
 use crate::chain::{self, ContextTurn, Truncation};
 use crate::cluster::key::{assign_routing_key, KeySources};
+use crate::compaction::Summaries;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{chained_response_id, ResponseRecord};
 use crate::telemetry::ModelTag;
@@ -108,7 +109,7 @@ pub(super) async fn prepare(
         chain_key,
     } = if let Some(prev_id) = &req.previous_response_id {
         let budget = chain::budget(mode, st.context_tokens(&model), max_output_tokens);
-        follow_up(st, tenant, prev_id, &input_items, budget, mode).await?
+        follow_up(st, tenant, prev_id, &input_items, budget, mode, Log::Append).await?
     } else if let Some(conv) = &req.conversation {
         let id = new_id("resp");
         let budget = chain::budget(mode, st.context_tokens(&model), max_output_tokens);
@@ -156,12 +157,22 @@ pub(super) async fn prepare(
         }
     };
 
+    // Compaction items are opened before anything is generated: one that
+    // does not open for this tenant is the request's error.
+    let mut summaries = Summaries::default();
+    let earlier = if req.conversation.is_some() {
+        "conversation"
+    } else {
+        "previous_response_id"
+    };
+    summaries.open_items(&st.compaction, tenant, &history, |_| earlier.into())?;
+    summaries.open_items(&st.compaction, tenant, &input_items, input_param)?;
     let mut messages = Vec::new();
     if let Some(instr) = req.instructions.as_deref().filter(|s| !s.is_empty()) {
         messages.push(ChatMessage::text("system", instr));
     }
-    items_to_messages(&history, &mut messages);
-    items_to_messages(&input_items, &mut messages);
+    items_to_messages(&history, &summaries, &mut messages);
+    items_to_messages(&input_items, &summaries, &mut messages);
 
     let temperature = req.temperature.unwrap_or(1.0);
     let top_p = req.top_p.unwrap_or(1.0);
@@ -263,29 +274,45 @@ pub(super) async fn prepare(
     })
 }
 
+/// Where a compaction item of `input` is named in an error.
+pub(super) fn input_param(i: usize) -> String {
+    format!("input[{i}].encrypted_content")
+}
+
+/// Whether a follow-up writes the previous turn to the chain's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Log {
+    /// A new response of the chain: its window refers to the entry.
+    Append,
+    /// Only reading the context (a compaction): the log stays as it is.
+    Read,
+}
+
 /// What a create request is generated after.
-struct Context {
+pub(super) struct Context {
     /// Items before the input, oldest first.
-    history: Vec<Value>,
+    pub history: Vec<Value>,
     /// Where `history` lives in the chain's item log.
-    window: Vec<ContextTurn>,
-    chain_root: String,
+    pub window: Vec<ContextTurn>,
+    pub chain_root: String,
     /// The new response's id.
-    id: String,
+    pub id: String,
     /// The chain's routing key, inherited by a follow-up.
-    chain_key: Option<String>,
+    pub chain_key: Option<String>,
 }
 
 /// The context of a follow-up to `prev_id`: the previous turn is written
-/// once to the chain's item log while the rest of the window is read back,
-/// so the cost does not grow with the chain (see [`crate::chain`]).
-async fn follow_up(
+/// once to the chain's item log (with [`Log::Append`]) while the rest of the
+/// window is read back, so the cost does not grow with the chain (see
+/// [`crate::chain`]).
+pub(super) async fn follow_up(
     st: &SharedState,
     tenant: &str,
     prev_id: &str,
     input_items: &[Value],
     budget: u64,
     mode: Truncation,
+    log: Log,
 ) -> ApiResult<Context> {
     // Same chain tag as the previous id: one Redis Cluster slot per chain.
     let id = chained_response_id(prev_id);
@@ -328,12 +355,15 @@ async fn follow_up(
     };
     let mut window = chain::window(&prev.context, last, input_bytes, budget, mode)?;
     let earlier = &window[..window.len() - 1];
-    let (history, turn) = tokio::join!(
-        chain::items(&*st.store, &prev.chain_root, earlier),
-        st.store.append_turn(&prev.chain_root, entry),
-    );
+    let append = async {
+        match log {
+            Log::Append => Some(st.store.append_turn(&prev.chain_root, entry).await),
+            Log::Read => None,
+        }
+    };
+    let (history, turn) = tokio::join!(chain::items(&*st.store, &prev.chain_root, earlier), append);
     let mut history = history?;
-    if let Some(last) = window.last_mut() {
+    if let (Some(last), Some(turn)) = (window.last_mut(), turn) {
         last.turn = turn?;
     }
     history.extend(prev_items);

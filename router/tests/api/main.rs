@@ -5,6 +5,7 @@
 
 mod auth;
 mod chat;
+mod compact;
 mod conversations;
 mod errors;
 mod http_worker;

@@ -6,9 +6,10 @@ use crate::support::*;
 use spindle_proto::auth::Secrets;
 
 /// Every public endpoint (issue 12): the document must list these, no more.
-const ROUTES: [(&str, &str); 21] = [
+const ROUTES: [(&str, &str); 22] = [
     ("POST", "/v1/responses"),
     ("GET", "/v1/responses"),
+    ("POST", "/v1/responses/compact"),
     ("GET", "/v1/responses/{id}"),
     ("DELETE", "/v1/responses/{id}"),
     ("POST", "/v1/responses/{id}/cancel"),
@@ -207,6 +208,26 @@ async fn real_answers_validate_against_their_documented_schemas() {
     let id = r["id"].as_str().unwrap();
     let (_, items) = s.get(&format!("/v1/responses/{id}/input_items")).await;
     assert_eq!(items["data"].as_array().map(Vec::len), Some(4), "{items}");
+    json_ok("GET", "/v1/responses/{id}/input_items", &items);
+    // A compacted window, and a response whose input starts with it.
+    let (st, c) = s
+        .post(
+            "/v1/responses/compact",
+            json!({"model": "spindle", "previous_response_id": id, "input": "next"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{c}");
+    json_ok("POST", "/v1/responses/compact", &c);
+    let (st, r) = s
+        .post(
+            "/v1/responses",
+            json!({"model": "spindle", "input": c["output"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let cid = r["id"].as_str().unwrap();
+    let (_, items) = s.get(&format!("/v1/responses/{cid}/input_items")).await;
+    assert_eq!(items["data"][1]["type"], "compaction", "{items}");
     json_ok("GET", "/v1/responses/{id}/input_items", &items);
     let (_, bg) = s
         .post(
