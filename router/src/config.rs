@@ -96,6 +96,11 @@ pub struct RouterConfig {
     pub cache_isolation: CacheIsolation,
     #[command(flatten)]
     pub limits: crate::api::limits::LimitsConfig,
+    /// Longest a WebSocket connection (`GET /v1/responses` upgraded) stays
+    /// open, in seconds; at the limit (once its response in flight ends)
+    /// the client gets `websocket_connection_limit_reached` and the close.
+    #[arg(long, env = "SPINDLE_WEBSOCKET_MAX_LIFETIME_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub websocket_max_lifetime_secs: u64,
     /// Answer only requests whose `Host` is loopback: set by the binary when
     /// it listens on loopback without API keys (DNS-rebinding defence).
     #[arg(skip)]
@@ -143,6 +148,7 @@ impl Default for RouterConfig {
             keys: ApiKeys::default(),
             cache_isolation: CacheIsolation::Tenant,
             limits: crate::api::limits::LimitsConfig::default(),
+            websocket_max_lifetime_secs: 3600,
             host_check: false,
         }
     }
@@ -175,6 +181,11 @@ impl RouterConfig {
     pub fn load_keys(&self) -> Result<usize, String> {
         self.keys
             .load(&self.api_keys, self.api_keys_file.as_deref())
+    }
+
+    /// `--websocket-max-lifetime-secs` as a duration.
+    pub fn websocket_max_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.websocket_max_lifetime_secs)
     }
 
     /// Whether API keys are configured (env or file).

@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 use super::{chat, conversations, models, ops, SharedState};
 use crate::lifecycle::GENERATING;
 use crate::responses::handlers as responses;
+use crate::responses::websocket;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,7 +43,16 @@ that is not loopback.
 
 Not described here: `GET /metrics` (Prometheus text) and, on `spindle serve`, `GET /load` (the \
 worker's load report). They are on the API port, behind the API keys when keys are set, or on \
-`--metrics-port` when it is given."
+`--metrics-port` when it is given.
+
+WebSocket mode: `GET /v1/responses` with WebSocket upgrade headers (and the same `Authorization` \
+header; a bad key gets 401 before the upgrade) opens a connection. The client sends \
+`{\"type\": \"response.create\", ...the create body...}` text messages (without `stream`, \
+`stream_options`, `background`); the server answers each, one at a time, with the same event \
+objects as the `text/event-stream` answer of `POST /v1/responses`, one per text message, and \
+reports errors as `{\"type\": \"error\", \"status\", \"error\": {\"type\", \"code\", \"message\", \"param\"}}`. \
+The connection keeps its latest response in memory, so `store: false` chains continue on it. \
+It lives at most `--websocket-max-lifetime-secs` (error `websocket_connection_limit_reached`)."
     ),
     tags(
         (name = "responses", description = "The Responses API"),
@@ -59,6 +69,9 @@ struct ApiDoc;
 pub fn api() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
         .routes(routes!(responses::create))
+        // One GET handler: a WebSocket upgrade, else `plain_get`. Described
+        // in the document's description, not as an operation.
+        .route("/v1/responses", axum::routing::get(websocket::connect))
         .routes(routes!(responses::retrieve, responses::delete))
         .routes(routes!(responses::cancel))
         .routes(routes!(responses::input_items))

@@ -9,7 +9,8 @@
 //! - [`lost`] ends a response whose generating replica vanished;
 //! - [`backlog`] holds final states the store could not take yet;
 //! - [`items`] normalizes and renders input and output items;
-//! - [`handlers`] are the HTTP endpoints.
+//! - [`handlers`] are the HTTP endpoints;
+//! - [`websocket`] is the WebSocket mode (`GET /v1/responses` upgraded).
 
 mod agents;
 pub mod backlog;
@@ -21,6 +22,7 @@ mod lost;
 mod output;
 mod prepare;
 mod replay;
+pub mod websocket;
 
 pub use backlog::Backlog;
 pub use lost::{lost, LOST_MESSAGE};

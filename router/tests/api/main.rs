@@ -13,3 +13,4 @@ mod responses;
 mod streams;
 mod support;
 mod tools;
+mod websocket;
