@@ -408,7 +408,10 @@ async fn follow_up_recent(
     } else if store {
         let turns = history.iter().chain([&prev_items]);
         for (slot, items) in window.iter_mut().zip(turns) {
-            slot.turn = st.store.append_turn(&prev.chain_root, encode(items)?).await?;
+            slot.turn = st
+                .store
+                .append_turn(&prev.chain_root, encode(items)?)
+                .await?;
         }
     }
     history.push(prev_items);

@@ -10,9 +10,8 @@ use spindle_proto::auth::Secrets;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open(s: &Server, key: Option<&str>) -> Result<Ws, WsError> {
     let url = format!("{}/v1/responses", s.base.replacen("http://", "ws://", 1));
@@ -21,7 +20,9 @@ async fn open(s: &Server, key: Option<&str>) -> Result<Ws, WsError> {
         req.headers_mut()
             .insert("authorization", format!("Bearer {k}").parse().unwrap());
     }
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 async fn send(ws: &mut Ws, body: Value) {
@@ -298,7 +299,13 @@ async fn the_upgrade_needs_a_key_when_keys_are_set() {
     let r = check_turn(&turn(&mut ws).await.unwrap());
     assert_eq!(r["status"], "completed");
     // A plain GET is still the method it was (no listing yet).
-    let (st, e) = s.send(s.http.get(format!("{}/v1/responses", s.base)).bearer_auth("sk-ws")).await;
+    let (st, e) = s
+        .send(
+            s.http
+                .get(format!("{}/v1/responses", s.base))
+                .bearer_auth("sk-ws"),
+        )
+        .await;
     assert_error(st, &e, 405, None, Some("method_not_allowed"));
 }
 
@@ -324,8 +331,14 @@ async fn transport_fields_and_unknown_messages_are_refused() {
     assert_eq!(e["status"], 400);
     // The connection still works.
     send(&mut ws, create(json!({}))).await;
-    assert_eq!(check_turn(&turn(&mut ws).await.unwrap())["status"], "completed");
-    assert!(s.gen.requests().len() == 1, "refused messages never generate");
+    assert_eq!(
+        check_turn(&turn(&mut ws).await.unwrap())["status"],
+        "completed"
+    );
+    assert!(
+        s.gen.requests().len() == 1,
+        "refused messages never generate"
+    );
 }
 
 #[tokio::test]
@@ -403,7 +416,13 @@ async fn a_client_that_stops_reading_is_cancelled_and_closed() {
     // What was buffered arrives, then the close; never a terminal event.
     let mut events = 0;
     while let Some(v) = next(&mut ws).await {
-        assert!(!v["type"].as_str().unwrap().starts_with("response.completed"), "{v}");
+        assert!(
+            !v["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("response.completed"),
+            "{v}"
+        );
         events += 1;
     }
     assert!(events > 0 && events < 20_000, "{events}");

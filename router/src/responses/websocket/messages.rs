@@ -115,8 +115,14 @@ mod tests {
         assert!(c.check_transport().is_ok());
         for (body, param) in [
             (r#"{"type":"response.create","stream":true}"#, "stream"),
-            (r#"{"type":"response.create","stream_options":null}"#, "stream_options"),
-            (r#"{"type":"response.create","background":false}"#, "background"),
+            (
+                r#"{"type":"response.create","stream_options":null}"#,
+                "stream_options",
+            ),
+            (
+                r#"{"type":"response.create","background":false}"#,
+                "background",
+            ),
         ] {
             let ClientMessage::Create(c) = parse_json(body.as_bytes()).unwrap() else {
                 panic!("not a create")

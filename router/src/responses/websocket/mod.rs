@@ -154,7 +154,10 @@ async fn serve(
     reader.abort();
     // The writer sends what is left, then a close frame.
     drop(conn);
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
 }
