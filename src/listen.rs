@@ -2,6 +2,8 @@
 //! connections, a request head due within `--header-timeout` (also between
 //! the requests of a keep-alive connection, so idle and half-sent sockets
 //! are closed), and a graceful stop that lets open responses finish.
+//! Connections may be upgraded (the Responses API's WebSocket mode): an
+//! upgraded socket keeps its place under the cap until it closes.
 //!
 //! Over the cap a new connection gets one `503` with `Retry-After` and is
 //! closed: file descriptors stay bounded, and the client learns why instead
@@ -16,12 +18,11 @@ use anyhow::Context;
 use clap::Args;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use spindle_router::cluster::config::parse_duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Where a server listens, and its connection limits.
 #[derive(Args, Debug, Clone)]
@@ -109,7 +110,10 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .max_headers(1024)
         .max_buf_size(1 << 20);
-    let graceful = GracefulShutdown::new();
+    // Stopping: each connection finishes its response and closes; `open`
+    // is done once every connection task has ended.
+    let (stopping, stopping_rx) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     metrics::counter!("spindle_http_connections_refused_total").increment(0);
     metrics::gauge!("spindle_http_connections").set(0.0);
     tracing::info!(max_connections = cap, header_timeout = ?limits.header_timeout, "accepting");
@@ -134,18 +138,49 @@ pub async fn serve(
             tokio::spawn(refuse(tcp));
             continue;
         };
-        let conn =
-            builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
         metrics::gauge!("spindle_http_connections").increment(1.0);
+        let counted = Arc::new(Counted { _permit: permit });
+        let inner = TowerToHyperService::new(app.clone());
+        let hold = spindle_router::api::ConnectionHold(counted.clone());
+        let service = hyper::service::service_fn(move |mut req| {
+            req.extensions_mut().insert(hold.clone());
+            hyper::service::Service::call(&inner, req)
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let mut stopping = stopping_rx.clone();
+        let open = open.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
-            metrics::gauge!("spindle_http_connections").decrement(1.0);
-            drop(permit);
+            let mut conn = std::pin::pin!(conn);
+            let stop = tokio::select! {
+                _ = conn.as_mut() => false,
+                // (The watch's guard is dropped here, before any await.)
+                _ = stopping.wait_for(|s| *s) => true,
+            };
+            if stop {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+            drop((counted, open));
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stopping.send(true);
+    drop(open);
+    let _ = all_closed.recv().await;
+}
+
+/// A connection's place under the cap, held by its task and, once
+/// upgraded, by whoever took the socket over; freed when both let go.
+struct Counted {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::gauge!("spindle_http_connections").decrement(1.0);
+    }
 }
 
 /// The whole answer to a connection over the cap.

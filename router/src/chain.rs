@@ -138,20 +138,31 @@ pub fn conversation_window(
     }
 }
 
-/// The items of `turns` of the chain rooted at `chain_root`, oldest first.
-/// A turn whose entry expired from the store is an error: its follow-ups
-/// would otherwise run on a silently shortened context.
+/// The items of `turns` of the chain rooted at `chain_root` in one list,
+/// oldest first (see [`turn_items`]).
 pub async fn items(
     store: &dyn ResponseStore,
     chain_root: &str,
     turns: &[ContextTurn],
 ) -> Result<Vec<Value>, ApiError> {
+    let turns = turn_items(store, chain_root, turns).await?;
+    Ok(turns.into_iter().flatten().collect())
+}
+
+/// The items of `turns` of the chain rooted at `chain_root`, one list per
+/// turn, oldest first. A turn whose entry expired from the store is an
+/// error: its follow-ups would otherwise run on a silently shortened context.
+pub async fn turn_items(
+    store: &dyn ResponseStore,
+    chain_root: &str,
+    turns: &[ContextTurn],
+) -> Result<Vec<Vec<Value>>, ApiError> {
     if turns.is_empty() {
         return Ok(Vec::new());
     }
     let indexes: Vec<u64> = turns.iter().map(|t| t.turn).collect();
     let entries = store.chain_turns(chain_root, &indexes).await?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let Some(bytes) = entry else {
             return Err(ApiError::invalid_code(
@@ -162,7 +173,7 @@ pub async fn items(
         };
         let turn: Vec<Value> = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Backend(format!("corrupt chain entry: {e}")))?;
-        out.extend(turn);
+        out.push(turn);
     }
     Ok(out)
 }

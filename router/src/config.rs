@@ -124,6 +124,11 @@ pub struct RouterConfig {
     /// The key loaded from the two sources above ([`RouterConfig::load_compaction_key`]).
     #[arg(skip)]
     pub compaction_key: Option<CompactionKey>,
+    /// Longest a WebSocket connection (`GET /v1/responses` upgraded) stays
+    /// open, in seconds; at the limit (once its response in flight ends)
+    /// the client gets `websocket_connection_limit_reached` and the close.
+    #[arg(long, env = "SPINDLE_WEBSOCKET_MAX_LIFETIME_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub websocket_max_lifetime_secs: u64,
     /// Answer only requests whose `Host` is loopback: set by the binary when
     /// it listens on loopback without API keys (DNS-rebinding defence).
     #[arg(skip)]
@@ -174,6 +179,7 @@ impl Default for RouterConfig {
             limits: crate::api::limits::LimitsConfig::default(),
             compaction_key_file: None,
             compaction_key: None,
+            websocket_max_lifetime_secs: 3600,
             host_check: false,
         }
     }
@@ -224,6 +230,11 @@ impl RouterConfig {
     /// `--default-max-output-tokens`).
     pub fn max_output_tokens(&self, requested: Option<u32>) -> Option<u32> {
         requested.or(Some(self.default_max_output_tokens).filter(|&n| n > 0))
+    }
+
+    /// `--websocket-max-lifetime-secs` as a duration.
+    pub fn websocket_max_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.websocket_max_lifetime_secs)
     }
 
     /// Whether API keys are configured (env or file).

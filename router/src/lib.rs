@@ -80,6 +80,7 @@ pub fn app_with_ops(
     lifecycle: Arc<Lifecycle>,
     stats: axum::Router,
 ) -> axum::Router {
+    responses::websocket::register_metrics();
     metrics::gauge!("spindle_router_draining").set(if lifecycle.is_draining() { 1.0 } else { 0.0 });
     let store: Arc<dyn ResponseStore> = Arc::new(store::metered::MeteredStore::new(store));
     let backlog = crate::responses::Backlog::new(

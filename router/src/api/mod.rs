@@ -103,6 +103,12 @@ fn served_list(names: &[String]) -> String {
     }
 }
 
+/// What the listener attaches to each request of a connection (its share
+/// of `--max-connections`): a handler that takes the connection over (a
+/// WebSocket) keeps it, so the socket stays counted until it closes.
+#[derive(Clone)]
+pub struct ConnectionHold(pub Arc<dyn std::any::Any + Send + Sync>);
+
 /// The tenant of a request (a request extension set by [`authenticate`]):
 /// a stable hash of its API key, or [`ANONYMOUS_TENANT`] when auth is off.
 #[derive(Clone, Debug, PartialEq, Eq)]

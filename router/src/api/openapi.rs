@@ -28,7 +28,7 @@ use super::{chat, conversations, models, ops, SharedState};
 use crate::lifecycle::GENERATING;
 use crate::responses::compact;
 use crate::responses::handlers as responses;
-use crate::responses::listing;
+use crate::responses::websocket;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,7 +44,16 @@ that is not loopback.
 
 Not described here: `GET /metrics` (Prometheus text) and, on `spindle serve`, `GET /load` (the \
 worker's load report). They are on the API port, behind the API keys when keys are set, or on \
-`--metrics-port` when it is given."
+`--metrics-port` when it is given.
+
+WebSocket mode: `GET /v1/responses` with WebSocket upgrade headers (and the same `Authorization` \
+header; a bad key gets 401 before the upgrade) opens a connection. The client sends \
+`{\"type\": \"response.create\", ...the create body...}` text messages (without `stream`, \
+`stream_options`, `background`); the server answers each, one at a time, with the same event \
+objects as the `text/event-stream` answer of `POST /v1/responses`, one per text message, and \
+reports errors as `{\"type\": \"error\", \"status\", \"error\": {\"type\", \"code\", \"message\", \"param\"}}`. \
+The connection keeps its latest response in memory, so `store: false` chains continue on it. \
+It lives at most `--websocket-max-lifetime-secs` (error `websocket_connection_limit_reached`)."
     ),
     tags(
         (name = "responses", description = "The Responses API"),
@@ -60,7 +69,9 @@ struct ApiDoc;
 /// The `/v1` routes; they need an API key when keys are set.
 pub fn api() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
-        .routes(routes!(responses::create, listing::list))
+        // One GET handler: a WebSocket upgrade, else the list of stored
+        // responses (axum allows one handler per method and path).
+        .routes(routes!(responses::create, websocket::connect))
         // A path of its own: matched before `/v1/responses/{id}`.
         .routes(routes!(compact::compact))
         .routes(routes!(responses::retrieve, responses::delete))

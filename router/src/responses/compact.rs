@@ -131,6 +131,7 @@ async fn run(
                 Log::Read,
             )
             .await?;
+            let history: Vec<Value> = history.into_iter().flatten().collect();
             summaries.open_items(&st.compaction, tenant, &history, |_| {
                 "previous_response_id".into()
             })?;

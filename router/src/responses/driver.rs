@@ -72,6 +72,10 @@ pub(super) enum Events {
     Logged,
     /// Sent to the client's live stream (foreground streaming).
     Live(mpsc::UnboundedSender<Sequenced>),
+    /// Sent to a consumer that waits for no one (a WebSocket connection,
+    /// which cancels rather than buffer for a slow client): the driver
+    /// waits for room, so what it has emitted stays bounded.
+    Bounded(mpsc::Sender<Sequenced>),
     /// Nowhere (foreground, not streamed).
     Dropped,
 }
@@ -138,6 +142,14 @@ impl Driver {
                     event,
                     sequence_number: seq,
                 });
+            }
+            Events::Bounded(tx) => {
+                let _ = tx
+                    .send(Sequenced {
+                        event,
+                        sequence_number: seq,
+                    })
+                    .await;
             }
             Events::Dropped => {}
         }

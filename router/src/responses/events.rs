@@ -176,10 +176,16 @@ impl Sequenced {
         })
     }
 
+    /// The event as clients receive it: one JSON object (an SSE frame's
+    /// data, a WebSocket text message).
+    pub fn json(&self) -> String {
+        // Plain data with string keys: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// The SSE frame: `event: <type>` and the JSON.
     pub fn sse(&self) -> Event {
-        let data = serde_json::to_string(self).unwrap_or_default();
-        Event::default().event(self.event.kind()).data(data)
+        Event::default().event(self.event.kind()).data(self.json())
     }
 }
 

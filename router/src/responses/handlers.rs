@@ -43,7 +43,8 @@ pub async fn create(
         record,
         gen,
         stream,
-    } = prepare(&st, &tenant, session_id(&headers), req, &tag).await?;
+        ..
+    } = prepare(&st, &tenant, session_id(&headers), req, &tag, None).await?;
     let input_items = record.input_items.clone();
     // Foreground: start generating before anything is stored or streamed, so a
     // worker refusal is an HTTP error the SDKs understand (and retry on 503).

@@ -26,12 +26,8 @@ pub struct ResponseList {
     pub has_more: bool,
 }
 
-#[utoipa::path(get, path = "/v1/responses", tag = "responses", operation_id = "listResponses",
-    params(ListQuery),
-    responses((status = 200, description = "A page of the stored responses of the API key's tenant, \
-newest first unless `order=asc`; `after` is the `last_id` of the previous page (an id not in the \
-list, e.g. deleted or expired meanwhile, is a 400 naming `after`).", body = ResponseList)))]
-/// `GET /v1/responses` (without a WebSocket upgrade).
+/// `GET /v1/responses` without a WebSocket upgrade (documented on
+/// [`super::websocket::connect`], the route's one handler).
 pub async fn list(
     State(st): State<SharedState>,
     Extension(Tenant(tenant)): Extension<Tenant>,

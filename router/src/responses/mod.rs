@@ -13,6 +13,8 @@
 //! - [`handlers`] are the HTTP endpoints; [`listing`] lists stored ones.
 //! - [`compact`] is `POST /v1/responses/compact` (a window summarised into
 //!   one sealed compaction item).
+//! - [`handlers`] are the HTTP endpoints;
+//! - [`websocket`] is the WebSocket mode (`GET /v1/responses` upgraded).
 
 mod agents;
 pub mod backlog;
@@ -27,6 +29,7 @@ mod output;
 mod prepare;
 mod replay;
 pub mod unsupported;
+pub mod websocket;
 
 pub use backlog::Backlog;
 pub use lost::{lost, LOST_MESSAGE};

@@ -1,12 +1,15 @@
 //! Validation of a create request, done once, into everything the handler
 //! needs: the response object, the record to store and the generation
 //! request (messages from the chain's context window or the conversation,
-//! sampling, routing key).
+//! sampling, routing key). A WebSocket connection passes the response it
+//! holds in memory ([`Recent`]), so a chain continues from there without
+//! reading the store (and, when nothing is stored, without touching it).
 
 use serde_json::Value;
 use spindle_proto::{ChatMessage, GenerateRequest, PromptInput, SamplingParams};
 
 use super::items::{items_to_messages, normalize_input};
+use super::websocket::Recent;
 use super::{agents, unsupported};
 use crate::api::SharedState;
 use crate::chain::{self, ContextTurn, Truncation};
@@ -25,6 +28,9 @@ pub(super) struct Prepared {
     pub record: ResponseRecord,
     pub gen: GenerateRequest,
     pub stream: bool,
+    /// The items of each turn of `record.context`, oldest first (what a
+    /// WebSocket connection keeps for the next turn).
+    pub history: Vec<Vec<Value>>,
 }
 
 fn validate_range(v: Option<f64>, lo: f64, hi: f64, name: &str) -> ApiResult<()> {
@@ -43,6 +49,7 @@ pub(super) async fn prepare(
     session: Option<&str>,
     req: CreateResponseRequest,
     tag: &ModelTag,
+    recent: Option<&Recent>,
 ) -> ApiResult<Prepared> {
     let model = st.resolve_model(req.model.as_deref())?;
     tag.set(&model);
@@ -109,7 +116,10 @@ pub(super) async fn prepare(
         chain_key,
     } = if let Some(prev_id) = &req.previous_response_id {
         let budget = chain::budget(mode, st.context_tokens(&model), max_output_tokens);
-        follow_up(st, tenant, prev_id, &input_items, budget, mode, Log::Append).await?
+        match recent.filter(|r| r.record.response.id == *prev_id) {
+            Some(recent) => follow_up_recent(st, recent, &input_items, budget, mode, store).await?,
+            None => follow_up(st, tenant, prev_id, &input_items, budget, mode, Log::Append).await?,
+        }
     } else if let Some(conv) = &req.conversation {
         let id = new_id("resp");
         let budget = chain::budget(mode, st.context_tokens(&model), max_output_tokens);
@@ -132,15 +142,16 @@ pub(super) async fn prepare(
         // The conversation's window as it is now is this response's
         // context, kept in its own chain's log so follow-ups see it too.
         let mut window = Vec::new();
+        let mut history = Vec::new();
         if !items.is_empty() {
-            let entry = serde_json::to_vec(&items)
-                .map_err(|e| ApiError::Internal(format!("serializing items: {e}")))?;
+            let entry = encode(&items)?;
             let bytes = entry.len() as u64;
             let turn = st.store.append_turn(&id, entry).await?;
             window.push(ContextTurn { turn, bytes });
+            history.push(items);
         }
         Context {
-            history: items,
+            history,
             window,
             chain_root: id.clone(),
             id,
@@ -165,13 +176,17 @@ pub(super) async fn prepare(
     } else {
         "previous_response_id"
     };
-    summaries.open_items(&st.compaction, tenant, &history, |_| earlier.into())?;
+    for turn in &history {
+        summaries.open_items(&st.compaction, tenant, turn, |_| earlier.into())?;
+    }
     summaries.open_items(&st.compaction, tenant, &input_items, input_param)?;
     let mut messages = Vec::new();
     if let Some(instr) = req.instructions.as_deref().filter(|s| !s.is_empty()) {
         messages.push(ChatMessage::text("system", instr));
     }
-    items_to_messages(&history, &summaries, &mut messages);
+    for turn in &history {
+        items_to_messages(turn, &summaries, &mut messages);
+    }
     items_to_messages(&input_items, &summaries, &mut messages);
 
     let temperature = req.temperature.unwrap_or(1.0);
@@ -271,6 +286,7 @@ pub(super) async fn prepare(
         record,
         gen,
         stream: req.stream.unwrap_or(false),
+        history,
     })
 }
 
@@ -290,8 +306,8 @@ pub(super) enum Log {
 
 /// What a create request is generated after.
 pub(super) struct Context {
-    /// Items before the input, oldest first.
-    pub history: Vec<Value>,
+    /// Items before the input, one list per turn of `window`, oldest first.
+    pub history: Vec<Vec<Value>>,
     /// Where `history` lives in the chain's item log.
     pub window: Vec<ContextTurn>,
     pub chain_root: String,
@@ -339,9 +355,6 @@ pub(super) async fn follow_up(
             "previous_response_not_finished",
         ));
     }
-    let encode = |v: &[Value]| {
-        serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("serializing items: {e}")))
-    };
     let prev_items: Vec<Value> = prev
         .input_items
         .into_iter()
@@ -361,21 +374,89 @@ pub(super) async fn follow_up(
             Log::Read => None,
         }
     };
-    let (history, turn) = tokio::join!(chain::items(&*st.store, &prev.chain_root, earlier), append);
+    let (history, turn) = tokio::join!(
+        chain::turn_items(&*st.store, &prev.chain_root, earlier),
+        append
+    );
     let mut history = history?;
     if let (Some(last), Some(turn)) = (window.last_mut(), turn) {
         last.turn = turn?;
     }
-    history.extend(prev_items);
-    // Follow-ups inherit the chain's routing key (O(1), no chain walk).
-    let chain_key = Some(prev.routing_key)
-        .filter(|k| !k.is_empty())
-        .unwrap_or_else(|| format!("resp:{}", prev.chain_root));
+    history.push(prev_items);
     Ok(Context {
         history,
         window,
+        chain_key: Some(chain_key(&prev.routing_key, &prev.chain_root)),
         chain_root: prev.chain_root,
         id,
-        chain_key: Some(chain_key),
+    })
+}
+
+/// Follow-ups inherit the chain's routing key (O(1), no chain walk).
+fn chain_key(routing_key: &str, chain_root: &str) -> String {
+    if routing_key.is_empty() {
+        format!("resp:{chain_root}")
+    } else {
+        routing_key.to_owned()
+    }
+}
+
+fn encode(items: &[Value]) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(items).map_err(|e| ApiError::Internal(format!("serializing items: {e}")))
+}
+
+/// The context of a follow-up to the response a WebSocket connection holds:
+/// the window's items come from its memory. A stored chain still gets the
+/// previous turn in its log, as over HTTP; a chain that lived only in the
+/// connection has its window written to the store only when this response
+/// is stored (its record points into the log); otherwise the store is not
+/// touched.
+async fn follow_up_recent(
+    st: &SharedState,
+    recent: &Recent,
+    input_items: &[Value],
+    budget: u64,
+    mode: Truncation,
+    store: bool,
+) -> ApiResult<Context> {
+    let prev = &recent.record;
+    let prev_items: Vec<Value> = prev
+        .input_items
+        .iter()
+        .chain(&prev.response.output)
+        .cloned()
+        .collect();
+    let entry = encode(&prev_items)?;
+    let input_bytes = encode(input_items)?.len() as u64;
+    let last = ContextTurn {
+        turn: 0,
+        bytes: entry.len() as u64,
+    };
+    let mut window = chain::window(&prev.context, last, input_bytes, budget, mode)?;
+    // The window drops turns from the front only: what it kept of the
+    // previous window is that window's tail.
+    let kept = window.len() - 1;
+    let skip = recent.history.len().saturating_sub(kept);
+    let mut history: Vec<Vec<Value>> = recent.history[skip..].to_vec();
+    if prev.response.store {
+        if let Some(last) = window.last_mut() {
+            last.turn = st.store.append_turn(&prev.chain_root, entry).await?;
+        }
+    } else if store {
+        let turns = history.iter().chain([&prev_items]);
+        for (slot, items) in window.iter_mut().zip(turns) {
+            slot.turn = st
+                .store
+                .append_turn(&prev.chain_root, encode(items)?)
+                .await?;
+        }
+    }
+    history.push(prev_items);
+    Ok(Context {
+        history,
+        window,
+        chain_root: prev.chain_root.clone(),
+        id: chained_response_id(&prev.response.id),
+        chain_key: Some(chain_key(&prev.routing_key, &prev.chain_root)),
     })
 }

@@ -16,3 +16,4 @@ mod streams;
 mod support;
 mod surface;
 mod tools;
+mod websocket;
