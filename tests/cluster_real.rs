@@ -55,6 +55,7 @@ fn req() -> GenerateRequest {
         cache_key: Some("conv:real".into()),
         cache_salt: None,
         output: Default::default(),
+        truncation: Default::default(),
     }
 }
 

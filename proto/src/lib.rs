@@ -155,6 +155,29 @@ pub struct GenerateRequest {
     /// Tools the model may call and the shape its text must have.
     #[serde(default)]
     pub output: tools::OutputSpec,
+    /// What the worker does with chat messages that do not fit its context
+    /// (absent from older routers: `disabled`).
+    #[serde(default, skip_serializing_if = "Truncation::is_disabled")]
+    pub truncation: Truncation,
+}
+
+/// How a prompt larger than the context is handled (the Responses API's
+/// `truncation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Refuse it with `context_length_exceeded`.
+    #[default]
+    Disabled,
+    /// Drop the oldest messages (never system messages, never the newest
+    /// user turn) until the prompt and the output room fit.
+    Auto,
+}
+
+impl Truncation {
+    pub fn is_disabled(&self) -> bool {
+        *self == Self::Disabled
+    }
 }
 
 /// Why generation ended.
@@ -401,6 +424,18 @@ mod tests {
         assert_eq!(r.input, PromptInput::Prompt("Once".into()));
         let r: GenerateRequest = serde_json::from_str(r#"{"tokens":[1,2,3]}"#).unwrap();
         assert_eq!(r.input, PromptInput::Tokens(vec![1, 2, 3]));
+        assert_eq!(r.truncation, Truncation::Disabled);
+    }
+
+    #[test]
+    fn truncation_is_sent_only_when_auto() {
+        let mut r: GenerateRequest = serde_json::from_str(r#"{"prompt":"x"}"#).unwrap();
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(!line.contains("truncation"), "{line}");
+        r.truncation = Truncation::Auto;
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains(r#""truncation":"auto""#), "{line}");
+        assert_eq!(serde_json::from_str::<GenerateRequest>(&line).unwrap(), r);
     }
 
     #[test]

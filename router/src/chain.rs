@@ -9,7 +9,9 @@
 //!
 //! `truncation: "auto"` is sticky: a window keeps its first turn until the
 //! context outgrows its byte budget, then drops the oldest turns down to half
-//! the budget. The prompt's prefix, and with it the worker's prefix cache,
+//! the budget. Bytes are a coarse bound (the router does not tokenize): the
+//! worker, told `auto` too, drops whole old messages until the prompt and
+//! the output room fit its context in tokens. The prompt's prefix, and with it the worker's prefix cache,
 //! thus stays the same for many turns between drops, instead of shifting on
 //! every turn. `"disabled"` keeps every turn and fails with
 //! `context_length_exceeded` once the chain cannot fit the model.
@@ -47,14 +49,11 @@ pub const MAX_BYTES_PER_TOKEN: u64 = 16;
 /// Context window of a model whose workers did not report one.
 pub const DEFAULT_CONTEXT_TOKENS: u32 = 2048;
 
-/// How a follow-up's context is bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Truncation {
-    /// Drop the oldest turns to fit (sticky, see the module docs).
-    Auto,
-    /// Keep every turn; refuse what cannot fit.
-    Disabled,
-}
+/// How a follow-up's context is bounded: `Auto` drops the oldest turns to
+/// fit (sticky, see the module docs), `Disabled` keeps every turn and
+/// refuses what cannot fit. The same value goes to the worker
+/// (`GenerateRequest::truncation`), which fits the prompt exactly in tokens.
+pub use spindle_proto::Truncation;
 
 /// Byte budget of the history (earlier turns plus this input) for a model
 /// with `context_tokens`, leaving room for `max_output_tokens`.

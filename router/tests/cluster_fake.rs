@@ -21,6 +21,7 @@ fn req(key: &str) -> GenerateRequest {
         cache_key: Some(key.into()),
         cache_salt: None,
         output: Default::default(),
+        truncation: Default::default(),
     }
 }
 

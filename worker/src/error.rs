@@ -68,7 +68,7 @@ impl WorkerError {
                 None,
                 Some("server_unavailable"),
             ),
-            Self::Submit(PromptTooLong { .. } | PromptTooLarge { .. }) => (
+            Self::Submit(PromptTooLong { .. } | PromptTooLarge { .. } | NoRoom { .. }) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("messages".into()),

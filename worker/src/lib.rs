@@ -6,6 +6,7 @@
 //!   (within a [`grammar`] when the output is constrained) and [`text`]
 //!   turns them into streamable text;
 //! - [`tools`] shows function tools to the model and parses its calls;
+//! - [`truncation`] drops a chat's oldest messages to fit (`auto`);
 //! - [`api`] serves it all over HTTP, with [`error`] the one error mapping.
 
 pub mod api;
@@ -20,14 +21,19 @@ pub mod sampler;
 pub mod template;
 pub mod text;
 pub mod tools;
+pub mod truncation;
 
 use engine::{Engine, Job, SubmitError};
 use error::WorkerError;
 use futures::Stream;
 use grammar::Constraint;
+use llama_cpp_2::token::LlamaToken;
 use metrics::{Rejection, WorkerMetrics};
 use model::Model;
-use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport, PromptInput};
+use spindle_proto::tools::FunctionTool;
+use spindle_proto::{
+    ChatMessage, GenerateEvent, GenerateRequest, LoadReport, PromptInput, Truncation,
+};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -107,9 +113,10 @@ impl Worker {
 
     /// Tokenize and submit a request; its events follow on the stream.
     /// Dropping the stream cancels the request. A prompt too large for the
-    /// context in bytes is refused before any work; the rest (rendering,
-    /// tokenizing, building an output grammar) runs on the blocking pool, a
-    /// bounded number at once.
+    /// context in bytes is refused before any work (a chat under
+    /// `truncation: auto` drops its oldest messages by the same bound
+    /// instead); the rest (rendering, tokenizing, fitting, building an
+    /// output grammar) runs on the blocking pool, a bounded number at once.
     pub async fn generate(
         &self,
         req: GenerateRequest,
@@ -117,7 +124,11 @@ impl Worker {
         let ctx = self.engine.config.ctx_size;
         let max_token_bytes = self.engine.model.max_token_bytes;
         let bytes = prompt_bytes(&req);
-        if bytes > (ctx as usize).saturating_mul(max_token_bytes) {
+        let fits_later = matches!(
+            (&req.input, req.truncation),
+            (PromptInput::Messages(_), Truncation::Auto)
+        );
+        if !fits_later && bytes > (ctx as usize).saturating_mul(max_token_bytes) {
             self.engine.metrics.rejected(Rejection::TooLong);
             return Err(WorkerError::Submit(SubmitError::PromptTooLarge {
                 bytes,
@@ -192,9 +203,12 @@ impl Worker {
                     Some("messages"),
                 ))
             }
-            PromptInput::Messages(m) => {
-                model.tokenize_chat(m, offered, req.continuation.as_deref())?
-            }
+            PromptInput::Messages(m) => match req.truncation {
+                Truncation::Disabled => {
+                    model.tokenize_chat(m, offered, req.continuation.as_deref())?
+                }
+                Truncation::Auto => self.fit_chat(&req, m, offered)?,
+            },
             PromptInput::Prompt(p) => model.tokenize_prompt(p),
             PromptInput::Tokens(t) => {
                 let n_vocab = model.n_vocab();
@@ -247,6 +261,42 @@ impl Worker {
             tools,
         })?;
         Ok(UnboundedReceiverStream::new(rx))
+    }
+
+    /// The tokens of `messages` after `truncation: auto` dropped the oldest
+    /// ones that do not fit beside the output room (see [`truncation`]).
+    fn fit_chat(
+        &self,
+        req: &GenerateRequest,
+        messages: &[ChatMessage],
+        offered: &[FunctionTool],
+    ) -> Result<Vec<LlamaToken>, WorkerError> {
+        let model = &self.engine.model;
+        let ctx = self.engine.config.ctx_size;
+        let room = truncation::output_room(ctx, req.sampling.max_tokens);
+        let limit = (ctx as usize).saturating_sub(room);
+        // Text besides the messages' that the prompt carries too.
+        let content: usize = messages.iter().map(|m| m.content.len()).sum();
+        let other = prompt_bytes(req).saturating_sub(content);
+        let max_bytes = limit
+            .saturating_mul(model.max_token_bytes)
+            .saturating_sub(other);
+        let continuation = req.continuation.as_deref();
+        let fitted = truncation::fit(messages, limit, max_bytes, |m| {
+            model.tokenize_chat(m, offered, continuation)
+        })?;
+        let Some(fitted) = fitted else {
+            self.engine.metrics.rejected(Rejection::TooLong);
+            return Err(WorkerError::Submit(SubmitError::NoRoom { ctx, room }));
+        };
+        if fitted.dropped > 0 {
+            tracing::debug!(
+                dropped = fitted.dropped,
+                tokens = fitted.tokens.len(),
+                "truncated the oldest messages to fit the context"
+            );
+        }
+        Ok(fitted.tokens)
     }
 
     pub fn load_report(&self) -> LoadReport {

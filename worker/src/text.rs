@@ -1,7 +1,9 @@
 //! Turning token pieces into streamable text.
 //!
 //! Token pieces are raw bytes and a UTF-8 character may span several tokens,
-//! so bytes are held until they form whole characters. Stop strings may also
+//! so bytes are held until they form whole characters; the bytes of a
+//! character the end of generation cut through (`max_tokens` inside an
+//! emoji) are dropped, never sent as U+FFFD. Stop strings may also
 //! span tokens, so text that could be the start of a stop string is held back
 //! until it is known not to be one: a partial stop string never leaks.
 
@@ -46,14 +48,13 @@ impl TextStream {
         Release::Text(std::mem::replace(&mut self.held, rest))
     }
 
-    /// The end of generation: release everything still held, invalid bytes
-    /// replaced by U+FFFD.
+    /// The end of generation: release the text still held. The bytes left
+    /// are the start of a character generation ended inside of (invalid
+    /// ones were replaced as they came): they are dropped, so the output
+    /// never ends in a partial character.
     pub fn finish(&mut self) -> String {
-        let tail = String::from_utf8_lossy(&self.bytes).into_owned();
         self.bytes.clear();
-        let mut out = std::mem::take(&mut self.held);
-        out.push_str(&tail);
-        out
+        std::mem::take(&mut self.held)
     }
 
     fn decode_whole_chars(&mut self) {
@@ -137,7 +138,37 @@ mod tests {
         let mut s = TextStream::new(vec![]);
         assert_eq!(texts(s.push(&[b'a', 0xff, b'b'])), "a\u{fffd}b");
         assert_eq!(texts(s.push(&[0xe2, 0x82])), "");
-        assert_eq!(s.finish(), "\u{fffd}");
+        // An incomplete character at the end is dropped, not replaced.
+        assert_eq!(s.finish(), "");
+    }
+
+    #[test]
+    fn a_cut_inside_a_character_drops_its_bytes() {
+        let text = "a😀é€b🎉";
+        let bytes = text.as_bytes();
+        for cut in 0..=bytes.len() {
+            // One byte per token, and pieces of several bytes.
+            for chunk in [1, 2, 3] {
+                let mut s = TextStream::new(vec![]);
+                let mut out = String::new();
+                for piece in bytes[..cut].chunks(chunk) {
+                    out.push_str(&texts(s.push(piece)));
+                }
+                out.push_str(&s.finish());
+                assert!(!out.contains('\u{fffd}'), "cut {cut}: {out:?}");
+                // The longest prefix of whole characters.
+                let whole = (0..=cut).rev().find(|&n| text.is_char_boundary(n));
+                assert_eq!(Some(out.as_str()), whole.map(|n| &text[..n]), "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_stop_prefix_is_released_and_a_partial_character_dropped() {
+        let mut s = TextStream::new(vec!["ENDE".into()]);
+        assert_eq!(texts(s.push(b"ok EN")), "ok ");
+        assert_eq!(texts(s.push(&[0xf0, 0x9f])), "");
+        assert_eq!(s.finish(), "EN");
     }
 
     #[test]

@@ -57,6 +57,7 @@ fn request(user: &str, sampling: SamplingParams, output: OutputSpec) -> Generate
         cache_key: None,
         cache_salt: None,
         output,
+        truncation: Default::default(),
     }
 }
 

@@ -57,6 +57,7 @@ fn prompt_req(prompt: &str, sampling: SamplingParams) -> GenerateRequest {
         cache_key: None,
         cache_salt: None,
         output: Default::default(),
+        truncation: Default::default(),
     }
 }
 

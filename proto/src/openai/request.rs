@@ -220,6 +220,7 @@ impl ChatCompletionRequest {
             cache_key: None,
             cache_salt: None,
             output,
+            truncation: Default::default(),
         })
     }
 
@@ -261,6 +262,7 @@ impl CompletionRequest {
                 format: output_format(self.sampling.response_format.as_ref())?,
                 ..OutputSpec::default()
             },
+            truncation: Default::default(),
         })
     }
 

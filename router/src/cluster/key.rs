@@ -136,6 +136,7 @@ mod tests {
             cache_key: cache_key.map(str::to_owned),
             cache_salt: None,
             output: Default::default(),
+            truncation: Default::default(),
         }
     }
 

@@ -210,6 +210,8 @@ pub(super) async fn prepare(
         cache_key: None,
         cache_salt: None,
         output: agentic.spec,
+        // The router's window is sized in bytes; the worker fits it in tokens.
+        truncation: mode,
     };
     // A follow-up inherits its chain's key. Otherwise, without any identity,
     // the key hashes the leading messages (system and first user turn); it

@@ -63,6 +63,8 @@ pub enum SubmitError {
         ctx: u32,
         max_token_bytes: usize,
     },
+    #[error("even without its older messages the prompt does not fit the {ctx}-token context beside {room} tokens of output (system messages and the newest user turn are never dropped)")]
+    NoRoom { ctx: u32, room: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("the engine has stopped")]
@@ -176,9 +178,9 @@ impl Engine {
             self.metrics.rejected(match e {
                 SubmitError::QueueFull | SubmitError::Stopped => Rejection::QueueFull,
                 SubmitError::Draining => Rejection::Draining,
-                SubmitError::PromptTooLong { .. } | SubmitError::PromptTooLarge { .. } => {
-                    Rejection::TooLong
-                }
+                SubmitError::PromptTooLong { .. }
+                | SubmitError::PromptTooLarge { .. }
+                | SubmitError::NoRoom { .. } => Rejection::TooLong,
                 SubmitError::EmptyPrompt => Rejection::Invalid,
             });
         }
