@@ -177,6 +177,8 @@ async fn run(
         cache_key: None,
         cache_salt: None,
         output: Default::default(),
+        // A long window still gets summarised: its oldest messages go first.
+        truncation: spindle_proto::Truncation::Auto,
     };
     // Routed like the chain's turns, so the pass reads the prefix the
     // chain's worker already holds.
