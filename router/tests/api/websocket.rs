@@ -298,15 +298,21 @@ async fn the_upgrade_needs_a_key_when_keys_are_set() {
     send(&mut ws, create(json!({}))).await;
     let r = check_turn(&turn(&mut ws).await.unwrap());
     assert_eq!(r["status"], "completed");
-    // A plain GET is still the method it was (no listing yet).
-    let (st, e) = s
+    // A plain GET on the same path is the listing, behind the same key.
+    let (st, list) = s
         .send(
             s.http
                 .get(format!("{}/v1/responses", s.base))
                 .bearer_auth("sk-ws"),
         )
         .await;
-    assert_error(st, &e, 405, None, Some("method_not_allowed"));
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], r["id"]);
+    let (st, e) = s
+        .send(s.http.get(format!("{}/v1/responses", s.base)))
+        .await;
+    assert_error(st, &e, 401, None, Some("invalid_api_key"));
 }
 
 #[tokio::test]
