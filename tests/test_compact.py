@@ -48,7 +48,11 @@ def test_a_new_chain_continues_from_the_window(api, model, compacted):
     raw = api.responses.with_raw_response.create(model=model, input=body["output"], **GEN)
     validate_response(raw.http_response.json())
     follow = raw.parse()
-    assert follow.status == "completed" and follow.output_text
+    # 16 output tokens may cut the answer: what matters is that it ran.
+    assert follow.status in ("completed", "incomplete"), follow.status
+    if follow.status == "incomplete":
+        assert follow.incomplete_details.reason == "max_output_tokens"
+    assert follow.output_text
     # The summary took a few prompt tokens more than the item's id would.
     assert follow.usage.input_tokens > 20
     items = api.responses.input_items.list(follow.id).data
@@ -56,7 +60,7 @@ def test_a_new_chain_continues_from_the_window(api, model, compacted):
     assert stored == body["output"][0], stored
     # And the chain goes on from there as usual.
     more = api.responses.create(model=model, input="Thanks!", previous_response_id=follow.id, **GEN)
-    assert more.status == "completed"
+    assert more.status in ("completed", "incomplete") and more.output_text
 
 
 def test_an_edited_item_is_refused(api, model, compacted):
