@@ -96,6 +96,14 @@ def main() -> None:
         model = requests.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
         generation_round(url, args.streams, 16)  # warm up
         alone = generation_round(url, args.streams, args.tokens)
+        solo = {"requests": 0, "inputs": 0, "tokens": 0, "latency": []}
+        t0 = time.perf_counter()
+        for _ in range(3):
+            texts = [f"{i}. {TEXT}" for i in range(args.batch)]
+            r = requests.post(f"{url}/v1/embeddings", json={"model": model, "input": texts}, timeout=600)
+            r.raise_for_status()
+            solo["tokens"] += r.json()["usage"]["prompt_tokens"]
+        embed_alone = round(solo["tokens"] / (time.perf_counter() - t0), 1)
         stop = threading.Event()
         stats = {"requests": 0, "inputs": 0, "tokens": 0, "latency": []}
         loaders = [threading.Thread(target=embed_load, args=(url, model, args.batch, stop, stats))
@@ -117,6 +125,7 @@ def main() -> None:
             "embedders": args.embedders, "batch": args.batch,
             "alone": alone, "with_embeddings": loaded,
             "slowdown": round(1 - loaded["tokens_per_second"] / alone["tokens_per_second"], 3),
+            "embedding_alone_tokens_per_second": embed_alone,
             "embedding_tokens_per_second": round(embedded / span, 1),
             "embedding_request_p50_s": round(lat[len(lat) // 2], 3) if lat else None,
         }, indent=1))
