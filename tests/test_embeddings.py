@@ -78,7 +78,7 @@ def test_paraphrases_are_closer_than_unrelated_text(api, model):
         model=model, encoding_format="float",
         input=["How do I reset my password?", "How can I change my password?",
                "The mitochondria is the powerhouse of the cell."]).data]
-    assert cosine(v[0], v[1]) > cosine(v[0], v[2]) + 0.02, (cosine(v[0], v[1]), cosine(v[0], v[2]))
+    assert cosine(v[0], v[1]) > cosine(v[0], v[2]) + 0.1, (cosine(v[0], v[1]), cosine(v[0], v[2]))
 
 
 def test_token_ids_are_embedded(api, model):

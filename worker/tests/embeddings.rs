@@ -156,7 +156,7 @@ async fn paraphrases_are_closer_than_unrelated_texts() {
         let (va, vp, vo) = (one(&w, a).await, one(&w, para).await, one(&w, other).await);
         let (close, far) = (cosine(&va, &vp), cosine(&va, &vo));
         assert!(
-            close > far + 0.02,
+            close > far + 0.1,
             "{a:?}: paraphrase {close:.4}, unrelated {far:.4}"
         );
     }
