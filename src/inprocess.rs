@@ -4,9 +4,10 @@
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::openai::ModelCard;
+use spindle_proto::openai::{EmbeddingRequest, EmbeddingResponse, ModelCard};
 use spindle_proto::{GenerateEvent, GenerateRequest};
 use spindle_router::{GenerateError, Generator};
+use spindle_worker::embed::EmbedError;
 use spindle_worker::engine::SubmitError;
 use spindle_worker::error::WorkerError;
 use spindle_worker::Worker;
@@ -30,7 +31,14 @@ fn to_generate_error(e: WorkerError) -> GenerateError {
             message: s.to_string(),
             retry_after: 1,
         },
+        WorkerError::Embed(e @ (EmbedError::QueueFull | EmbedError::Stopped)) => {
+            GenerateError::Unavailable {
+                message: e.to_string(),
+                retry_after: 1,
+            }
+        }
         WorkerError::Engine(m) => GenerateError::Upstream(m),
+        WorkerError::Embed(e @ EmbedError::Decode(_)) => GenerateError::Upstream(e.to_string()),
         other => GenerateError::BadRequest(other.error_object()),
     }
 }
@@ -48,6 +56,14 @@ impl Generator for InProcess {
                 .map(StreamExt::boxed)
                 .map_err(to_generate_error)
         })
+    }
+
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>> {
+        let worker = self.worker.clone();
+        Box::pin(async move { worker.embed(req).await.map_err(to_generate_error) })
     }
 
     fn models(&self) -> Vec<ModelCard> {

@@ -12,7 +12,7 @@
 Bodies are made cheap and useful the way test_fuzz.py does: a free-string
 `model` becomes the served one, output lengths are capped at 16 tokens, and
 `{id}` path parameters are often a real response or conversation id.
-Bounded: EXAMPLES cases per operation (20 operations), derandomized so CI
+Bounded: EXAMPLES cases per operation (22 operations), derandomized so CI
 sees the same cases each run; about 15 s on 2 idle cores (SPINDLE_OPENAPI_EXAMPLES=N
 scales it; SPINDLE_FUZZ_VERBOSE=1 adds error params and messages to the tally
 that test_server_survived prints with -s). Fuzzing against the
@@ -85,7 +85,7 @@ OPERATIONS = [
     ("GET", "/v1/conversations/{id}"), ("POST", "/v1/conversations/{id}"),
     ("GET", "/v1/conversations/{id}/items"), ("POST", "/v1/conversations/{id}/items"),
     ("GET", "/v1/conversations/{id}/items/{item_id}"), ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
-    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("GET", "/v1/models"),
     ("GET", "/v1/models/{id}"), ("GET", "/health"), ("GET", "/ready"), ("GET", "/openapi.json"),
     # Deletes last, so the operations above find the records alive.
     ("DELETE", "/v1/responses/{id}"), ("DELETE", "/v1/conversations/{id}"),
@@ -112,7 +112,8 @@ def _shape(case, model: str, ids: dict[str, str], n: int) -> None:
             body["model"] = model
         # Empty input is a 400 (tested elsewhere): mostly give some.
         fills = {"/v1/responses": ("input", "Once upon a time"), "/v1/completions": ("prompt", "Once"),
-                 "/v1/chat/completions": ("messages", [{"role": "user", "content": "Lily"}])}
+                 "/v1/chat/completions": ("messages", [{"role": "user", "content": "Lily"}]),
+                 "/v1/embeddings": ("input", "Once upon a time")}
         key, fill = fills.get(case.path, (None, None))
         if key and body.get(key) in ("", [], None) and n % 4:
             body[key] = fill

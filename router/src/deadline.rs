@@ -1,14 +1,16 @@
 //! The request deadline (`--request-timeout`): every generation, however
 //! its worker behaves (a live connection writing keep-alives for a stuck
 //! sequence, a queue that never moves), ends by then with a
-//! `request_timeout` error event, and its worker request is cancelled.
+//! `request_timeout` error event, and its worker request is cancelled. An
+//! embeddings call not answered by then is dropped (its worker stops work
+//! on it) and refused with 503.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::openai::ModelCard;
+use spindle_proto::openai::{EmbeddingRequest, EmbeddingResponse, ModelCard};
 use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 use tokio::time::Instant;
 
@@ -67,6 +69,25 @@ impl Generator for Deadline {
         })
     }
 
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>> {
+        let timeout = self.timeout;
+        let call = self.inner.embed(req);
+        Box::pin(async move {
+            tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| GenerateError::Unavailable {
+                    message: format!(
+                        "the embeddings were not done within the request deadline ({}s)",
+                        timeout.as_secs_f64()
+                    ),
+                    retry_after: 1,
+                })?
+        })
+    }
+
     fn models(&self) -> Vec<ModelCard> {
         self.inner.models()
     }
@@ -95,9 +116,25 @@ mod tests {
             let s = futures::stream::iter([first]).chain(futures::stream::pending());
             Box::pin(async move { Ok(s.boxed()) })
         }
+        fn embed(
+            &self,
+            _: EmbeddingRequest,
+        ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>> {
+            Box::pin(futures::future::pending())
+        }
         fn models(&self) -> Vec<ModelCard> {
             Vec::new()
         }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_embedding_call_ends_at_the_deadline() {
+        let g = Deadline::new(Arc::new(Stuck), Duration::from_millis(100));
+        let req: EmbeddingRequest = serde_json::from_str(r#"{"model":"m","input":"x"}"#).unwrap();
+        let started = std::time::Instant::now();
+        let e = g.embed(req).await.unwrap_err();
+        assert!(matches!(e, GenerateError::Unavailable { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]

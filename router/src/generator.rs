@@ -1,5 +1,7 @@
-//! The [`Generator`] abstraction over token generation and [`HttpWorker`], the
-//! implementation that calls a worker's `POST /v1/generate` and reads NDJSON.
+//! The [`Generator`] abstraction over token generation (and embeddings) and
+//! [`HttpWorker`], the implementation that calls a worker's
+//! `POST /v1/generate` and reads NDJSON (its embeddings call is in
+//! `embed_call`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,7 +9,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::openai::{ErrorBody, ErrorObject, ModelCard};
+use spindle_proto::openai::{
+    EmbeddingRequest, EmbeddingResponse, ErrorBody, ErrorObject, ModelCard,
+};
 use spindle_proto::{FailureCode, GenerateEvent, GenerateRequest};
 
 use crate::error::ApiError;
@@ -74,6 +78,13 @@ pub trait Generator: Send + Sync + 'static {
         &self,
         req: GenerateRequest,
     ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>>;
+    /// Embed the inputs of `req` (its model resolved): the whole response,
+    /// its vectors in either encoding (the API layer converts them to the
+    /// one asked for).
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>>;
     /// Models served, for `GET /v1/models` and request validation.
     fn models(&self) -> Vec<ModelCard>;
     /// Whether every served model can take requests now; `Err` says what is
@@ -159,11 +170,11 @@ impl std::fmt::Debug for WorkerToken {
 /// A [`Generator`] backed by one worker over HTTP.
 #[derive(Clone)]
 pub struct HttpWorker {
-    base_url: String,
-    client: reqwest::Client,
+    pub(crate) base_url: String,
+    pub(crate) client: reqwest::Client,
     deadlines: Arc<Deadlines>,
-    /// Sent as `Authorization: Bearer` on generate and cancel.
-    token: Option<Arc<str>>,
+    /// Sent as `Authorization: Bearer` on generate, cancel and embeddings.
+    pub(crate) token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for HttpWorker {
@@ -214,10 +225,10 @@ impl HttpWorker {
 const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// Most of a worker's error body that is read.
-const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+pub(crate) const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
 /// The start of `resp`'s body, at most `cap` bytes, as text.
-async fn body_prefix(mut resp: reqwest::Response, cap: usize) -> String {
+pub(crate) async fn body_prefix(mut resp: reqwest::Response, cap: usize) -> String {
     let mut body = Vec::new();
     while body.len() < cap {
         match resp.chunk().await {
@@ -268,6 +279,28 @@ fn parse_error_body(body: &str) -> ErrorObject {
             param: None,
             code: None,
         })
+}
+
+/// What a worker's non-2xx answer means: its 400 is the caller's, 429 and
+/// 503 say retry (elsewhere), anything else is a broken worker.
+pub(crate) async fn refusal(resp: reqwest::Response) -> GenerateError {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let body = body_prefix(resp, MAX_ERROR_BODY_BYTES).await;
+    let error = parse_error_body(&body);
+    match status.as_u16() {
+        400 | 422 => GenerateError::BadRequest(error),
+        429 | 503 => GenerateError::Unavailable {
+            message: error.message,
+            retry_after,
+        },
+        _ => GenerateError::Upstream(format!("worker returned {status}: {}", error.message)),
+    }
 }
 
 /// Reads a worker's NDJSON stream into events: each line once, lines
@@ -386,27 +419,8 @@ impl Generator for HttpWorker {
                     ))
                 })?
                 .map_err(|e| GenerateError::Connect(e.to_string()))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                let body = body_prefix(resp, MAX_ERROR_BODY_BYTES).await;
-                let error = parse_error_body(&body);
-                return Err(match status.as_u16() {
-                    400 | 422 => GenerateError::BadRequest(error),
-                    429 | 503 => GenerateError::Unavailable {
-                        message: error.message,
-                        retry_after,
-                    },
-                    _ => GenerateError::Upstream(format!(
-                        "worker returned {status}: {}",
-                        error.message
-                    )),
-                });
+            if !resp.status().is_success() {
+                return Err(refusal(resp).await);
             }
             let guard = CancelOnDrop {
                 url: Some(cancel_url),
@@ -427,6 +441,13 @@ impl Generator for HttpWorker {
             });
             Ok(stream.boxed())
         })
+    }
+
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>> {
+        Box::pin(crate::embed_call::post(self.clone(), req))
     }
 
     /// One worker's models are learned by the cluster's probes, not here.

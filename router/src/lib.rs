@@ -1,5 +1,5 @@
 //! Spindle router: the OpenAI-compatible public API (Responses, Conversations,
-//! Chat Completions, Completions, Models) in front of token-generating workers.
+//! Chat Completions, Completions, Embeddings, Models) in front of token-generating workers.
 //!
 //! Wire it up with [`app`], a [`Generator`] (usually [`HttpWorker`]) and a
 //! [`ResponseStore`] ([`MemoryStore`] for one replica, [`RedisStore`] to share
@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod compaction;
 pub mod config;
 pub mod deadline;
+mod embed_call;
 pub mod error;
 pub mod extract;
 pub mod generator;

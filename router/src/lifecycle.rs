@@ -148,12 +148,13 @@ impl Lifecycle {
     }
 }
 
-/// Endpoints that start generations.
-pub(crate) const GENERATING: [&str; 4] = [
+/// Endpoints that start work on a worker (generations, embeddings).
+pub(crate) const GENERATING: [&str; 5] = [
     "/v1/responses",
     "/v1/responses/compact",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
 ];
 
 /// Middleware: while draining, requests that would start a generation get

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::openai::ModelCard;
+use spindle_proto::openai::{EmbeddingRequest, EmbeddingResponse, ModelCard};
 use spindle_proto::{GenerateEvent, GenerateRequest};
 
 use crate::generator::{GenerateError, Generator};
@@ -175,6 +175,14 @@ impl Generator for MeteredGenerator {
                 })
                 .boxed())
         })
+    }
+
+    /// Requests are counted and timed by the route middleware.
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>> {
+        self.inner.embed(req)
     }
 
     fn models(&self) -> Vec<ModelCard> {

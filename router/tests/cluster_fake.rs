@@ -496,3 +496,64 @@ async fn ejecting_a_worker_moves_its_open_streams_at_once() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(gen.stats().migrations.load(Ordering::Relaxed), 1);
 }
+
+/// Embeddings are load balanced over the model's workers (no affinity), come
+/// back in base64 from the worker and decode to the fake's vectors, and a
+/// worker that fails is passed over for the next one.
+#[tokio::test]
+async fn embeddings_spread_over_workers_and_skip_a_failing_one() {
+    use spindle_proto::openai::embeddings::{EmbeddingInput, InputRef};
+    use spindle_proto::openai::{EmbeddingRequest, EncodingFormat};
+    use spindle_testkit::fake_embeddings::fake_vector;
+
+    let f = fakes(2, 4, 0).await;
+    let gen = ClusterGenerator::new(config(&[&f[0], &f[1]])).unwrap();
+    gen.probe_now().await;
+    let req = EmbeddingRequest {
+        model: Some("fake".into()),
+        input: Some(EmbeddingInput::Texts(vec![
+            "one two".into(),
+            "three".into(),
+        ])),
+        encoding_format: EncodingFormat::Float,
+        dimensions: None,
+        user: None,
+    };
+    for _ in 0..6 {
+        let resp = gen.embed(req.clone()).await.expect("embeds");
+        assert_eq!(resp.usage.prompt_tokens, 3);
+        let v = resp.data[1].embedding.clone().values().unwrap();
+        assert_eq!(v, fake_vector(InputRef::Text("three")));
+    }
+    let counts: Vec<u64> = f
+        .iter()
+        .map(|w| w.ctl.embed_requests.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 6);
+    assert!(counts.iter().all(|&c| c >= 2), "spread: {counts:?}");
+    // One worker breaks: every request still succeeds, on the other.
+    f[0].ctl.generate_status.store(500, Ordering::Relaxed);
+    for _ in 0..4 {
+        gen.embed(req.clone())
+            .await
+            .expect("the other worker answers");
+    }
+    assert!(f[1].ctl.embed_requests.load(Ordering::Relaxed) >= counts[1] + 4);
+    // The caller's mistake is not retried elsewhere.
+    let mut bad = req.clone();
+    bad.input = Some(EmbeddingInput::Text("REJECT".into()));
+    f[0].ctl.generate_status.store(0, Ordering::Relaxed);
+    let before: u64 = f
+        .iter()
+        .map(|w| w.ctl.embed_requests.load(Ordering::Relaxed))
+        .sum();
+    assert!(matches!(
+        gen.embed(bad).await,
+        Err(GenerateError::BadRequest(_))
+    ));
+    let after: u64 = f
+        .iter()
+        .map(|w| w.ctl.embed_requests.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(after, before + 1);
+}

@@ -9,6 +9,8 @@
 //! - `HANG`: one delta, then nothing ever again;
 //! - `LONG`: finishes with `length` instead of `stop`.
 //!
+//! Embeddings are [`crate::fake_embeddings`]'s, recorded too.
+//!
 //! When the request offers tools and forces a call (`tool_choice` required
 //! or a named function), or its last message says `CALL`, the stream is one
 //! call instead of text: [`CALL_ID`] to the named (or first) tool with the
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::openai::{ErrorObject, ModelCard};
+use spindle_proto::openai::{EmbeddingRequest, EmbeddingResponse, ErrorObject, ModelCard};
 use spindle_proto::tools::ToolChoice;
 use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage};
 use spindle_router::{GenerateError, Generator};
@@ -77,6 +79,7 @@ impl Builder {
             reply: self.reply,
             model: self.model,
             requests: Mutex::new(Vec::new()),
+            embed_requests: Mutex::new(Vec::new()),
             dropped_early: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -88,6 +91,7 @@ pub struct FakeGenerator {
     reply: Reply,
     model: String,
     requests: Mutex<Vec<GenerateRequest>>,
+    embed_requests: Mutex<Vec<EmbeddingRequest>>,
     dropped_early: Arc<AtomicUsize>,
 }
 
@@ -108,6 +112,14 @@ impl FakeGenerator {
     /// Every request received, oldest first.
     pub fn requests(&self) -> Vec<GenerateRequest> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Every embeddings request received, oldest first.
+    pub fn embed_requests(&self) -> Vec<EmbeddingRequest> {
+        self.embed_requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Streams dropped before their last event (client gone, cancelled).
@@ -217,6 +229,23 @@ impl Generator for FakeGenerator {
             async move { step(&script, i, flag).await }
         });
         Box::pin(async move { Ok(stream.boxed()) })
+    }
+
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>> {
+        if let Ok(mut r) = self.embed_requests.lock() {
+            r.push(req.clone());
+        }
+        let result = crate::fake_embeddings::fake_embeddings(&req).map_err(|e| match e {
+            crate::fake_embeddings::FakeRefusal::BadRequest(e) => GenerateError::BadRequest(e),
+            crate::fake_embeddings::FakeRefusal::Busy => GenerateError::Unavailable {
+                message: "worker is full".into(),
+                retry_after: 2,
+            },
+        });
+        Box::pin(async move { result })
     }
 
     fn models(&self) -> Vec<ModelCard> {

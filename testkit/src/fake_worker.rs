@@ -1,6 +1,7 @@
 //! A fake worker for tests and benchmarks: the worker's HTTP API (`/v1/generate`
 //! NDJSON, cancel, `/ready`, `/load`, `/health`) plus an OpenAI
-//! `/v1/chat/completions`, streaming `t0 t1 t2 …` with no model behind it.
+//! `/v1/chat/completions`, streaming `t0 t1 t2 …` with no model behind it,
+//! and `/v1/embeddings` ([`crate::fake_embeddings`]).
 //!
 //! Knobs in [`FakeControl`] make it slow, fail, die mid-stream, drain or vanish.
 
@@ -47,6 +48,8 @@ pub struct FakeControl {
     pub running: AtomicU32,
     /// `/v1/generate` and chat requests received.
     pub requests: AtomicU64,
+    /// `/v1/embeddings` requests received (also counted in `requests`).
+    pub embed_requests: AtomicU64,
     /// Cancel calls received.
     pub cancels: AtomicU64,
     /// The model `/v1/models` lists (`fake` when unset).
@@ -132,6 +135,7 @@ pub fn router(ctl: Arc<FakeControl>) -> axum::Router {
         .route("/v1/generate", post(generate))
         .route("/v1/generate/{id}/cancel", post(cancel))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
         .route_layer(axum::middleware::from_fn_with_state(
             ctl.clone(),
             require_token,
@@ -304,6 +308,44 @@ async fn generate(
         Body::from_stream(lines),
     )
         .into_response()
+}
+
+async fn embeddings(
+    State(ctl): State<Arc<FakeControl>>,
+    Json(req): Json<spindle_proto::openai::EmbeddingRequest>,
+) -> Response {
+    ctl.requests.fetch_add(1, Ordering::Relaxed);
+    ctl.embed_requests.fetch_add(1, Ordering::Relaxed);
+    let served = ctl.model.get().map_or("fake", String::as_str);
+    if req.model.as_deref().is_some_and(|m| m != served) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": "model not served here", "type": "not_found_error"}})),
+        )
+            .into_response();
+    }
+    let status = ctl.generate_status.load(Ordering::Relaxed);
+    if status != 0 {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (
+            code,
+            Json(json!({"error": {"message": "fake failure", "type": "server_error"}})),
+        )
+            .into_response();
+    }
+    use crate::fake_embeddings::{fake_embeddings, FakeRefusal};
+    match fake_embeddings(&req) {
+        Ok(resp) => Json(resp).into_response(),
+        Err(FakeRefusal::BadRequest(e)) => {
+            (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response()
+        }
+        Err(FakeRefusal::Busy) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({"error": {"message": "busy", "type": "server_error"}})),
+        )
+            .into_response(),
+    }
 }
 
 async fn chat(State(ctl): State<Arc<FakeControl>>, Json(body): Json<Value>) -> Response {

@@ -3,9 +3,10 @@
 //! binary links it only behind the `bench` feature.
 //!
 //! One concept per module: a scriptable fake worker (HTTP) and fake
-//! generator (in-process), real Redis servers and worker processes, the
+//! generator (in-process), the fake embeddings both give, real Redis servers and worker processes, the
 //! response fixture, serving an app on a free port, and percentiles.
 
+pub mod fake_embeddings;
 pub mod fake_generator;
 pub mod fake_worker;
 pub mod fixtures;

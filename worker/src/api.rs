@@ -2,7 +2,8 @@
 //!
 //! - `POST /v1/generate`: the router's internal call; chunked NDJSON, one
 //!   [`GenerateEvent`] per line. `POST /v1/generate/{id}/cancel` cancels.
-//! - `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`:
+//! - `POST /v1/chat/completions`, `POST /v1/completions`,
+//!   `POST /v1/embeddings`, `GET /v1/models`:
 //!   OpenAI-compatible, so a worker also stands alone.
 //! - `GET /health` (alive), `GET /ready` (loaded, not draining), `GET /load`,
 //!   `GET /metrics` (Prometheus).
@@ -19,7 +20,7 @@ use crate::engine::EngineStats;
 use crate::error::WorkerError;
 use crate::Worker;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -32,7 +33,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use spindle_proto::auth::SharedToken;
 use spindle_proto::openai::{
-    parse_body, ChatCompletionRequest, Completer, CompletionRequest, Endpoint, ModelCard, ModelList,
+    parse_body, ChatCompletionRequest, Completer, CompletionRequest, EmbeddingRequest,
+    EmbeddingResponse, Endpoint, ModelCard, ModelList,
 };
 use spindle_proto::{GenerateEvent, GenerateRequest, LoadReport, STREAM_KEEPALIVE};
 use std::convert::Infallible;
@@ -80,7 +82,11 @@ pub fn router(
         .route("/v1/generate", post(generate))
         .route("/v1/generate/{id}/cancel", post(cancel))
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/completions", post(completions));
+        .route("/v1/completions", post(completions))
+        .route(
+            "/v1/embeddings",
+            post(embeddings).layer(DefaultBodyLimit::max(MAX_EMBEDDING_BODY_BYTES)),
+        );
     if let Some(token) = token {
         generating =
             generating.route_layer(axum::middleware::from_fn_with_state(token, require_token));
@@ -256,6 +262,17 @@ async fn completions(
     let endpoint = Endpoint::Completions;
     let completer = Completer::new(endpoint, id, now_secs(), model, req.include_usage());
     complete(events, completer, req.stream).await
+}
+
+/// Largest `/v1/embeddings` body: above the router's default body limit
+/// (8 MiB), so what a router accepts a worker accepts too.
+pub const MAX_EMBEDDING_BODY_BYTES: usize = 16 << 20;
+
+async fn embeddings(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<EmbeddingRequest>,
+) -> Result<Json<EmbeddingResponse>, WorkerError> {
+    st.worker.embed(req).await.map(Json)
 }
 
 async fn models(State(st): State<AppState>) -> Json<ModelList> {

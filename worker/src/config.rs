@@ -34,6 +34,16 @@ pub struct WorkerConfig {
     #[arg(long, env = "SPINDLE_MAX_WAITING", default_value_t = 256)]
     pub max_waiting: u32,
 
+    /// Tokens of the embeddings context (`/v1/embeddings`): the longest input,
+    /// and the most tokens one embedding decode holds (inputs of one or more
+    /// requests share it).
+    #[arg(long, env = "SPINDLE_EMBEDDING_CTX_SIZE", default_value_t = 2048)]
+    pub embedding_ctx_size: u32,
+
+    /// CPU threads of the embeddings context (default: --threads).
+    #[arg(long, env = "SPINDLE_EMBEDDING_THREADS")]
+    pub embedding_threads: Option<i32>,
+
     /// CPU threads for llama.cpp (default: all cores).
     #[arg(long, env = "SPINDLE_THREADS")]
     pub threads: Option<i32>,
@@ -113,6 +123,13 @@ impl WorkerConfig {
         crate::model::LoadOptions {
             gpu_layers: self.gpu_layers,
             repack: !self.no_repack,
+        }
+    }
+
+    pub fn embed(&self) -> crate::embed::EmbedConfig {
+        crate::embed::EmbedConfig {
+            ctx_size: self.embedding_ctx_size.clamp(16, 1 << 20),
+            threads: self.embedding_threads.unwrap_or_else(|| self.threads()),
         }
     }
 

@@ -18,6 +18,8 @@ pub enum WorkerError {
     },
     #[error("{0}")]
     Submit(#[from] SubmitError),
+    #[error("{0}")]
+    Embed(#[from] crate::embed::EmbedError),
     #[error("The model '{0}' does not exist or is not served by this worker")]
     UnknownModel(String),
     #[error("{0}")]
@@ -48,6 +50,7 @@ impl WorkerError {
         Option<String>,
         Option<&'static str>,
     ) {
+        use crate::embed::EmbedError;
         use SubmitError::*;
         match self {
             Self::InvalidRequest { param, code, .. } => (
@@ -79,6 +82,24 @@ impl WorkerError {
                 "invalid_request_error",
                 None,
                 Some("empty_prompt"),
+            ),
+            Self::Embed(EmbedError::QueueFull) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                Some("server_overloaded"),
+            ),
+            Self::Embed(EmbedError::Stopped) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                Some("server_unavailable"),
+            ),
+            Self::Embed(EmbedError::Decode(_)) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                Some("server_error"),
             ),
             Self::UnknownModel(_) => (
                 StatusCode::NOT_FOUND,

@@ -2,6 +2,7 @@
 //!
 //! - [`model_source`] finds the GGUF file (`--model`, default model, downloads);
 //! - [`model`] loads it and tokenizes with the model's [`template`];
+//! - [`embed`] embeds inputs on a second context and thread (`/v1/embeddings`);
 //! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens
 //!   (within a [`grammar`] when the output is constrained) and [`text`]
 //!   turns them into streamable text;
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod grammar;
@@ -46,6 +48,8 @@ pub use config::WorkerConfig;
 #[derive(Clone)]
 pub struct Worker {
     pub engine: Engine,
+    /// Embeddings, on their own context and thread.
+    pub embedder: embed::Embedder,
     /// Names clients use for the model: `--served-model-name` (first one
     /// reported), else the file name.
     names: Arc<Vec<String>>,
@@ -75,17 +79,23 @@ impl Worker {
         ));
         model.tool_format = ToolFormat::choose(config.tool_call_format, &model.template_source);
         let tool_format = model.tool_format;
-        let engine = Engine::start(Arc::new(model), engine_config, metrics)?;
+        let model = Arc::new(model);
+        let embedder = embed::Embedder::start(model.clone(), config.embed(), metrics.clone())?;
+        let engine = Engine::start(model, engine_config, metrics)?;
         tracing::info!(
             model = %names[0],
             ctx = config.ctx_size,
             max_seqs = config.max_seqs,
             threads = config.threads(),
             ?tool_format,
+            embedding_ctx = config.embedding_ctx_size,
+            embedding_dims = embedder.dims,
+            pooling = ?embedder.pooling,
             "engine ready"
         );
         Ok(Self {
             engine,
+            embedder,
             names: Arc::new(names),
             tokenizing: Arc::new(tokio::sync::Semaphore::new(tokenizer_threads())),
         })

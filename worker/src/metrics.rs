@@ -50,6 +50,9 @@ pub struct WorkerMetrics {
     pub prefix_copies: Counter,
     pub prefix_shifts: Counter,
     pub cancellations: Counter,
+    pub embedding_inputs: Counter,
+    pub embedding_tokens: Counter,
+    pub embedding_decode_seconds: Histogram,
     pub ttft: Histogram,
     pub step_seconds: Histogram,
     pub batch_tokens: Histogram,
@@ -70,6 +73,12 @@ pub const BUCKETS: &[(&str, &[f64])] = &[
     ),
     (
         "spindle_worker_step_seconds",
+        &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ],
+    ),
+    (
+        "spindle_worker_embedding_decode_seconds",
         &[
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ],
@@ -115,6 +124,9 @@ impl WorkerMetrics {
             prefix_copies: c("spindle_worker_prefix_copies_total"),
             prefix_shifts: c("spindle_worker_prefix_shifts_total"),
             cancellations: c("spindle_worker_cancellations_total"),
+            embedding_inputs: c("spindle_worker_embedding_inputs_total"),
+            embedding_tokens: c("spindle_worker_embedding_tokens_total"),
+            embedding_decode_seconds: h("spindle_worker_embedding_decode_seconds"),
             ttft: h("spindle_worker_ttft_seconds"),
             step_seconds: h("spindle_worker_step_seconds"),
             batch_tokens: h("spindle_worker_batch_tokens"),

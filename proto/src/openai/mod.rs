@@ -1,4 +1,4 @@
-//! OpenAI Chat Completions and (legacy) Completions: one protocol for the
+//! OpenAI Chat Completions, (legacy) Completions and Embeddings: one protocol for the
 //! worker (standing alone) and the router.
 //!
 //! - [`parse_body`] reads a JSON body, errors naming the offending field,
@@ -8,18 +8,22 @@
 //!   [`crate::GenerateRequest`] in one place;
 //! - [`tools`] validates `tools`, `tool_choice` and `response_format` into
 //!   the worker's output spec and holds the `tool_calls` answer types;
+//! - [`embeddings`] holds `POST /v1/embeddings`: its request, validation
+//!   and response (float or base64 vectors);
 //! - [`response`] holds the response and stream chunk types and
 //!   [`response::Completer`], which turns generation events into them.
 //!
 //! Both servers call the same functions, so they accept the same inputs and
 //! answer the same errors (a test holds them to it).
 
+pub mod embeddings;
 pub mod request;
 pub mod response;
 mod sampling;
 pub mod shape;
 pub mod tools;
 
+pub use embeddings::{EmbeddingRequest, EmbeddingResponse, EncodingFormat};
 pub use request::{ChatCompletionRequest, CompletionRequest, RequestMessage};
 pub use response::{
     finish_reason, ChatCompletion, ChatCompletionChunk, Completer, Completion, CompletionUsage,

@@ -1,5 +1,6 @@
 //! Per-tenant admission limits on requests that start generations
-//! (`POST /v1/responses`, `/v1/chat/completions`, `/v1/completions`):
+//! (`POST /v1/responses`, `/v1/chat/completions`, `/v1/completions`) or
+//! embeddings (`POST /v1/embeddings`):
 //!
 //! - concurrency: at most `--tenant-max-concurrent` generations of one tenant
 //!   in flight. A request holds a [`Permit`] from admission until its

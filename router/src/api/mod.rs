@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod conversations;
+pub mod embeddings;
 pub mod guard;
 pub mod keys;
 pub mod limits;

@@ -24,7 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{chat, conversations, models, ops, SharedState};
+use super::{chat, conversations, embeddings, models, ops, SharedState};
 use crate::lifecycle::GENERATING;
 use crate::responses::compact;
 use crate::responses::handlers as responses;
@@ -59,6 +59,7 @@ It lives at most `--websocket-max-lifetime-secs` (error `websocket_connection_li
         (name = "responses", description = "The Responses API"),
         (name = "conversations", description = "Conversations: items a response can read and extend"),
         (name = "chat", description = "Chat Completions and (legacy) Completions"),
+        (name = "embeddings", description = "Embeddings: one vector per input"),
         (name = "models", description = "The models the workers serve"),
         (name = "operations", description = "Probes and this document: no API key needed"),
     ),
@@ -87,6 +88,7 @@ pub fn api() -> OpenApiRouter<SharedState> {
         .routes(routes!(conversations::get_item, conversations::delete_item))
         .routes(routes!(chat::chat_completions))
         .routes(routes!(chat::completions))
+        .routes(routes!(embeddings::create))
         .routes(routes!(models::list))
         .routes(routes!(models::get))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use spindle_proto::openai::ModelCard;
+use spindle_proto::openai::{EmbeddingRequest, EmbeddingResponse, ModelCard};
 use spindle_proto::{GenerateEvent, GenerateRequest};
 
 use super::config::{ClusterConfig, Policy};
@@ -305,6 +305,28 @@ impl Inner {
         self.refresh_view();
     }
 
+    /// The workers of `model` by load, least first (ties rotate): for work
+    /// with no cache to follow, such as embeddings.
+    pub(crate) fn least_loaded(&self, model: Option<&str>) -> Vec<Arc<Member>> {
+        let view = self.view();
+        let Some(pool) = view.pool(model) else {
+            return Vec::new();
+        };
+        let n = pool.order.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+        let mut v: Vec<(u32, Arc<Member>)> = (0..n)
+            .map(|i| {
+                let m = &pool.order[(start + i) % n];
+                (m.load(), m.clone())
+            })
+            .collect();
+        v.sort_by_key(|(l, _)| *l);
+        v.into_iter().map(|(_, m)| m).collect()
+    }
+
     /// The workers of the request's model to try, best first, and whether the
     /// ring owner was skipped for load.
     fn pick(&self, req: &GenerateRequest, count: bool) -> (Vec<Arc<Member>>, bool) {
@@ -388,6 +410,13 @@ impl Generator for ClusterGenerator {
             });
             Ok(stream.boxed())
         })
+    }
+
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingResponse, GenerateError>> {
+        Box::pin(super::embed::embed(self.inner.clone(), req))
     }
 
     fn models(&self) -> Vec<ModelCard> {

@@ -9,6 +9,7 @@
 
 mod balancer;
 pub mod config;
+mod embed;
 pub mod key;
 mod member;
 mod probe;

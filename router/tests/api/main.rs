@@ -7,6 +7,7 @@ mod auth;
 mod chat;
 mod compact;
 mod conversations;
+mod embeddings;
 mod errors;
 mod http_worker;
 mod listing;

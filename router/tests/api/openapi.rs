@@ -6,7 +6,7 @@ use crate::support::*;
 use spindle_proto::auth::Secrets;
 
 /// Every public endpoint (issue 12): the document must list these, no more.
-const ROUTES: [(&str, &str); 22] = [
+const ROUTES: [(&str, &str); 23] = [
     ("POST", "/v1/responses"),
     ("GET", "/v1/responses"),
     ("POST", "/v1/responses/compact"),
@@ -24,6 +24,7 @@ const ROUTES: [(&str, &str); 22] = [
     ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{id}"),
     ("GET", "/health"),
