@@ -20,7 +20,7 @@ mod sampling;
 pub mod shape;
 pub mod tools;
 
-pub use request::{ChatCompletionRequest, CompletionRequest, RequestMessage};
+pub use request::{validate_lora, ChatCompletionRequest, CompletionRequest, RequestMessage};
 pub use response::{
     finish_reason, ChatCompletion, ChatCompletionChunk, Completer, Completion, CompletionUsage,
     Endpoint, ErrorBody, ErrorObject, GenerationFailed, ModelCard, ModelList, StreamItem,
