@@ -51,7 +51,10 @@ impl std::fmt::Display for LoraError {
             ),
             Self::Duplicate(i, name) => write!(f, "lora[{i}] names adapter '{name}' a second time"),
             // llama-cpp-2's safe API sets one adapter on a context at a time.
-            Self::TooMany => write!(f, "at most one LoRA adapter with a non-zero scale per request"),
+            Self::TooMany => write!(
+                f,
+                "at most one LoRA adapter with a non-zero scale per request"
+            ),
         }
     }
 }

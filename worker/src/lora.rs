@@ -68,14 +68,13 @@ pub fn load(
                 path,
             });
         }
-        let adapter =
-            model
-                .lora_adapter_init(&spec.path)
-                .map_err(|e| LoraLoadError::Refused {
-                    name: spec.name.clone(),
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+        let adapter = model
+            .lora_adapter_init(&spec.path)
+            .map_err(|e| LoraLoadError::Refused {
+                name: spec.name.clone(),
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         tracing::info!(adapter = %spec.name, %path, "LoRA adapter loaded");
         loaded.push((spec.name.clone(), adapter));
     }
@@ -138,7 +137,7 @@ pub fn resolve(
         }
     }
     for (i, sel) in list.iter().enumerate() {
-        if !names.iter().any(|n| *n == sel.name) {
+        if !names.contains(&sel.name) {
             let known = if names.is_empty() {
                 "this worker has none".to_owned()
             } else {

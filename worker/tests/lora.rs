@@ -160,10 +160,7 @@ fn reference(model: &Model, tokens: &[i32], factor: f32) -> (Vec<i32>, Vec<f32>)
         .with_n_batch(512)
         .with_n_threads(2)
         .with_n_threads_batch(2);
-    let mut ctx = model
-        .llama
-        .new_context(backend(), params)
-        .expect("context");
+    let mut ctx = model.llama.new_context(backend(), params).expect("context");
     let prompt = model.tokenize_prompt(PROMPT);
     let mut batch = LlamaBatch::new(512, 1);
     for (i, t) in prompt.iter().enumerate() {
@@ -172,9 +169,9 @@ fn reference(model: &Model, tokens: &[i32], factor: f32) -> (Vec<i32>, Vec<f32>)
             .expect("fits");
     }
     ctx.decode(&mut batch).expect("decode");
-    let mut pos = prompt.len() as i32;
+    let start = prompt.len() as i32;
     let (mut out, mut first) = (Vec::new(), Vec::new());
-    for step in 0..MAX_TOKENS {
+    for (step, pos) in (start..start + MAX_TOKENS as i32).enumerate() {
         let mut logits = ctx.get_logits_ith(batch.n_tokens() - 1).to_vec();
         if step == 0 {
             first = logits.clone();
@@ -191,7 +188,6 @@ fn reference(model: &Model, tokens: &[i32], factor: f32) -> (Vec<i32>, Vec<f32>)
         out.push(next);
         batch.clear();
         batch.add(LlamaToken(next), pos, &[0], true).expect("fits");
-        pos += 1;
         ctx.decode(&mut batch).expect("decode");
     }
     (out, first)
@@ -205,10 +201,7 @@ fn adapted_logits(model: &mut Model, adapter: &Path, scale: f32) -> Vec<f32> {
         .with_n_ctx(NonZeroU32::new(512))
         .with_n_threads(2)
         .with_n_threads_batch(2);
-    let mut ctx = model
-        .llama
-        .new_context(backend(), params)
-        .expect("context");
+    let mut ctx = model.llama.new_context(backend(), params).expect("context");
     ctx.lora_adapter_set(&mut loaded[0].1, scale)
         .expect("adapter set");
     let prompt = model.tokenize_prompt(PROMPT);
@@ -298,7 +291,9 @@ async fn the_engine_follows_the_reference_alone_and_mixed_with_base_requests() {
     };
     let (one, _) = reference(&load_model(), &tokens, factor(1.0));
     assert_eq!(run(&w, by_id).await.0, one);
-    assert!(w.model_names().contains(&format!("{}:head", w.model_name())));
+    assert!(w
+        .model_names()
+        .contains(&format!("{}:head", w.model_name())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,7 +309,10 @@ async fn a_cache_entry_serves_only_its_own_adapter_set() {
         .expect("worker starts");
     // A prompt longer than its output, so that its entry is worth extending.
     let long = |scale| GenerateRequest {
-        input: PromptInput::Prompt(format!("{PROMPT} {}", "who liked to play in the park. ".repeat(6))),
+        input: PromptInput::Prompt(format!(
+            "{PROMPT} {}",
+            "who liked to play in the park. ".repeat(6)
+        )),
         sampling: SamplingParams {
             temperature: 0.0,
             max_tokens: Some(4),
@@ -326,7 +324,10 @@ async fn a_cache_entry_serves_only_its_own_adapter_set() {
     assert!(cold <= 1);
     // The same prompt under the base model computes its own KV …
     let (_, cached) = run(&w, long(None)).await;
-    assert!(cached <= 1, "the base model reused the adapter's KV: {cached}");
+    assert!(
+        cached <= 1,
+        "the base model reused the adapter's KV: {cached}"
+    );
     // … and the adapter's entry is still there for the adapter.
     let (_, warm) = run(&w, long(Some(-4.0))).await;
     assert!(warm > 20, "the adapter's own entry was not reused: {warm}");
@@ -351,7 +352,14 @@ async fn bad_adapters_are_refused_at_startup_and_unknown_ones_per_request() {
     let wrong = dir.join("wrong.gguf");
     make_adapter(
         &wrong,
-        &["layer", &smol, "--tensor", "blk.0.attn_q.weight", "--rank", "2"],
+        &[
+            "layer",
+            &smol,
+            "--tensor",
+            "blk.0.attn_q.weight",
+            "--rank",
+            "2",
+        ],
     );
     let Err(e) = Worker::start(&config(vec![spec("wrong", &wrong)])).await else {
         panic!("an adapter for another model was accepted")
@@ -361,7 +369,8 @@ async fn bad_adapters_are_refused_at_startup_and_unknown_ones_per_request() {
     let w = Worker::start(&config(Vec::new()))
         .await
         .expect("worker starts");
-    let Err(WorkerError::InvalidRequest { message, param, .. }) = w.generate(request(Some(1.0))).await
+    let Err(WorkerError::InvalidRequest { message, param, .. }) =
+        w.generate(request(Some(1.0))).await
     else {
         panic!("an unknown adapter was accepted")
     };
