@@ -56,6 +56,7 @@ fn req() -> GenerateRequest {
         cache_salt: None,
         output: Default::default(),
         truncation: Default::default(),
+        lora: Vec::new(),
     }
 }
 

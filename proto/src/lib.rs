@@ -6,6 +6,7 @@
 //! these types in their own crate lets the router build without llama.cpp.
 
 pub mod auth;
+pub mod lora;
 pub mod openai;
 pub mod schema;
 pub mod tools;
@@ -159,6 +160,10 @@ pub struct GenerateRequest {
     /// (absent from older routers: `disabled`).
     #[serde(default, skip_serializing_if = "Truncation::is_disabled")]
     pub truncation: Truncation,
+    /// LoRA adapters to run under (validated by `lora::validate`; empty: the
+    /// base model). Absent from older routers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<lora::LoraSelection>,
 }
 
 /// How a prompt larger than the context is handled (the Responses API's

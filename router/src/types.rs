@@ -275,6 +275,9 @@ pub struct CreateResponseRequest {
     pub include: Option<Vec<String>>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// LoRA adapters to run under (extension, as on chat completions).
+    #[serde(default)]
+    pub lora: Vec<spindle_proto::lora::LoraSelection>,
 }
 
 /// Body of `POST /v1/responses/compact`. Unknown fields are ignored.

@@ -22,6 +22,7 @@ fn req(key: &str) -> GenerateRequest {
         cache_salt: None,
         output: Default::default(),
         truncation: Default::default(),
+        lora: Vec::new(),
     }
 }
 

@@ -65,6 +65,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "SPINDLE_TOOL_CALL_FORMAT", value_enum, default_value_t = ToolCallFlag::Auto)]
     pub tool_call_format: ToolCallFlag,
 
+    /// A LoRA adapter, NAME=PATH.gguf (repeatable; the variable takes a
+    /// comma-separated list). Loaded at startup; requests pick it by the
+    /// `lora` field or the model id `MODEL:NAME`.
+    #[arg(long = "lora", env = "SPINDLE_LORA", value_delimiter = ',', value_parser = crate::lora::parse_spec)]
+    pub lora: Vec<crate::lora::LoraSpec>,
+
     /// On SIGTERM, how long in-flight requests may run before the process exits.
     #[arg(long, env = "SPINDLE_DRAIN_TIMEOUT", value_parser = humantime_secs, default_value = "30")]
     pub drain_timeout: Duration,

@@ -7,6 +7,7 @@
 //!   (within a [`grammar`] when the output is constrained) and [`text`]
 //!   turns them into streamable text;
 //! - [`tools`] shows function tools to the model and parses its calls;
+//! - [`lora`] loads `--lora` adapters and resolves a request's choice;
 //! - [`truncation`] drops a chat's oldest messages to fit (`auto`);
 //! - [`api`] serves it all over HTTP, with [`error`] the one error mapping.
 
@@ -16,6 +17,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod model_source;
@@ -53,6 +55,11 @@ pub struct Worker {
     /// Names clients use for the model: `--served-model-name` (first one
     /// reported), else the file name.
     names: Arc<Vec<String>>,
+    /// What `/v1/models` lists: the names, then `name:adapter` for each
+    /// `--lora` adapter.
+    listed: Arc<Vec<String>>,
+    /// The `--lora` adapters' names, in the engine's order.
+    adapters: Arc<Vec<String>>,
     /// Bounds the prompts being rendered and tokenized at once (on Tokio's
     /// blocking pool, never on the async runtime's threads).
     tokenizing: Arc<tokio::sync::Semaphore>,
@@ -69,8 +76,21 @@ impl Worker {
         let path = model_source::resolve(config.model.as_deref()).await?;
         tracing::info!(path = %path.display(), "loading model");
         let options = config.load_options();
-        let mut model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
+        let specs = config.lora.clone();
+        let (mut model, adapters) = tokio::task::spawn_blocking(move || {
+            let mut model = Model::load(&path, options)?;
+            let adapters = lora::load(&mut model.llama, &specs)?;
+            anyhow::Ok((model, adapters))
+        })
+        .await??;
         let names = config.served_names(&model.name);
+        let adapter_names: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
+        let mut listed = names.clone();
+        for base in &names {
+            for a in &adapter_names {
+                listed.push(spindle_proto::lora::model_id(base, a));
+            }
+        }
         let engine_config = config.engine();
         let metrics = Arc::new(WorkerMetrics::new(
             &names[0],
@@ -81,7 +101,8 @@ impl Worker {
         let tool_format = model.tool_format;
         let model = Arc::new(model);
         let embedder = embed::Embedder::start(model.clone(), config.embed(), metrics.clone())?;
-        let engine = Engine::start(model, engine_config, metrics)?;
+        let adapters = adapters.into_iter().map(|(_, a)| a).collect();
+        let engine = Engine::start(model, adapters, engine_config, metrics)?;
         tracing::info!(
             model = %names[0],
             ctx = config.ctx_size,
@@ -91,12 +112,15 @@ impl Worker {
             embedding_ctx = config.embedding_ctx_size,
             embedding_dims = embedder.dims,
             pooling = ?embedder.pooling,
+            adapters = adapter_names.len(),
             "engine ready"
         );
         Ok(Self {
             engine,
             embedder,
             names: Arc::new(names),
+            listed: Arc::new(listed),
+            adapters: Arc::new(adapter_names),
             tokenizing: Arc::new(tokio::sync::Semaphore::new(tokenizer_threads())),
         })
     }
@@ -106,14 +130,24 @@ impl Worker {
         &self.names[0]
     }
 
-    /// Every name the model is served under.
+    /// Every name the model is served under, then each adapter's
+    /// `name:adapter` model id.
     pub fn model_names(&self) -> &[String] {
-        &self.names
+        &self.listed
     }
 
-    /// Whether `name` is one of the served names.
+    /// Whether `name` is one of the served names or adapter model ids.
     pub fn serves(&self, name: &str) -> bool {
-        self.names.iter().any(|n| n == name)
+        self.listed.iter().any(|n| n == name)
+    }
+
+    /// The adapter a model id names (`base:adapter`), if it is one.
+    fn model_adapter<'a>(&self, model: Option<&'a str>) -> Option<&'a str> {
+        let m = model?;
+        if self.names.iter().any(|n| n == m) {
+            return None;
+        }
+        spindle_proto::lora::split_model(m).map(|(_, adapter)| adapter)
     }
 
     /// The syntax this worker's model writes tool calls in.
@@ -187,6 +221,11 @@ impl Worker {
                 return Err(WorkerError::UnknownModel(m.to_owned()));
             }
         }
+        let lora = lora::resolve(
+            &self.adapters,
+            self.model_adapter(req.model.as_deref()),
+            &req.lora,
+        )?;
         if let Some(message) = req.sampling.stop_error() {
             return Err(WorkerError::invalid(message, Some("stop")));
         }
@@ -267,6 +306,7 @@ impl Worker {
             tokens,
             sampling: req.sampling,
             cache_salt: req.cache_salt,
+            lora,
             constraint,
             tools,
         })?;

@@ -58,6 +58,7 @@ fn request(user: &str, sampling: SamplingParams, output: OutputSpec) -> Generate
         cache_salt: None,
         output,
         truncation: Default::default(),
+        lora: Vec::new(),
     }
 }
 

@@ -58,6 +58,7 @@ fn prompt_req(prompt: &str, sampling: SamplingParams) -> GenerateRequest {
         cache_salt: None,
         output: Default::default(),
         truncation: Default::default(),
+        lora: Vec::new(),
     }
 }
 

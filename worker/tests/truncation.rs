@@ -67,6 +67,7 @@ fn request(
         cache_salt: None,
         output: Default::default(),
         truncation,
+        lora: Vec::new(),
     }
 }
 

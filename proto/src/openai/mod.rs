@@ -24,7 +24,7 @@ pub mod shape;
 pub mod tools;
 
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse, EncodingFormat};
-pub use request::{ChatCompletionRequest, CompletionRequest, RequestMessage};
+pub use request::{validate_lora, ChatCompletionRequest, CompletionRequest, RequestMessage};
 pub use response::{
     finish_reason, ChatCompletion, ChatCompletionChunk, Completer, Completion, CompletionUsage,
     Endpoint, ErrorBody, ErrorObject, GenerationFailed, ModelCard, ModelList, StreamItem,

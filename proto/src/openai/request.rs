@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::sampling::SamplingFields;
 use super::tools::{output_format, output_spec, ChatTool};
 use super::{invalid, InvalidParam};
+use crate::lora::LoraSelection;
 use crate::tools::OutputSpec;
 use crate::{ChatMessage, GenerateRequest, PromptInput};
 
@@ -89,6 +90,9 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
+    /// LoRA adapters to run under (extension; see `crate::lora`).
+    #[serde(default)]
+    pub lora: Vec<LoraSelection>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -113,8 +117,16 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub user: Option<String>,
+    /// LoRA adapters to run under (extension; see `crate::lora`).
+    #[serde(default)]
+    pub lora: Vec<LoraSelection>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+}
+
+/// The validated `lora` field (see `crate::lora::validate`).
+pub fn validate_lora(list: &[LoraSelection]) -> Result<Vec<LoraSelection>, InvalidParam> {
+    crate::lora::validate(list).map_err(|e| invalid(e.param(), e.to_string()))
 }
 
 /// The legacy endpoint's default length (OpenAI's).
@@ -221,6 +233,7 @@ impl ChatCompletionRequest {
             cache_salt: None,
             output,
             truncation: Default::default(),
+            lora: validate_lora(&self.lora)?,
         })
     }
 
@@ -263,6 +276,7 @@ impl CompletionRequest {
                 ..OutputSpec::default()
             },
             truncation: Default::default(),
+            lora: validate_lora(&self.lora)?,
         })
     }
 

@@ -57,6 +57,11 @@ pub fn cache_key_from(s: &KeySources<'_>) -> Option<String> {
 pub fn assign_routing_key(req: &mut GenerateRequest, sources: &KeySources<'_>) -> String {
     req.cache_key = cache_key_from(sources);
     let mut key = routing_key(req);
+    // A LoRA's KV differs from the base model's: its conversations get
+    // their own key, so they stick to the worker caching them.
+    if !req.lora.is_empty() {
+        key = format!("lora:{}|{key}", spindle_proto::lora::identity(&req.lora));
+    }
     if let Some(salt) = sources.salt {
         key = format!("{salt}|{key}");
     }
@@ -137,6 +142,7 @@ mod tests {
             cache_salt: None,
             output: Default::default(),
             truncation: Default::default(),
+            lora: Vec::new(),
         }
     }
 
@@ -205,6 +211,24 @@ mod tests {
         assert!(ka.starts_with("t_a|h:"), "{ka}");
         assert_eq!(a.cache_salt.as_deref(), Some("t_a"));
         assert_eq!(b.cache_salt.as_deref(), Some("t_b"));
+    }
+
+    #[test]
+    fn an_adapter_gets_its_own_key() {
+        let sources = KeySources {
+            user: Some("alice"),
+            ..KeySources::default()
+        };
+        let mut base = req(PromptInput::Messages(vec![msg("user", "hi")]), None);
+        let mut tuned = base.clone();
+        tuned.lora = vec![spindle_proto::lora::LoraSelection {
+            name: "pirate".into(),
+            scale: 0.5,
+        }];
+        assert_eq!(assign_routing_key(&mut base, &sources), "user:alice");
+        let key = assign_routing_key(&mut tuned, &sources);
+        assert_eq!(key, "lora:pirate@0.5|user:alice");
+        assert_eq!(tuned.cache_key.as_deref(), Some(key.as_str()));
     }
 
     #[test]

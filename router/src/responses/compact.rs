@@ -179,6 +179,8 @@ async fn run(
         output: Default::default(),
         // A long window still gets summarised: its oldest messages go first.
         truncation: spindle_proto::Truncation::Auto,
+        // The summary is the base model's.
+        lora: Vec::new(),
     };
     // Routed like the chain's turns, so the pass reads the prefix the
     // chain's worker already holds.

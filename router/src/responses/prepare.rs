@@ -85,6 +85,7 @@ pub(super) async fn prepare(
         ));
     }
     unsupported::check(&req, &model)?;
+    let lora = spindle_proto::openai::validate_lora(&req.lora)?;
     let agentic = agents::validate(&req)?;
     let max_output_tokens = st.config.max_output_tokens(req.max_output_tokens);
     let input_items = normalize_input(req.input.as_ref())?;
@@ -212,6 +213,7 @@ pub(super) async fn prepare(
         output: agentic.spec,
         // The router's window is sized in bytes; the worker fits it in tokens.
         truncation: mode,
+        lora,
     };
     // A follow-up inherits its chain's key. Otherwise, without any identity,
     // the key hashes the leading messages (system and first user turn); it

@@ -15,6 +15,8 @@
 //! slot whose entry it extends the furthest (else an empty or the least
 //! recently used one), and when another slot, busy or idle, holds a clearly longer prefix,
 //! that slot's stream is copied over and trimmed.
+//!
+//! With LoRA adapters, a step decodes one batch per adapter set (`lora`).
 
 use crate::metrics::{Rejection, WorkerMetrics};
 use crate::model::{backend, Model};
@@ -28,6 +30,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+mod lora;
 mod seq;
 mod step;
 
@@ -120,6 +123,9 @@ pub struct Job {
     pub sampling: SamplingParams,
     /// Reuse only prefix-cache entries made with the same salt.
     pub cache_salt: Option<String>,
+    /// The LoRA adapter it decodes under; cache entries are reused only
+    /// within the same set.
+    pub lora: crate::lora::LoraSet,
     /// The grammar output must follow (structured output, forced call).
     pub constraint: Option<crate::grammar::Constraint>,
     /// Parses tool calls out of the output when tools are offered.
@@ -130,6 +136,7 @@ impl Engine {
     /// Build the context on a new thread and start the step loop there.
     pub fn start(
         model: Arc<Model>,
+        adapters: Vec<llama_cpp_2::model::LlamaLoraAdapter>,
         config: EngineConfig,
         metrics: Arc<WorkerMetrics>,
     ) -> anyhow::Result<Self> {
@@ -155,7 +162,8 @@ impl Engine {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    StepLoop::new(&model, ctx, &config, stats, metrics).run(rx);
+                    let loras = lora::Loras::new(adapters);
+                    StepLoop::new(&model, ctx, &config, stats, metrics, loras).run(rx);
                 })?;
         }
         ready_rx

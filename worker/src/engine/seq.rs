@@ -30,6 +30,8 @@ pub(super) struct Seq {
     pub(super) seq_id: Option<i32>,
     /// Its prefix-cache isolation salt (see `GenerateRequest::cache_salt`).
     pub(super) cache_salt: Option<String>,
+    /// The LoRA adapter set it decodes under.
+    pub(super) lora: crate::lora::LoraSet,
     pub(super) sampler: Sampler,
     /// Grammar the output must follow.
     pub(super) constraint: Option<Constraint>,
@@ -69,6 +71,7 @@ impl Seq {
             prompt_len,
             seq_id: None,
             cache_salt: job.cache_salt,
+            lora: job.lora,
             sampler: if job.sampling.ignore_eos {
                 Sampler::new(job.sampling).with_banned(eog.to_vec())
             } else {

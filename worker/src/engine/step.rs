@@ -9,8 +9,10 @@
 //! back (llama.cpp re-rotates the keys: a RoPE K-shift), so only the new
 //! turn is computed instead of the whole window.
 
+use super::lora::{groups, Loras};
 use super::seq::{sample_next, Seq};
 use super::{Command, EngineConfig, EngineStats};
+use crate::lora::LoraSet;
 use crate::metrics::WorkerMetrics;
 use crate::model::Model;
 use llama_cpp_2::context::LlamaContext;
@@ -36,6 +38,9 @@ pub(super) struct Slot {
     /// The cache salt of the sequence whose KV it holds: only sequences
     /// with the same salt reuse it.
     salt: Option<String>,
+    /// The LoRA set its KV was computed under: only sequences with the
+    /// same set reuse it (an adapter changes every cell).
+    lora: LoraSet,
     busy: bool,
     last_used: u64,
 }
@@ -101,6 +106,7 @@ pub(super) struct StepLoop<'m> {
     shift_ok: bool,
     stats: Arc<EngineStats>,
     metrics: Arc<WorkerMetrics>,
+    loras: Loras,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     slots: Vec<Slot>,
@@ -122,6 +128,7 @@ impl<'m> StepLoop<'m> {
         config: &EngineConfig,
         stats: Arc<EngineStats>,
         metrics: Arc<WorkerMetrics>,
+        loras: Loras,
     ) -> Self {
         let n_batch = config.max_batch_tokens.max(config.max_seqs) as usize;
         Self {
@@ -136,6 +143,7 @@ impl<'m> StepLoop<'m> {
                 ),
             stats,
             metrics,
+            loras,
             waiting: VecDeque::new(),
             running: Vec::new(),
             slots: (0..config.max_seqs).map(|_| Slot::default()).collect(),
@@ -242,7 +250,7 @@ impl<'m> StepLoop<'m> {
             let limit = s.tokens.len() - 1;
             let plans: Vec<Reuse> = (0..self.slots.len())
                 .map(|i| {
-                    if self.slots[i].salt != s.cache_salt {
+                    if self.slots[i].salt != s.cache_salt || self.slots[i].lora != s.lora {
                         return Reuse::default();
                     }
                     // Only an idle entry can be shifted in place.
@@ -298,6 +306,7 @@ impl<'m> StepLoop<'m> {
             slot.busy = true;
             slot.cached.clear();
             slot.salt.clone_from(&s.cache_salt);
+            slot.lora = s.lora;
             slot.last_used = self.tick;
             s.seq_id = Some(id);
             // A preempted sequence comes back with its generated tokens: those
@@ -344,14 +353,29 @@ impl<'m> StepLoop<'m> {
         }
     }
 
-    /// Build and run one decode; sample every sequence whose prompt is done.
-    /// Returns the number of tokens generated.
+    /// One decode per LoRA set among the running sequences (one in all
+    /// without adapters). Returns the number of tokens generated.
     pub(super) fn step(&mut self) -> u32 {
+        let mut generated = 0;
+        for set in groups(&self.running, self.loras.current()) {
+            if let Err(e) = self.loras.apply(&mut self.ctx, set) {
+                tracing::error!("setting a LoRA adapter failed: {e}");
+                self.fail_all(&format!("setting a LoRA adapter failed: {e}"));
+                return generated;
+            }
+            generated += self.step_set(set);
+        }
+        generated
+    }
+
+    /// Build and run one decode of the sequences under `set`; sample every
+    /// one whose prompt is done. Returns the number of tokens generated.
+    fn step_set(&mut self, set: LoraSet) -> u32 {
         if self.running.is_empty() {
             return 0;
         }
         loop {
-            self.fill_batch();
+            self.fill_batch(set);
             if self.batch.n_tokens() == 0 {
                 return 0;
             }
@@ -426,7 +450,7 @@ impl<'m> StepLoop<'m> {
     /// Decode tokens get the budget first (one per decoding sequence), then
     /// prompt chunks in admission order. Tokens go into the batch in slot
     /// order: llama.cpp's split KV decodes consecutive sequence ids together.
-    pub(super) fn fill_batch(&mut self) {
+    pub(super) fn fill_batch(&mut self, set: LoraSet) {
         self.batch.clear();
         let mut budget = self.config.max_batch_tokens.max(self.config.max_seqs) as usize;
         for s in self.running.iter_mut() {
@@ -437,7 +461,7 @@ impl<'m> StepLoop<'m> {
             for s in self
                 .running
                 .iter_mut()
-                .filter(|s| s.is_decoding() == decoding)
+                .filter(|s| s.is_decoding() == decoding && s.lora == set)
             {
                 s.in_batch = s.pending().min(budget);
                 budget -= s.in_batch;
