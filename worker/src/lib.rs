@@ -1,7 +1,9 @@
 //! Spindle's worker: a continuous-batching llama.cpp engine behind HTTP.
 //!
 //! - [`model_source`] finds the GGUF file (`--model`, default model, downloads);
-//! - [`model`] loads it and tokenizes with the model's [`template`];
+//! - [`model`] loads it and tokenizes with the model's [`template`] (or
+//!   `--chat-template`'s);
+//! - [`kv`] checks the KV cache's settings (flash attention, cache types);
 //! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens
 //!   (within a [`grammar`] when the output is constrained) and [`text`]
 //!   turns them into streamable text;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod model_source;
@@ -62,10 +65,18 @@ fn tokenizer_threads() -> usize {
 impl Worker {
     /// Resolve and load the model, then start the engine thread.
     pub async fn start(config: &WorkerConfig) -> anyhow::Result<Self> {
+        config.validate()?;
         let path = model_source::resolve(config.model.as_deref()).await?;
+        let chat_template = match &config.chat_template {
+            Some(file) => Some(template::TemplateFile::read(file).await?),
+            None => None,
+        };
         tracing::info!(path = %path.display(), "loading model");
         let options = config.load_options();
-        let mut model = tokio::task::spawn_blocking(move || Model::load(&path, options)).await??;
+        let mut model =
+            tokio::task::spawn_blocking(move || Model::load(&path, options, chat_template))
+                .await??;
+        config.kv().validate_for(kv::head_size(&model.llama))?;
         let names = config.served_names(&model.name);
         let engine_config = config.engine();
         let metrics = Arc::new(WorkerMetrics::new(
@@ -82,6 +93,9 @@ impl Worker {
             max_seqs = config.max_seqs,
             threads = config.threads(),
             ?tool_format,
+            flash_attn = ?config.flash_attn,
+            cache_type_k = config.cache_type_k.name(),
+            cache_type_v = config.cache_type_v.name(),
             "engine ready"
         );
         Ok(Self {
