@@ -10,7 +10,10 @@
 #   THREADS=2 REPEAT=3 TARGET=25000 CTX=26624 CONFIGS="off:f16:f16 on:f16:f16" \
 #     scripts/bench-context.sh [MODEL.gguf]
 # stories260K (the default model) was trained on 2,048 tokens; both servers
-# take the larger CTX anyway (quality aside, the cost is what is measured).
+# take the larger CTX anyway (quality aside, the cost is what is measured):
+# llama-server caps a slot at the trained length, so it gets
+# --override-kv ARCH.context_length=int:CTX (ARCH: the GGUF's architecture,
+# default llama).
 # Its attention heads hold 8 numbers, too few for a quantized cache: give a
 # q8_0 config with SmolLM2 (e.g. TARGET=8000 CTX=8192).
 set -euo pipefail
@@ -21,6 +24,7 @@ target=${TARGET:-25000}
 ctx=${CTX:-26624}
 new_tokens=${MAX_TOKENS:-256}
 configs=${CONFIGS:-"off:f16:f16 on:f16:f16"}
+arch=${ARCH:-llama}
 model=${1:-../shared/models/stories260K.gguf}
 [ -f "$model" ] || { echo "[bench] no model at $model" >&2; exit 1; }
 out=bench-out; mkdir -p "$out"
@@ -45,7 +49,7 @@ for config in $configs; do
   lp=$(port_of)
   echo "[bench] $tag: llama-server on :$lp, spindle worker, $threads threads, ctx $ctx" >&2
   "$peer" -m "$model" --host 127.0.0.1 --port "$lp" -t "$threads" -tb "$threads" -np 1 -c "$ctx" \
-    -fa "$fa" -ctk "$ctk" -ctv "$ctv" --log-disable >/dev/null 2>&1 &
+    -fa "$fa" -ctk "$ctk" -ctv "$ctv" --override-kv "$arch.context_length=int:$ctx" --log-disable >/dev/null 2>&1 &
   lpid=$!; pids+=("$lpid")
   sp=$(port_of)
   $spindle worker --model "$model" --port "$sp" --threads "$threads" --max-seqs 1 --ctx-size "$ctx" \
