@@ -64,7 +64,10 @@ fn check(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => args.validate(),
         Command::Router(args) => args.validate(),
-        Command::Worker(args) => args.token.token().map(drop),
+        Command::Worker(args) => {
+            args.worker.validate()?;
+            args.token.token().map(drop)
+        }
         Command::Download(_) | Command::Bench(_) => Ok(()),
     }
 }

@@ -82,6 +82,7 @@ pub struct DownloadArgs {
 
 impl ServeArgs {
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.worker.validate()?;
         self.router.validate().map_err(anyhow::Error::msg)
     }
 }

@@ -9,6 +9,8 @@
 //! - `store`: the Redis response store beside `redis-benchmark` (see [`store`]);
 //! - `affinity`, `overhead`: cluster routing (see [`cluster`]);
 //! - `chain`: the cost of one more turn of a long chain (see [`chain`]);
+//! - `context`: per-turn time and memory of one chat growing to a long
+//!   context, against any server (see [`context`]);
 //! - `soak`: a Redis-backed cluster under mixed load and faults, audited
 //!   request by request (see [`soak`]; exits non-zero when the audit fails).
 //!
@@ -18,6 +20,7 @@
 
 mod chain;
 mod cluster;
+mod context;
 mod engine;
 mod soak;
 mod store;
@@ -29,6 +32,7 @@ use serde_json::json;
 
 use chain::ChainArgs;
 use cluster::ClusterBenchArgs;
+use context::ContextArgs;
 use engine::ClientArgs;
 use soak::SoakArgs;
 use store::StoreArgs;
@@ -56,6 +60,8 @@ pub enum Scenario {
     Overhead(ClusterBenchArgs),
     /// A 500-turn chain with a 2 KB tool output per turn: router, engine and store cost per turn.
     Chain(ChainArgs),
+    /// One chat growing to --target-tokens of context: per-turn time and server memory.
+    Context(ContextArgs),
     /// Redis, 3 workers, 2 routers under mixed clients and optional faults; audits every request.
     Soak(SoakArgs),
 }
@@ -85,6 +91,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Affinity(a) => ("affinity", &a.out, cluster::affinity(a).await?),
         Scenario::Overhead(a) => ("overhead", &a.out, cluster::overhead(a).await?),
         Scenario::Chain(a) => ("chain", &a.out, chain::chain(a).await?),
+        Scenario::Context(a) => ("context", &a.out, context::context(&client()?, a).await?),
         Scenario::Soak(a) => {
             let (r, ok) = soak::soak(a).await?;
             passed = ok;

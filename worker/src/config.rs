@@ -1,7 +1,9 @@
 //! The worker's command-line flags (each with a `SPINDLE_*` environment fallback).
 
+use crate::kv::{CacheType, FlashAttn, KvSettings};
 use crate::tools::ToolCallFlag;
 use clap::Args;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
@@ -70,6 +72,25 @@ pub struct WorkerConfig {
     /// `lora` field or the model id `MODEL:NAME`.
     #[arg(long = "lora", env = "SPINDLE_LORA", value_delimiter = ',', value_parser = crate::lora::parse_spec)]
     pub lora: Vec<crate::lora::LoraSpec>,
+    /// A Jinja chat template file used instead of the GGUF's
+    /// `tokenizer.chat_template` (tool-call syntax is then read from it too).
+    /// A GGUF without one falls back to ChatML, with a warning at startup.
+    #[arg(long, env = "SPINDLE_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+
+    /// llama.cpp's flash attention: on, off, or auto (llama.cpp decides).
+    #[arg(long, env = "SPINDLE_FLASH_ATTN", value_enum, default_value_t = FlashAttn::Auto)]
+    pub flash_attn: FlashAttn,
+
+    /// How cached keys are stored: f16, or q8_0 (about half the memory) and
+    /// the other quantized types (heads must be a multiple of 32 numbers).
+    #[arg(long, env = "SPINDLE_CACHE_TYPE_K", value_enum, default_value_t = CacheType::F16)]
+    pub cache_type_k: CacheType,
+
+    /// How cached values are stored; a quantized type needs flash attention
+    /// (`--flash-attn on` or `auto`).
+    #[arg(long, env = "SPINDLE_CACHE_TYPE_V", value_enum, default_value_t = CacheType::F16)]
+    pub cache_type_v: CacheType,
 
     /// On SIGTERM, how long in-flight requests may run before the process exits.
     #[arg(long, env = "SPINDLE_DRAIN_TIMEOUT", value_parser = humantime_secs, default_value = "30")]
@@ -139,6 +160,20 @@ impl WorkerConfig {
         }
     }
 
+    /// `--flash-attn` and the cache types.
+    pub fn kv(&self) -> KvSettings {
+        KvSettings {
+            flash_attn: self.flash_attn,
+            type_k: self.cache_type_k,
+            type_v: self.cache_type_v,
+        }
+    }
+
+    /// The checks that need no model (`--check` runs them).
+    pub fn validate(&self) -> Result<(), crate::kv::KvError> {
+        self.kv().validate()
+    }
+
     pub fn engine(&self) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {
             ctx_size: self.ctx_size,
@@ -146,6 +181,7 @@ impl WorkerConfig {
             max_batch_tokens: self.max_batch_tokens.max(self.max_seqs),
             max_waiting: self.max_waiting,
             threads: self.threads(),
+            kv: self.kv(),
         }
     }
 }

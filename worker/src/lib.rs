@@ -1,7 +1,9 @@
 //! Spindle's worker: a continuous-batching llama.cpp engine behind HTTP.
 //!
 //! - [`model_source`] finds the GGUF file (`--model`, default model, downloads);
-//! - [`model`] loads it and tokenizes with the model's [`template`];
+//! - [`model`] loads it and tokenizes with the model's [`template`] (or
+//!   `--chat-template`'s);
+//! - [`kv`] checks the KV cache's settings (flash attention, cache types);
 //! - [`embed`] embeds inputs on a second context and thread (`/v1/embeddings`);
 //! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens
 //!   (within a [`grammar`] when the output is constrained) and [`text`]
@@ -17,6 +19,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod kv;
 pub mod lora;
 pub mod metrics;
 pub mod model;
@@ -73,16 +76,22 @@ fn tokenizer_threads() -> usize {
 impl Worker {
     /// Resolve and load the model, then start the engine thread.
     pub async fn start(config: &WorkerConfig) -> anyhow::Result<Self> {
+        config.validate()?;
         let path = model_source::resolve(config.model.as_deref()).await?;
+        let chat_template = match &config.chat_template {
+            Some(file) => Some(template::TemplateFile::read(file).await?),
+            None => None,
+        };
         tracing::info!(path = %path.display(), "loading model");
         let options = config.load_options();
         let specs = config.lora.clone();
         let (mut model, adapters) = tokio::task::spawn_blocking(move || {
-            let mut model = Model::load(&path, options)?;
+            let mut model = Model::load(&path, options, chat_template)?;
             let adapters = lora::load(&mut model.llama, &specs)?;
             anyhow::Ok((model, adapters))
         })
         .await??;
+        config.kv().validate_for(kv::head_size(&model.llama))?;
         let names = config.served_names(&model.name);
         let adapter_names: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
         let mut listed = names.clone();
@@ -113,6 +122,9 @@ impl Worker {
             embedding_dims = embedder.dims,
             pooling = ?embedder.pooling,
             adapters = adapter_names.len(),
+            flash_attn = ?config.flash_attn,
+            cache_type_k = config.cache_type_k.name(),
+            cache_type_v = config.cache_type_v.name(),
             "engine ready"
         );
         Ok(Self {

@@ -5,7 +5,9 @@
 //! Tokenizing in the handlers keeps that work off the engine's step loop.
 
 use crate::model_source::{check_gguf, ModelError};
-use crate::template::{ChatTemplate, Segment, CHATML};
+use crate::template::{
+    ChatTemplate, Segment, TemplateFile, TemplateFileError, TemplateOrigin, CHATML,
+};
 use crate::tools::ToolFormat;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -48,6 +50,8 @@ pub struct Model {
     template: ChatTemplate,
     /// The chat template's source (it decides the tool-call syntax).
     pub template_source: String,
+    /// Whether that is the GGUF's, `--chat-template`'s or the ChatML fallback.
+    pub template_origin: TemplateOrigin,
     /// The syntax the model writes tool calls in (the template's, unless
     /// the worker's `--tool-call-format` sets it).
     pub tool_format: ToolFormat,
@@ -68,6 +72,8 @@ pub enum LoadError {
     Llama(String),
     #[error("model {0}: {1}")]
     Template(String, crate::template::TemplateError),
+    #[error(transparent)]
+    TemplateFile(#[from] TemplateFileError),
 }
 
 /// How llama.cpp places the weights.
@@ -91,8 +97,13 @@ impl Default for LoadOptions {
 }
 
 impl Model {
-    /// Load a GGUF file (checked first).
-    pub fn load(path: &Path, options: LoadOptions) -> Result<Self, LoadError> {
+    /// Load a GGUF file (checked first); `chat_template` replaces the
+    /// GGUF's template (it must render, or the load fails).
+    pub fn load(
+        path: &Path,
+        options: LoadOptions,
+        chat_template: Option<TemplateFile>,
+    ) -> Result<Self, LoadError> {
         check_gguf(path)?;
         let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
         let llama = {
@@ -115,9 +126,21 @@ impl Model {
         let bos_text = text_of(vocab.bos());
         let eos_text = text_of(vocab.eos());
         let bos = vocab.should_add_bos().then(|| vocab.bos());
-        let source = llama
-            .meta_val_str("tokenizer.chat_template")
-            .unwrap_or_else(|_| CHATML.to_owned());
+        let (source, origin) = match chat_template {
+            Some(file) => (file.source, TemplateOrigin::File(file.path)),
+            None => match llama.meta_val_str("tokenizer.chat_template") {
+                Ok(source) => (source, TemplateOrigin::Gguf),
+                Err(_) => {
+                    tracing::warn!(
+                        model = %name,
+                        "the GGUF has no tokenizer.chat_template (a base model?): chats are \
+                         formatted as ChatML, which the model may not know; give its format \
+                         with --chat-template FILE"
+                    );
+                    (CHATML.to_owned(), TemplateOrigin::ChatmlFallback)
+                }
+            },
+        };
         let eog_tokens = (0..llama.n_vocab())
             .filter(|&t| vocab.is_eog(LlamaToken(t)))
             .collect();
@@ -126,14 +149,20 @@ impl Model {
             .max()
             .unwrap_or(1)
             .max(1);
-        let template = ChatTemplate::new(&source, &bos_text, &eos_text)
-            .map_err(|e| LoadError::Template(name.clone(), e))?;
+        let template = match &origin {
+            TemplateOrigin::File(file) => ChatTemplate::new(&source, &bos_text, &eos_text)
+                .and_then(|t| t.check().map(|()| t))
+                .map_err(|e| TemplateFileError::Invalid(file.clone(), e))?,
+            _ => ChatTemplate::new(&source, &bos_text, &eos_text)
+                .map_err(|e| LoadError::Template(name.clone(), e))?,
+        };
         Ok(Self {
             llama,
             name,
             template,
             tool_format: ToolFormat::from_template(&source).unwrap_or(ToolFormat::Hermes),
             template_source: source,
+            template_origin: origin,
             bos,
             bos_text,
             eog_tokens,

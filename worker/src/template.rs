@@ -1,7 +1,8 @@
 //! Chat formatting with the model's own Jinja template.
 //!
-//! The template comes from the GGUF's `tokenizer.chat_template` (ChatML when
-//! absent) and is rendered HF-compatibly with minijinja (`trim_blocks`,
+//! The template comes from `--chat-template FILE` ([`TemplateFile`]), else
+//! the GGUF's `tokenizer.chat_template`, else ChatML (with a warning at
+//! load: a base model has no chat format of its own). It is rendered HF-compatibly with minijinja (`trim_blocks`,
 //! `lstrip_blocks`, Python string methods, `raise_exception`).
 //!
 //! Special tokens must come only from the template, never from user text. So
@@ -18,6 +19,7 @@ use crate::tools::ToolFormat;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use spindle_proto::tools::FunctionTool;
 use spindle_proto::ChatMessage;
+use std::path::{Path, PathBuf};
 
 /// ChatML, used by models whose GGUF carries no template.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -42,6 +44,52 @@ pub struct TemplateError(String);
 impl TemplateError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Self(message.into())
+    }
+}
+
+/// Where a model's chat template came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateOrigin {
+    /// The GGUF's `tokenizer.chat_template`.
+    Gguf,
+    /// `--chat-template`.
+    File(PathBuf),
+    /// ChatML: the GGUF has no template and no file was given.
+    ChatmlFallback,
+}
+
+/// The largest `--chat-template` file read (real templates are a few KB).
+const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
+
+/// A `--chat-template` file, read.
+#[derive(Debug, Clone)]
+pub struct TemplateFile {
+    pub path: PathBuf,
+    pub source: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateFileError {
+    #[error("--chat-template {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("--chat-template {0}: {1} bytes, more than the {MAX_TEMPLATE_BYTES} a chat template may have")]
+    TooLarge(PathBuf, u64),
+    #[error("--chat-template {0}: {1}")]
+    Invalid(PathBuf, TemplateError),
+}
+
+impl TemplateFile {
+    pub async fn read(path: &Path) -> Result<Self, TemplateFileError> {
+        let io = |e| TemplateFileError::Read(path.to_owned(), e);
+        let len = tokio::fs::metadata(path).await.map_err(io)?.len();
+        if len > MAX_TEMPLATE_BYTES {
+            return Err(TemplateFileError::TooLarge(path.to_owned(), len));
+        }
+        let source = tokio::fs::read_to_string(path).await.map_err(io)?;
+        Ok(Self {
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 
@@ -79,6 +127,28 @@ impl ChatTemplate {
             eos: eos.to_owned(),
             native_tools: source.contains("tools"),
         })
+    }
+
+    /// Render a short user/assistant/user chat and check that the messages'
+    /// text shows: a template given by hand must work before the first request.
+    pub fn check(&self) -> Result<(), TemplateError> {
+        let probe = [
+            ChatMessage::text("user", "Hello."),
+            ChatMessage::text("assistant", "Hi."),
+            ChatMessage::text("user", "How are you?"),
+        ];
+        let segments = self.render(&probe, &[], ToolFormat::Hermes)?;
+        let shown = segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Content(_)))
+            .count();
+        if shown < probe.len() {
+            return Err(TemplateError::new(format!(
+                "rendered {shown} of {} messages' content (a chat template writes each message's `content`)",
+                probe.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the template renders tools and calls itself (as template

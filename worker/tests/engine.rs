@@ -377,8 +377,9 @@ fn smollm2_template_markers_only_come_from_the_template() {
         "{}/../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf",
         env!("CARGO_MANIFEST_DIR")
     );
-    let model = spindle_worker::model::Model::load(std::path::Path::new(&path), Default::default())
-        .expect("loads");
+    let model =
+        spindle_worker::model::Model::load(std::path::Path::new(&path), Default::default(), None)
+            .expect("loads");
     let vocab = model.llama.vocab();
     let special = |text: &str| {
         let t = vocab.tokenize(text.as_bytes(), false, true);

@@ -33,7 +33,7 @@ fn load(repack: bool) -> Model {
         repack,
         ..LoadOptions::default()
     };
-    Model::load(Path::new(&path), options).expect("SmolLM2 loads")
+    Model::load(Path::new(&path), options, None).expect("SmolLM2 loads")
 }
 
 /// Logits of each prompt's last token after one batched prefill, then of

@@ -49,6 +49,8 @@ pub struct EngineConfig {
     /// Requests allowed to wait for a slot; more get `QueueFull`.
     pub max_waiting: u32,
     pub threads: i32,
+    /// Flash attention and the KV cache's element types.
+    pub kv: crate::kv::KvSettings,
 }
 
 /// Why a request was not accepted.
@@ -254,6 +256,7 @@ fn new_context<'m>(model: &'m Model, config: &EngineConfig) -> anyhow::Result<Ll
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads)
         .with_kv_unified(false);
+    let params = config.kv.apply(params);
     model
         .llama
         .new_context(backend(), params)
