@@ -4,7 +4,8 @@
 //! - [`model`] loads it and tokenizes with the model's [`template`];
 //! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens
 //!   (within a [`grammar`] when the output is constrained) and [`text`]
-//!   turns them into streamable text;
+//!   turns them into streamable text, with [`logprobs`] for sequences
+//!   that ask for them;
 //! - [`tools`] shows function tools to the model and parses its calls;
 //! - [`truncation`] drops a chat's oldest messages to fit (`auto`);
 //! - [`api`] serves it all over HTTP, with [`error`] the one error mapping.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod logprobs;
 pub mod metrics;
 pub mod model;
 pub mod model_source;
@@ -179,6 +181,9 @@ impl Worker {
         }
         if let Some(message) = req.sampling.stop_error() {
             return Err(WorkerError::invalid(message, Some("stop")));
+        }
+        if let Some(message) = req.sampling.logprobs_error() {
+            return Err(WorkerError::invalid(message, Some("logprobs")));
         }
         let model = &self.engine.model;
         let spec = &req.output;

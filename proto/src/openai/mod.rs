@@ -8,12 +8,14 @@
 //!   [`crate::GenerateRequest`] in one place;
 //! - [`tools`] validates `tools`, `tool_choice` and `response_format` into
 //!   the worker's output spec and holds the `tool_calls` answer types;
+//! - [`logprobs`] holds both endpoints' log probability objects;
 //! - [`response`] holds the response and stream chunk types and
 //!   [`response::Completer`], which turns generation events into them.
 //!
 //! Both servers call the same functions, so they accept the same inputs and
 //! answer the same errors (a test holds them to it).
 
+pub mod logprobs;
 pub mod request;
 pub mod response;
 mod sampling;

@@ -10,6 +10,7 @@ mod conversations;
 mod errors;
 mod http_worker;
 mod listing;
+mod logprobs;
 mod openapi;
 mod responses;
 mod streams;

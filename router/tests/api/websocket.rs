@@ -309,9 +309,7 @@ async fn the_upgrade_needs_a_key_when_keys_are_set() {
     assert_eq!(st, 200, "{list}");
     assert_eq!(list["object"], "list");
     assert_eq!(list["data"][0]["id"], r["id"]);
-    let (st, e) = s
-        .send(s.http.get(format!("{}/v1/responses", s.base)))
-        .await;
+    let (st, e) = s.send(s.http.get(format!("{}/v1/responses", s.base))).await;
     assert_error(st, &e, 401, None, Some("invalid_api_key"));
 }
 
