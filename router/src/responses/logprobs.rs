@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogProb {
     pub token: String,
-    pub logprob: f32,
+    pub logprob: f64,
     /// The UTF-8 bytes the token prints.
     pub bytes: Vec<u8>,
     /// Most likely first.
@@ -26,7 +26,7 @@ pub struct LogProb {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TopLogProb {
     pub token: String,
-    pub logprob: f32,
+    pub logprob: f64,
     pub bytes: Vec<u8>,
 }
 
@@ -34,7 +34,7 @@ impl From<&TopLogprob> for TopLogProb {
     fn from(t: &TopLogprob) -> Self {
         Self {
             token: t.token.clone(),
-            logprob: t.logprob,
+            logprob: widen(t.logprob),
             bytes: t.bytes.clone(),
         }
     }
@@ -44,11 +44,18 @@ impl From<&TokenLogprob> for LogProb {
     fn from(e: &TokenLogprob) -> Self {
         Self {
             token: e.chosen.token.clone(),
-            logprob: e.chosen.logprob,
+            logprob: widen(e.chosen.logprob),
             bytes: e.chosen.bytes.clone(),
             top_logprobs: e.top.iter().map(TopLogProb::from).collect(),
         }
     }
+}
+
+/// An `f32` as the `f64` with the same shortest decimal spelling, so an
+/// event's bytes and the item built from `serde_json::Value` (which widens
+/// an `f32` to its exact binary value) show the same number.
+fn widen(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// The entries of one generation event.
