@@ -267,7 +267,7 @@ def test_default_cap_phase_and_refusals_by_name(api, model, server_url):
     validate_response(raw)
     assert raw["output"][0]["phase"] == "final_answer"
     refused = [
-        ({"include": ["message.output_text.logprobs"]}, "include[0]", "message.output_text.logprobs"),
+        ({"include": ["file_search_call.results"]}, "include[0]", "file_search_call.results"),
         ({"tools": [{"type": "web_search_preview"}]}, "tools[0].type", "web_search_preview"),
         ({"prompt": {"id": "pmpt_missing"}}, "prompt.id", "pmpt_missing"),
         ({"reasoning": {"effort": "high"}}, "reasoning.effort", "high"),

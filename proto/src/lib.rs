@@ -6,6 +6,7 @@
 //! these types in their own crate lets the router build without llama.cpp.
 
 pub mod auth;
+pub mod logprobs;
 pub mod lora;
 pub mod openai;
 pub mod schema;
@@ -65,6 +66,12 @@ pub struct SamplingParams {
     pub max_tokens: Option<u32>,
     /// Never end on an end-of-generation token (benchmarks: fixed output length).
     pub ignore_eos: bool,
+    /// Report each generated token's log probability and this many most
+    /// likely alternatives (0 to [`logprobs::MAX_TOP_LOGPROBS`]); `None`
+    /// asks for none and costs nothing. Left out of the line when `None`,
+    /// so older workers still take requests that do not ask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
 }
 
 /// Most stop sequences a request may give (OpenAI's limit).
@@ -91,6 +98,15 @@ impl SamplingParams {
             None
         }
     }
+
+    /// Why `logprobs` is refused, if it is (more alternatives than
+    /// [`logprobs::MAX_TOP_LOGPROBS`]).
+    pub fn logprobs_error(&self) -> Option<String> {
+        let max = logprobs::MAX_TOP_LOGPROBS;
+        self.logprobs.filter(|&k| k > max).map(|k| {
+            format!("at most {max} top log probabilities per token may be asked for, got {k}")
+        })
+    }
 }
 
 impl Default for SamplingParams {
@@ -107,6 +123,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             max_tokens: None,
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -234,8 +251,16 @@ pub struct Timings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GenerateEvent {
-    /// Newly generated text (always whole UTF-8 characters) and the token ids behind it.
-    Delta { text: String, token_ids: Vec<i32> },
+    /// Newly generated text (always whole UTF-8 characters) and the token
+    /// ids behind it. With `sampling.logprobs`, `logprobs` holds one entry
+    /// per id, in order (each with its own token text: `text` may hold the
+    /// bytes of several tokens, or fewer when a stop string cut them).
+    Delta {
+        text: String,
+        token_ids: Vec<i32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<logprobs::TokenLogprob>,
+    },
     /// The model started tool call number `index` (0-based, in output
     /// order). `raw` is the generated text behind this event, which a
     /// failover migration replays as `continuation`.
@@ -268,6 +293,15 @@ pub enum GenerateEvent {
 }
 
 impl GenerateEvent {
+    /// A text delta without log probabilities.
+    pub fn delta(text: impl Into<String>, token_ids: Vec<i32>) -> Self {
+        Self::Delta {
+            text: text.into(),
+            token_ids,
+            logprobs: Vec::new(),
+        }
+    }
+
     /// True for the stream's last line (`done` or `error`).
     pub fn is_last(&self) -> bool {
         matches!(self, Self::Done { .. } | Self::Error { .. })
@@ -277,7 +311,9 @@ impl GenerateEvent {
     /// wrote it, and its token ids: what a failover migration continues from.
     pub fn generated(&self) -> Option<(&str, &[i32])> {
         match self {
-            Self::Delta { text, token_ids } => Some((text, token_ids)),
+            Self::Delta {
+                text, token_ids, ..
+            } => Some((text, token_ids)),
             Self::ToolCall { raw, token_ids, .. } | Self::ToolArguments { raw, token_ids, .. } => {
                 Some((raw, token_ids))
             }
@@ -444,6 +480,19 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_are_sent_only_when_asked_and_bounded() {
+        let mut r: GenerateRequest = serde_json::from_str(r#"{"prompt":"x"}"#).unwrap();
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(!line.contains("logprobs"), "{line}");
+        r.sampling.logprobs = Some(logprobs::MAX_TOP_LOGPROBS);
+        assert_eq!(r.sampling.logprobs_error(), None);
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<GenerateRequest>(&line).unwrap(), r);
+        r.sampling.logprobs = Some(logprobs::MAX_TOP_LOGPROBS + 1);
+        assert!(r.sampling.logprobs_error().is_some());
+    }
+
+    #[test]
     fn request_rejects_unknown_sampling_fields() {
         let r = serde_json::from_str::<GenerateRequest>(
             r#"{"prompt":"x","sampling":{"temprature":0}}"#,
@@ -453,14 +502,30 @@ mod tests {
 
     #[test]
     fn events_are_tagged_lines() {
-        let e = GenerateEvent::Delta {
-            text: "hé".into(),
-            token_ids: vec![5],
-        };
+        let e = GenerateEvent::delta("hé", vec![5]);
         let line = serde_json::to_string(&e).unwrap();
         assert_eq!(line, r#"{"type":"delta","text":"hé","token_ids":[5]}"#);
         let back: GenerateEvent = serde_json::from_str(&line).unwrap();
         assert_eq!(back, e);
+        // With log probabilities they ride along; a line without any (an
+        // older worker's) still parses.
+        let entry = logprobs::TokenLogprob {
+            chosen: logprobs::TopLogprob {
+                id: 5,
+                token: "hé".into(),
+                bytes: "hé".as_bytes().to_vec(),
+                logprob: -0.5,
+            },
+            top: Vec::new(),
+        };
+        let with = GenerateEvent::Delta {
+            text: "hé".into(),
+            token_ids: vec![5],
+            logprobs: vec![entry],
+        };
+        let line = serde_json::to_string(&with).unwrap();
+        assert!(line.contains(r#""logprobs":[{"id":5"#), "{line}");
+        assert_eq!(serde_json::from_str::<GenerateEvent>(&line).unwrap(), with);
         let done: GenerateEvent = serde_json::from_str(
             r#"{"type":"done","finish_reason":"length","usage":{"prompt_tokens":3,"cached_tokens":1,"completion_tokens":2},"timings":{"queue_ms":0.1,"ttft_ms":2.0,"decode_ms":3.0}}"#,
         )

@@ -109,10 +109,7 @@ mod tests {
             &self,
             _: GenerateRequest,
         ) -> BoxFuture<'static, Result<BoxStream<'static, GenerateEvent>, GenerateError>> {
-            let first = GenerateEvent::Delta {
-                text: "a".into(),
-                token_ids: vec![1],
-            };
+            let first = GenerateEvent::delta("a", vec![1]);
             let s = futures::stream::iter([first]).chain(futures::stream::pending());
             Box::pin(async move { Ok(s.boxed()) })
         }

@@ -536,7 +536,7 @@ mod tests {
                 let mut events: Vec<GenerateEvent> = texts
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| GenerateEvent::Delta { text: t.clone(), token_ids: vec![i as i32] })
+                    .map(|(i, t)| GenerateEvent::delta(t.clone(), vec![i as i32]))
                     .collect();
                 events.push(GenerateEvent::Done {
                     finish_reason: FinishReason::Stop,

@@ -243,7 +243,10 @@ pub struct CreateResponseRequest {
     pub max_output_tokens: Option<u32>,
     #[serde(default)]
     pub max_tool_calls: Option<u32>,
+    /// Alternatives per token of the log probabilities that
+    /// `include: ["message.output_text.logprobs"]` asks for.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<u32>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,

@@ -15,6 +15,10 @@
 //! or a named function), or its last message says `CALL`, the stream is one
 //! call instead of text: [`CALL_ID`] to the named (or first) tool with the
 //! arguments [`CALL_ARGUMENTS`] in two deltas, finishing with `tool_calls`.
+//!
+//! With `sampling.logprobs = Some(k)`, each delta carries one entry (see
+//! [`fake_logprob`]): the delta's text as the token, log probability
+//! `-0.5 × (i + 1)`, and `k` alternatives, the token itself first.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +26,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
+use spindle_proto::logprobs::{TokenLogprob, TopLogprob};
 use spindle_proto::openai::{EmbeddingRequest, EmbeddingResponse, ErrorObject, ModelCard};
 use spindle_proto::tools::ToolChoice;
 use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, PromptInput, Timings, Usage};
@@ -152,6 +157,8 @@ struct Script {
     hang: bool,
     finish: FinishReason,
     usage: Usage,
+    /// Alternatives per token, when log probabilities were asked for.
+    logprobs: Option<u32>,
 }
 
 impl Generator for FakeGenerator {
@@ -219,6 +226,7 @@ impl Generator for FakeGenerator {
                 FinishReason::Stop
             },
             call,
+            logprobs: req.sampling.logprobs,
         });
         let flag = DropFlag {
             dropped_early: self.dropped_early.clone(),
@@ -253,6 +261,34 @@ impl Generator for FakeGenerator {
     }
 }
 
+/// The log probability entry of delta `i` (token id `i`, spelled `text`):
+/// logprob `-0.5 × (i + 1)`; `k` alternatives, the token first, then
+/// `alt1`, `alt2`, … (ids 1000 + j), each 1 lower than the one before.
+pub fn fake_logprob(i: usize, text: &str, k: u32) -> TokenLogprob {
+    let logprob = -0.5 * (i as f32 + 1.0);
+    let chosen = TopLogprob {
+        id: i as i32,
+        token: text.to_owned(),
+        bytes: text.as_bytes().to_vec(),
+        logprob,
+    };
+    let top = (0..k)
+        .map(|j| match j {
+            0 => chosen.clone(),
+            j => {
+                let token = format!("alt{j}");
+                TopLogprob {
+                    id: 1000 + j as i32,
+                    bytes: token.as_bytes().to_vec(),
+                    token,
+                    logprob: logprob - j as f32,
+                }
+            }
+        })
+        .collect();
+    TokenLogprob { chosen, top }
+}
+
 /// Event `i` of a scripted stream and the state after it; `None` ends it.
 async fn step(
     s: &Script,
@@ -280,6 +316,10 @@ async fn step(
         let ev = GenerateEvent::Delta {
             text: text.clone(),
             token_ids: vec![i as i32],
+            logprobs: s
+                .logprobs
+                .map(|k| vec![fake_logprob(i, text, k)])
+                .unwrap_or_default(),
         };
         return Some((ev, (i + 1, flag)));
     }

@@ -241,10 +241,7 @@ fn token_stream(
             std::future::pending::<()>().await;
         }
         if i < end {
-            let ev = GenerateEvent::Delta {
-                text: format!("t{i} "),
-                token_ids: vec![i as i32],
-            };
+            let ev = GenerateEvent::delta(format!("t{i} "), vec![i as i32]);
             return Some((Some(ev), (i + 1, false, guard)));
         }
         let ev = GenerateEvent::Done {

@@ -245,9 +245,12 @@ async fn chat_completions(
 ) -> Result<Response, WorkerError> {
     check_model(&st, req.model.as_deref())?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let events = st.worker.generate(req.to_generate(id.clone())?).await?;
+    let gen = req.to_generate(id.clone())?;
+    let logprobs = gen.sampling.logprobs.is_some();
+    let events = st.worker.generate(gen).await?;
     let model = st.worker.model_name().to_owned();
-    let completer = Completer::new(Endpoint::Chat, id, now_secs(), model, req.include_usage());
+    let completer = Completer::new(Endpoint::Chat, id, now_secs(), model, req.include_usage())
+        .with_logprobs(logprobs);
     complete(events, completer, req.stream).await
 }
 
@@ -257,10 +260,13 @@ async fn completions(
 ) -> Result<Response, WorkerError> {
     check_model(&st, req.model.as_deref())?;
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-    let events = st.worker.generate(req.to_generate(id.clone())?).await?;
+    let gen = req.to_generate(id.clone())?;
+    let logprobs = gen.sampling.logprobs.is_some();
+    let events = st.worker.generate(gen).await?;
     let model = st.worker.model_name().to_owned();
     let endpoint = Endpoint::Completions;
-    let completer = Completer::new(endpoint, id, now_secs(), model, req.include_usage());
+    let completer = Completer::new(endpoint, id, now_secs(), model, req.include_usage())
+        .with_logprobs(logprobs);
     complete(events, completer, req.stream).await
 }
 

@@ -7,7 +7,8 @@
 //! - [`embed`] embeds inputs on a second context and thread (`/v1/embeddings`);
 //! - [`engine`] runs the one-thread step loop, [`sampler`] picks tokens
 //!   (within a [`grammar`] when the output is constrained) and [`text`]
-//!   turns them into streamable text;
+//!   turns them into streamable text, with [`logprobs`] for sequences
+//!   that ask for them;
 //! - [`tools`] shows function tools to the model and parses its calls;
 //! - [`lora`] loads `--lora` adapters and resolves a request's choice;
 //! - [`truncation`] drops a chat's oldest messages to fit (`auto`);
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod grammar;
 pub mod kv;
+pub mod logprobs;
 pub mod lora;
 pub mod metrics;
 pub mod model;
@@ -240,6 +242,9 @@ impl Worker {
         )?;
         if let Some(message) = req.sampling.stop_error() {
             return Err(WorkerError::invalid(message, Some("stop")));
+        }
+        if let Some(message) = req.sampling.logprobs_error() {
+            return Err(WorkerError::invalid(message, Some("logprobs")));
         }
         let model = &self.engine.model;
         let spec = &req.output;

@@ -238,6 +238,15 @@ impl Model {
         self.llama.vocab().token_to_piece(token, false, None)
     }
 
+    /// A token as log probabilities show it: its text and the bytes it
+    /// prints; a control token prints nothing and is named as the
+    /// vocabulary spells it (`</s>`).
+    pub fn spell(&self, token: LlamaToken) -> (String, Vec<u8>) {
+        crate::logprobs::spell(self.piece(token), || {
+            self.llama.vocab().token_to_piece(token, true, None)
+        })
+    }
+
     pub fn is_eog(&self, token: LlamaToken) -> bool {
         self.llama.vocab().is_eog(token)
     }

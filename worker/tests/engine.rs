@@ -68,7 +68,9 @@ async fn run(w: &Worker, req: GenerateRequest) -> (String, Vec<i32>, FinishReaso
     let (mut text, mut ids) = (String::new(), Vec::new());
     while let Some(e) = s.next().await {
         match e {
-            GenerateEvent::Delta { text: t, token_ids } => {
+            GenerateEvent::Delta {
+                text: t, token_ids, ..
+            } => {
                 text.push_str(&t);
                 ids.extend(token_ids);
             }

@@ -216,7 +216,12 @@ fn adapted_logits(model: &mut Model, adapter: &Path, scale: f32) -> Vec<f32> {
 }
 
 fn load_model() -> Model {
-    Model::load(Path::new(&model_path()), config(Vec::new()).load_options(), None).expect("model loads")
+    Model::load(
+        Path::new(&model_path()),
+        config(Vec::new()).load_options(),
+        None,
+    )
+    .expect("model loads")
 }
 
 fn factor(scale: f32) -> f32 {

@@ -10,6 +10,7 @@
 //!   the worker's output spec and holds the `tool_calls` answer types;
 //! - [`embeddings`] holds `POST /v1/embeddings`: its request, validation
 //!   and response (float or base64 vectors);
+//! - [`logprobs`] holds both endpoints' log probability objects;
 //! - [`response`] holds the response and stream chunk types and
 //!   [`response::Completer`], which turns generation events into them.
 //!
@@ -17,6 +18,7 @@
 //! answer the same errors (a test holds them to it).
 
 pub mod embeddings;
+pub mod logprobs;
 pub mod request;
 pub mod response;
 mod sampling;

@@ -93,6 +93,13 @@ pub struct ChatCompletionRequest {
     /// LoRA adapters to run under (extension; see `crate::lora`).
     #[serde(default)]
     pub lora: Vec<LoraSelection>,
+    /// Return each output token's log probability (`choices[].logprobs`).
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0 to 20); needs `logprobs: true`.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
+    pub top_logprobs: Option<u32>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -120,6 +127,15 @@ pub struct CompletionRequest {
     /// LoRA adapters to run under (extension; see `crate::lora`).
     #[serde(default)]
     pub lora: Vec<LoraSelection>,
+    /// Return each output token's log probability and this many most
+    /// likely alternatives (0 to 5) in `choices[].logprobs`.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 5)]
+    pub logprobs: Option<u32>,
+    /// Prepend the prompt to the completion. With `logprobs` it would need
+    /// the prompt tokens' log probabilities, which are not computed: 400.
+    #[serde(default)]
+    pub echo: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -210,7 +226,8 @@ impl ChatCompletionRequest {
         if self.messages.is_empty() {
             return Err(invalid("messages", "'messages' must not be empty"));
         }
-        let sampling = self.sampling.to_params(None)?;
+        let mut sampling = self.sampling.to_params(None)?;
+        sampling.logprobs = self.logprobs_asked()?;
         let messages = self
             .messages
             .iter()
@@ -242,6 +259,24 @@ impl ChatCompletionRequest {
             .as_ref()
             .is_some_and(|o| o.include_usage)
     }
+
+    /// The alternatives per token when `logprobs` is on, validated as
+    /// OpenAI does: `top_logprobs` 0 to 20, and only with `logprobs: true`.
+    pub fn logprobs_asked(&self) -> Result<Option<u32>, InvalidParam> {
+        let max = crate::logprobs::MAX_TOP_LOGPROBS;
+        match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (_, Some(n)) if n > max => Err(invalid(
+                "top_logprobs",
+                format!("'top_logprobs' must be between 0 and {max}, got {n}"),
+            )),
+            (false, Some(_)) => Err(invalid(
+                "top_logprobs",
+                "'top_logprobs' needs 'logprobs' set to true",
+            )),
+            (true, n) => Ok(Some(n.unwrap_or(0))),
+            (false, None) => Ok(None),
+        }
+    }
 }
 
 impl CompletionRequest {
@@ -260,9 +295,10 @@ impl CompletionRequest {
         if prompt.is_empty() {
             return Err(invalid("prompt", "'prompt' must not be empty"));
         }
-        let sampling = self
+        let mut sampling = self
             .sampling
             .to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+        sampling.logprobs = self.logprobs_asked()?;
         Ok(GenerateRequest {
             request_id: Some(request_id),
             model: self.model.clone().filter(|m| !m.is_empty()),
@@ -284,6 +320,23 @@ impl CompletionRequest {
         self.stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage)
+    }
+
+    /// The alternatives per token when `logprobs` is given (0 to 5). The
+    /// prompt's own log probabilities (`echo` with `logprobs`) are refused.
+    pub fn logprobs_asked(&self) -> Result<Option<u32>, InvalidParam> {
+        let max = super::logprobs::MAX_COMPLETION_LOGPROBS;
+        match self.logprobs {
+            Some(n) if n > max => Err(invalid(
+                "logprobs",
+                format!("'logprobs' must be between 0 and {max}, got {n}"),
+            )),
+            Some(_) if self.echo == Some(true) => Err(invalid(
+                "echo",
+                "'echo' with 'logprobs' is not supported: this server does not compute the prompt tokens' log probabilities",
+            )),
+            n => Ok(n),
+        }
     }
 }
 
@@ -359,6 +412,39 @@ mod tests {
             param(r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#),
             p("stop")
         );
+    }
+
+    #[test]
+    fn logprobs_are_validated_like_openai() {
+        let chat = |body: &str| {
+            let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
+            r.to_generate("i".into()).map(|g| g.sampling.logprobs)
+        };
+        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        assert_eq!(chat(&format!("{{{m}}}")), Ok(None));
+        assert_eq!(chat(&format!(r#"{{{m},"logprobs":true}}"#)), Ok(Some(0)));
+        assert_eq!(
+            chat(&format!(r#"{{{m},"logprobs":true,"top_logprobs":20}}"#)),
+            Ok(Some(20))
+        );
+        for bad in [
+            r#""logprobs":true,"top_logprobs":21"#,
+            r#""top_logprobs":2"#,
+            r#""logprobs":false,"top_logprobs":0"#,
+        ] {
+            let e = chat(&format!("{{{m},{bad}}}")).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("top_logprobs"), "{bad}");
+        }
+        let text = |body: &str| {
+            let r: CompletionRequest = serde_json::from_str(body).unwrap();
+            r.to_generate("i".into()).map(|g| g.sampling.logprobs)
+        };
+        assert_eq!(text(r#"{"prompt":"x","logprobs":5}"#), Ok(Some(5)));
+        assert_eq!(text(r#"{"prompt":"x","echo":true}"#), Ok(None));
+        let e = text(r#"{"prompt":"x","logprobs":6}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logprobs"));
+        let e = text(r#"{"prompt":"x","logprobs":0,"echo":true}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("echo"));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::logprobs::{ChatLogprobs, CompletionLogprobs, TextOffsets};
 use super::tools::{CalledFunction, FunctionDelta, ToolCallDelta, ToolCallOut};
+use crate::logprobs::TokenLogprob;
 use crate::{FailureCode, FinishReason, GenerateEvent, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -69,7 +71,8 @@ pub struct AssistantMessage {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<()>,
+    /// With `logprobs: true`; else `null`.
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: String,
 }
 
@@ -100,7 +103,8 @@ pub struct Delta {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<()>,
+    /// The chunk's tokens, with `logprobs: true`; else `null`.
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<String>,
 }
 
@@ -122,7 +126,8 @@ pub struct ChatCompletionChunk {
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<()>,
+    /// With `logprobs`; else `null`.
+    pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<String>,
 }
 
@@ -206,6 +211,13 @@ pub struct Completer {
     text: String,
     /// Tool calls of a whole chat answer.
     calls: Vec<ToolCallOut>,
+    /// Log probabilities were asked for: every text chunk and the whole
+    /// answer carry them.
+    logprobs: bool,
+    /// The entries of a whole answer so far.
+    entries: Vec<TokenLogprob>,
+    /// Character offsets of Completions' `text_offset`, across chunks.
+    offsets: TextOffsets,
 }
 
 impl Completer {
@@ -224,10 +236,40 @@ impl Completer {
             include_usage,
             text: String::new(),
             calls: Vec::new(),
+            logprobs: false,
+            entries: Vec::new(),
+            offsets: TextOffsets::default(),
+        }
+    }
+
+    /// Log probabilities were asked for (`sampling.logprobs` is set):
+    /// answers carry them, an empty list rather than `null` when none came.
+    pub fn with_logprobs(mut self, asked: bool) -> Self {
+        self.logprobs = asked;
+        self
+    }
+
+    /// One endpoint's log probabilities of `entries` (`None` unless asked).
+    fn logprobs_of(&mut self, entries: &[TokenLogprob]) -> Logprobs {
+        match (self.logprobs, self.endpoint) {
+            (false, _) => Logprobs::None,
+            (true, Endpoint::Chat) => Logprobs::Chat(ChatLogprobs::from_entries(entries)),
+            (true, Endpoint::Completions) => Logprobs::Text(self.offsets.convert(entries)),
         }
     }
 
     fn chunk(&self, delta: Delta, text: &str, finish: Option<FinishReason>) -> StreamItem {
+        self.chunk_with(delta, text, finish, Logprobs::None)
+    }
+
+    fn chunk_with(
+        &self,
+        delta: Delta,
+        text: &str,
+        finish: Option<FinishReason>,
+        logprobs: Logprobs,
+    ) -> StreamItem {
+        let (chat_logprobs, text_logprobs) = logprobs.split();
         let finish_reason = finish.map(|r| finish_reason(r).to_owned());
         match self.endpoint {
             Endpoint::Chat => StreamItem::Chat(ChatCompletionChunk {
@@ -239,7 +281,7 @@ impl Completer {
                 choices: vec![ChunkChoice {
                     index: 0,
                     delta,
-                    logprobs: None,
+                    logprobs: chat_logprobs,
                     finish_reason,
                 }],
                 usage: None,
@@ -252,7 +294,7 @@ impl Completer {
                 choices: vec![TextChoice {
                     index: 0,
                     text: text.to_owned(),
-                    logprobs: None,
+                    logprobs: text_logprobs,
                     finish_reason,
                 }],
                 usage: None,
@@ -289,15 +331,20 @@ impl Completer {
     }
 
     /// The stream items for one event, and whether it was the last.
-    pub fn stream(&self, ev: GenerateEvent) -> (Vec<StreamItem>, bool) {
+    pub fn stream(&mut self, ev: GenerateEvent) -> (Vec<StreamItem>, bool) {
         match ev {
-            GenerateEvent::Delta { text, .. } if text.is_empty() => (Vec::new(), false),
-            GenerateEvent::Delta { text, .. } => {
+            GenerateEvent::Delta { text, logprobs, .. }
+                if text.is_empty() && (logprobs.is_empty() || !self.logprobs) =>
+            {
+                (Vec::new(), false)
+            }
+            GenerateEvent::Delta { text, logprobs, .. } => {
                 let delta = Delta {
                     content: Some(text.clone()),
                     ..Delta::default()
                 };
-                (vec![self.chunk(delta, &text, None)], false)
+                let logprobs = self.logprobs_of(&logprobs);
+                (vec![self.chunk_with(delta, &text, None, logprobs)], false)
             }
             GenerateEvent::Done {
                 finish_reason,
@@ -367,8 +414,11 @@ impl Completer {
     /// Collects a non-streamed response: `Some` once the generation ended.
     pub fn collect(&mut self, ev: GenerateEvent) -> Option<Result<Completion, GenerationFailed>> {
         match ev {
-            GenerateEvent::Delta { text, .. } => {
+            GenerateEvent::Delta { text, logprobs, .. } => {
                 self.text.push_str(&text);
+                if self.logprobs {
+                    self.entries.extend(logprobs);
+                }
                 None
             }
             GenerateEvent::Done {
@@ -409,6 +459,8 @@ impl Completer {
     fn whole(&mut self, reason: FinishReason, usage: CompletionUsage) -> Completion {
         let text = std::mem::take(&mut self.text);
         let finish_reason = finish_reason(reason).to_owned();
+        let entries = std::mem::take(&mut self.entries);
+        let (chat_logprobs, text_logprobs) = self.logprobs_of(&entries).split();
         match self.endpoint {
             Endpoint::Chat => Completion::Chat(ChatCompletion {
                 id: self.id.clone(),
@@ -424,7 +476,7 @@ impl Completer {
                         refusal: None,
                         tool_calls: std::mem::take(&mut self.calls),
                     },
-                    logprobs: None,
+                    logprobs: chat_logprobs,
                     finish_reason,
                 }],
                 usage,
@@ -437,11 +489,28 @@ impl Completer {
                 choices: vec![TextChoice {
                     index: 0,
                     text,
-                    logprobs: None,
+                    logprobs: text_logprobs,
                     finish_reason: Some(finish_reason),
                 }],
                 usage,
             }),
+        }
+    }
+}
+
+/// A choice's log probabilities, in its endpoint's shape.
+enum Logprobs {
+    None,
+    Chat(ChatLogprobs),
+    Text(CompletionLogprobs),
+}
+
+impl Logprobs {
+    fn split(self) -> (Option<ChatLogprobs>, Option<CompletionLogprobs>) {
+        match self {
+            Self::None => (None, None),
+            Self::Chat(c) => (Some(c), None),
+            Self::Text(t) => (None, Some(t)),
         }
     }
 }

@@ -43,8 +43,6 @@ pub struct SamplingFields {
     /// Only 1 is supported.
     #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
-    /// Only `false`/absent is supported.
-    pub logprobs: Option<Value>,
     /// `text`, `json_object` or `json_schema` (see [`super::tools::output_format`]).
     pub response_format: Option<Value>,
     /// llama.cpp's extension: generate exactly `max_tokens`.
@@ -81,9 +79,6 @@ impl SamplingFields {
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("n", "only n=1 is supported"));
         }
-        if matches!(self.logprobs, Some(Value::Bool(true))) {
-            return Err(invalid("logprobs", "logprobs are not supported yet"));
-        }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if max_tokens == Some(0) {
             let name = if self.max_completion_tokens.is_some() {
@@ -117,6 +112,8 @@ impl SamplingFields {
             stop,
             max_tokens: max_tokens.or(default_max),
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            // Each endpoint has its own fields for them (see `request`).
+            logprobs: None,
         };
         match params.stop_error() {
             Some(message) => Err(invalid("stop", message)),

@@ -67,7 +67,8 @@ async fn run(
             ..KeySources::default()
         },
     );
-    let mut completer = Completer::new(call.endpoint, id, now_secs(), model, call.include_usage);
+    let mut completer = Completer::new(call.endpoint, id, now_secs(), model, call.include_usage)
+        .with_logprobs(gen.sampling.logprobs.is_some());
     let mut stream: BoxStream<'static, GenerateEvent> = st.generator.generate(gen).await?;
     if !call.stream {
         while let Some(ev) = stream.next().await {
@@ -89,7 +90,7 @@ async fn run(
     let first = futures::stream::iter(completer.start().as_ref().map(frame));
     let body = futures::stream::unfold(
         (stream, completer, false),
-        |(mut stream, completer, finished)| async move {
+        |(mut stream, mut completer, finished)| async move {
             if finished {
                 return None;
             }

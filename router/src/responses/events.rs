@@ -11,6 +11,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::items::{Item, Part};
+use super::logprobs::LogProb;
 use crate::types::{ResponseObject, ResponseStatus};
 
 /// One event of a response's stream (the `type` tag is the SSE event name).
@@ -43,7 +44,9 @@ pub enum ResponseStreamEvent {
         output_index: u32,
         content_index: u32,
         delta: String,
-        logprobs: Vec<Value>,
+        /// The tokens behind `delta` (with `include` of
+        /// `message.output_text.logprobs`; else empty).
+        logprobs: Vec<LogProb>,
     },
     #[serde(rename = "response.output_text.done")]
     OutputTextDone {
@@ -51,7 +54,8 @@ pub enum ResponseStreamEvent {
         output_index: u32,
         content_index: u32,
         text: String,
-        logprobs: Vec<Value>,
+        #[serde(default)]
+        logprobs: Vec<LogProb>,
     },
     #[serde(rename = "response.content_part.done")]
     ContentPartDone {

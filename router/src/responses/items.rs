@@ -21,6 +21,7 @@ use spindle_proto::tools::ToolCall;
 use spindle_proto::ChatMessage;
 use utoipa::ToSchema;
 
+use super::logprobs::LogProb;
 use crate::compaction::Summaries;
 use crate::error::ApiError;
 use crate::types::new_id;
@@ -344,18 +345,23 @@ pub fn items_to_messages(items: &[Value], summaries: &Summaries, out: &mut Vec<C
     }
 }
 
-/// An assistant output message item.
-pub fn output_message(id: &str, status: &str, text: Option<&str>) -> Value {
+/// An assistant output message item: its text, with its tokens' log
+/// probabilities (empty unless the request asked for them).
+pub fn output_message(id: &str, status: &str, text: Option<(&str, &[LogProb])>) -> Value {
     let content = match text {
-        Some(t) => vec![text_part("output_text", t)],
+        Some((t, logprobs)) => vec![output_text_part(t, logprobs)],
         None => vec![],
     };
     json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
 }
 
-/// The `output_text` part with `text`.
-pub fn output_text_part(text: &str) -> Value {
-    text_part("output_text", text)
+/// The `output_text` part with `text` and its tokens' log probabilities.
+pub fn output_text_part(text: &str, logprobs: &[LogProb]) -> Value {
+    let mut part = text_part("output_text", text);
+    if !logprobs.is_empty() {
+        part["logprobs"] = json!(logprobs);
+    }
+    part
 }
 
 /// A page of items (`input_items`, conversation items).
@@ -482,7 +488,7 @@ pub enum Part {
     OutputText {
         text: String,
         annotations: Vec<Value>,
-        logprobs: Vec<Value>,
+        logprobs: Vec<LogProb>,
     },
     Refusal {
         refusal: String,

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::events::{ResponseStreamEvent, Sequenced};
 use super::items::output_message;
+use super::logprobs::LogProb;
 use super::output::function_call;
 use crate::store::StoredEvent;
 use crate::types::{
@@ -26,6 +27,8 @@ struct Partial {
     added: Value,
     /// Its text, or its call's arguments, so far.
     text: String,
+    /// Its text's log probabilities so far (when they were asked for).
+    logprobs: Vec<LogProb>,
     /// The finished item, once `response.output_item.done` was logged.
     done: Option<Value>,
 }
@@ -48,7 +51,11 @@ impl Partial {
                 "incomplete",
             )
         } else {
-            output_message(str_of("id"), "incomplete", Some(&self.text))
+            output_message(
+                str_of("id"),
+                "incomplete",
+                Some((&self.text, &self.logprobs)),
+            )
         }
     }
 }
@@ -76,9 +83,15 @@ pub fn lost(
             ResponseStreamEvent::OutputTextDelta {
                 output_index,
                 delta,
+                logprobs,
                 ..
+            } => {
+                deltas = deltas.saturating_add(1);
+                let item = items.entry(output_index).or_default();
+                item.text.push_str(&delta);
+                item.logprobs.extend(logprobs);
             }
-            | ResponseStreamEvent::FunctionCallArgumentsDelta {
+            ResponseStreamEvent::FunctionCallArgumentsDelta {
                 output_index,
                 delta,
                 ..
@@ -137,13 +150,23 @@ mod tests {
             .collect()
     }
 
+    fn logprob(text: &str) -> LogProb {
+        LogProb {
+            token: text.into(),
+            logprob: -0.5,
+            bytes: text.as_bytes().to_vec(),
+            top_logprobs: Vec::new(),
+        }
+    }
+
+    /// A delta of one token, with its log probability.
     fn delta(text: &str) -> ResponseStreamEvent {
         ResponseStreamEvent::OutputTextDelta {
             item_id: "msg_1".into(),
             output_index: 0,
             content_index: 0,
             delta: text.into(),
-            logprobs: vec![],
+            logprobs: vec![logprob(text)],
         }
     }
 
@@ -174,7 +197,7 @@ mod tests {
                 item_id: "msg_1".into(),
                 output_index: 0,
                 content_index: 0,
-                part: output_text_part(""),
+                part: output_text_part("", &[]),
             },
             delta("Hello"),
             delta(", wor"),
@@ -184,7 +207,14 @@ mod tests {
         assert_eq!(resp.status, ResponseStatus::Failed);
         assert_eq!(
             resp.output,
-            vec![output_message("msg_1", "incomplete", Some("Hello, world"))]
+            vec![output_message(
+                "msg_1",
+                "incomplete",
+                Some((
+                    "Hello, world",
+                    &[logprob("Hello"), logprob(", wor"), logprob("ld")]
+                ))
+            )]
         );
         let usage = resp.usage.expect("usage from the log");
         assert_eq!((usage.output_tokens, usage.total_tokens), (3, 3));

@@ -10,6 +10,7 @@
 //! - [`lost`] ends a response whose generating replica vanished;
 //! - [`backlog`] holds final states the store could not take yet;
 //! - [`items`] normalizes and renders input and output items;
+//! - [`logprobs`] holds the log probabilities of output text;
 //! - [`handlers`] are the HTTP endpoints; [`listing`] lists stored ones.
 //! - [`compact`] is `POST /v1/responses/compact` (a window summarised into
 //!   one sealed compaction item).
@@ -24,6 +25,7 @@ pub mod events;
 pub mod handlers;
 pub mod items;
 pub mod listing;
+pub mod logprobs;
 mod lost;
 mod output;
 mod prepare;

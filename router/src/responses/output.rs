@@ -5,13 +5,16 @@
 //! `function_call` item, in the order the model wrote them; each item is
 //! opened (`response.output_item.added`), filled (text or argument deltas)
 //! and closed (`…done`) before the next one opens, so `output_index` is the
-//! item's place in `output`.
+//! item's place in `output`. Log probabilities a generation sent with its
+//! text (asked for with `include`) go on each text delta and, all of them,
+//! on the message's `output_text` part.
 
 use serde_json::{json, Value};
 use spindle_proto::GenerateEvent;
 
 use super::events::ResponseStreamEvent as Ev;
 use super::items::{output_message, output_text_part, Phase};
+use super::logprobs::{convert, LogProb};
 use crate::types::new_id;
 
 /// The item being generated.
@@ -19,6 +22,7 @@ enum Open {
     Message {
         id: String,
         text: String,
+        logprobs: Vec<LogProb>,
     },
     Call {
         id: String,
@@ -73,11 +77,12 @@ impl Output {
             item_id: id.clone(),
             output_index: index,
             content_index: 0,
-            part: output_text_part(""),
+            part: output_text_part("", &[]),
         });
         self.open = Some(Open::Message {
             id,
             text: String::new(),
+            logprobs: Vec::new(),
         });
         out
     }
@@ -85,21 +90,32 @@ impl Output {
     /// The stream events for one mid-stream generation event.
     pub fn push(&mut self, ev: GenerateEvent) -> Vec<Ev> {
         match ev {
-            GenerateEvent::Delta { text, .. } if text.is_empty() => Vec::new(),
-            GenerateEvent::Delta { text, .. } => {
+            GenerateEvent::Delta { text, logprobs, .. }
+                if text.is_empty() && logprobs.is_empty() =>
+            {
+                Vec::new()
+            }
+            GenerateEvent::Delta { text, logprobs, .. } => {
                 let mut out = Vec::new();
                 if !matches!(self.open, Some(Open::Message { .. })) {
                     out = self.open_message();
                 }
                 let index = self.index();
-                if let Some(Open::Message { id, text: all }) = &mut self.open {
+                if let Some(Open::Message {
+                    id,
+                    text: all,
+                    logprobs: all_logprobs,
+                }) = &mut self.open
+                {
                     all.push_str(&text);
+                    let logprobs = convert(&logprobs);
+                    all_logprobs.extend(logprobs.iter().cloned());
                     out.push(Ev::OutputTextDelta {
                         item_id: id.clone(),
                         output_index: index,
                         content_index: 0,
                         delta: text,
-                        logprobs: vec![],
+                        logprobs,
                     });
                 }
                 out
@@ -152,23 +168,23 @@ impl Output {
             return Vec::new();
         };
         let (mut out, item) = match open {
-            Open::Message { id, text } => (
+            Open::Message { id, text, logprobs } => (
                 vec![
                     Ev::OutputTextDone {
                         item_id: id.clone(),
                         output_index,
                         content_index: 0,
                         text: text.clone(),
-                        logprobs: vec![],
+                        logprobs: logprobs.clone(),
                     },
                     Ev::ContentPartDone {
                         item_id: id.clone(),
                         output_index,
                         content_index: 0,
-                        part: output_text_part(&text),
+                        part: output_text_part(&text, &logprobs),
                     },
                 ],
-                with_phase(output_message(&id, status, Some(&text)), phase),
+                with_phase(output_message(&id, status, Some((&text, &logprobs))), phase),
             ),
             Open::Call {
                 id,
@@ -208,7 +224,9 @@ impl Output {
     pub fn into_items(mut self) -> Vec<Value> {
         if let Some(open) = self.open.take() {
             self.done.push(match open {
-                Open::Message { id, text } => output_message(&id, "incomplete", Some(&text)),
+                Open::Message { id, text, logprobs } => {
+                    output_message(&id, "incomplete", Some((&text, &logprobs)))
+                }
                 Open::Call {
                     id,
                     call_id,
@@ -232,10 +250,7 @@ mod tests {
     #[test]
     fn text_then_a_call_are_two_items_in_order() {
         let mut o = Output::default();
-        let mut evs = o.push(GenerateEvent::Delta {
-            text: "Let me check.".into(),
-            token_ids: vec![1],
-        });
+        let mut evs = o.push(GenerateEvent::delta("Let me check.", vec![1]));
         evs.extend(o.push(GenerateEvent::ToolCall {
             index: 0,
             call_id: "call_1".into(),

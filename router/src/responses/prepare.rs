@@ -86,6 +86,15 @@ pub(super) async fn prepare(
     }
     unsupported::check(&req, &model)?;
     let lora = spindle_proto::openai::validate_lora(&req.lora)?;
+    let max_top = spindle_proto::logprobs::MAX_TOP_LOGPROBS;
+    if let Some(n) = req.top_logprobs.filter(|&n| n > max_top) {
+        return Err(ApiError::invalid(
+            format!("'top_logprobs' must be between 0 and {max_top}, got {n}"),
+            Some("top_logprobs"),
+        ));
+    }
+    // Only `include` asks for them; `top_logprobs` alone is echoed, as OpenAI does.
+    let logprobs = unsupported::wants_logprobs(&req).then(|| req.top_logprobs.unwrap_or(0));
     let agentic = agents::validate(&req)?;
     let max_output_tokens = st.config.max_output_tokens(req.max_output_tokens);
     let input_items = normalize_input(req.input.as_ref())?;
@@ -206,6 +215,7 @@ pub(super) async fn prepare(
             frequency_penalty: frequency_penalty as f32,
             seed: req.seed,
             max_tokens: max_output_tokens,
+            logprobs,
             ..SamplingParams::default()
         },
         cache_key: None,

@@ -3,16 +3,18 @@
 //! silently different answer (code `unsupported_value`, or
 //! `prompt_not_found`).
 //!
-//! Refused: `include` values other than `reasoning.encrypted_content`,
-//! `top_logprobs` above 0 (no log probabilities yet), stored `prompt`
-//! templates (the server keeps none), and `reasoning` that asks for effort
-//! or a summary (no served model reasons). Tool types other than
-//! `function` are refused in [`super::agents`].
+//! Refused: `include` values other than `reasoning.encrypted_content` and
+//! `message.output_text.logprobs`, stored `prompt` templates (the server
+//! keeps none), and `reasoning` that asks for effort or a summary (no
+//! served model reasons). Tool types other than `function` are refused in
+//! [`super::agents`].
 //!
 //! Accepted and documented: `include: ["reasoning.encrypted_content"]` (it
 //! asks for the encrypted form of reasoning items, and no model here makes
 //! any, so there is nothing to leave out; agent SDKs send it on every
-//! `store: false` call), and `reasoning: {"effort": "none"}` or `{}`.
+//! `store: false` call), `include: ["message.output_text.logprobs"]` (log
+//! probabilities of the output text, with `top_logprobs` alternatives;
+//! see [`super::logprobs`]), and `reasoning: {"effort": "none"}` or `{}`.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -49,31 +51,24 @@ pub struct PromptParam {
     pub variables: Option<Value>,
 }
 
+/// Whether the response's output text carries log probabilities.
+pub(super) fn wants_logprobs(req: &CreateResponseRequest) -> bool {
+    req.include.iter().flatten().any(|v| v == LOGPROBS)
+}
+
 /// Refuses what `req` asks for that `model` cannot do (see the module docs).
 pub(super) fn check(req: &CreateResponseRequest, model: &str) -> ApiResult<()> {
     for (i, value) in req.include.iter().flatten().enumerate() {
         let param = format!("include[{i}]");
         match value.as_str() {
-            REASONING_CONTENT => {}
-            LOGPROBS => {
-                return Err(unsupported(
-                    format!("'include' value '{LOGPROBS}' is not supported: this server does not return log probabilities yet"),
-                    &param,
-                ))
-            }
+            REASONING_CONTENT | LOGPROBS => {}
             other => {
                 return Err(unsupported(
-                    format!("'include' value '{other}' is not supported; this server accepts only '{REASONING_CONTENT}'"),
+                    format!("'include' value '{other}' is not supported; this server accepts only '{REASONING_CONTENT}' and '{LOGPROBS}'"),
                     &param,
                 ))
             }
         }
-    }
-    if let Some(n) = req.top_logprobs.filter(|&n| n > 0) {
-        return Err(unsupported(
-            format!("'top_logprobs' = {n} is not supported: this server does not return log probabilities yet; leave it out or set 0"),
-            "top_logprobs",
-        ));
     }
     if let Some(prompt) = &req.prompt {
         return Err(ApiError::invalid_code(
@@ -130,28 +125,30 @@ mod tests {
         for body in [
             serde_json::json!({}),
             serde_json::json!({"include": [REASONING_CONTENT], "top_logprobs": 0}),
+            serde_json::json!({"include": [REASONING_CONTENT, LOGPROBS], "top_logprobs": 5}),
+            serde_json::json!({"top_logprobs": 5}),
             serde_json::json!({"reasoning": {}}),
             serde_json::json!({"reasoning": {"effort": "none"}}),
             serde_json::json!({"reasoning": null, "prompt": null, "include": null}),
         ] {
             check(&req(body.clone()), "m").unwrap_or_else(|e| panic!("{body}: {e}"));
         }
+        assert!(wants_logprobs(&req(
+            serde_json::json!({"include": [LOGPROBS]})
+        )));
+        assert!(!wants_logprobs(&req(
+            serde_json::json!({"top_logprobs": 3})
+        )));
     }
 
     #[test]
     fn each_refusal_names_its_field_and_value() {
         let cases = [
             (
-                serde_json::json!({"include": [REASONING_CONTENT, LOGPROBS]}),
-                "include[1]",
-                LOGPROBS,
-            ),
-            (
                 serde_json::json!({"include": ["file_search_call.results"]}),
                 "include[0]",
                 "file_search_call.results",
             ),
-            (serde_json::json!({"top_logprobs": 5}), "top_logprobs", "5"),
             (
                 serde_json::json!({"prompt": {"id": "pmpt_abc"}}),
                 "prompt.id",

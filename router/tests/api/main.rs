@@ -11,6 +11,7 @@ mod embeddings;
 mod errors;
 mod http_worker;
 mod listing;
+mod logprobs;
 mod openapi;
 mod responses;
 mod streams;

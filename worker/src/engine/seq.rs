@@ -3,8 +3,13 @@
 //! [`sample_next`], which samples, streams and decides when it ends.
 //! With tools offered, released text goes through the sequence's tool
 //! parser, and complete calls become `ToolCall` + `ToolArguments` events.
+//! A sequence that asked for log probabilities gets one entry per output
+//! token, computed from the raw logits before sampling touches them, sent
+//! with the token ids on the next `Delta` (a tool call's tokens' entries
+//! are dropped with their text: calls carry none).
 
 use crate::grammar::Constraint;
+use crate::logprobs::Logprobs;
 use crate::metrics::WorkerMetrics;
 use crate::model::Model;
 use crate::sampler::Sampler;
@@ -12,6 +17,7 @@ use crate::text::{Release, TextStream};
 use crate::tools::parser::{Piece, ToolParser};
 use llama_cpp_2::token::LlamaToken;
 use rand::Rng;
+use spindle_proto::logprobs::TokenLogprob;
 use spindle_proto::{FinishReason, GenerateEvent, Timings, Usage};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -44,6 +50,10 @@ pub(super) struct Seq {
     pub(super) cached_tokens: u32,
     /// Token ids sampled since the last delta.
     pub(super) unsent_ids: Vec<i32>,
+    /// Log probabilities, when asked for: the computation and the entries
+    /// of `unsent_ids`.
+    pub(super) logprobs: Option<Logprobs>,
+    pub(super) unsent_logprobs: Vec<TokenLogprob>,
     /// Tokens put in the current batch, and the batch index of its logits.
     pub(super) in_batch: usize,
     pub(super) logits_at: Option<i32>,
@@ -63,6 +73,7 @@ impl Seq {
         let room = (ctx_size as usize).saturating_sub(prompt_len) as u32;
         let max_tokens = job.sampling.max_tokens.map_or(room, |m| m.min(room));
         let text = TextStream::new(job.sampling.stop.clone());
+        let logprobs = job.sampling.logprobs.map(Logprobs::new);
         Self {
             id: job.id,
             events,
@@ -86,6 +97,8 @@ impl Seq {
             generated: 0,
             cached_tokens: 0,
             unsent_ids: Vec::new(),
+            logprobs,
+            unsent_logprobs: Vec::new(),
             in_batch: 0,
             logits_at: None,
             arrived: Instant::now(),
@@ -125,6 +138,7 @@ impl Seq {
                     let index = self.calls_sent;
                     self.calls_sent += 1;
                     let token_ids = std::mem::take(&mut self.unsent_ids);
+                    self.unsent_logprobs.clear();
                     let call = GenerateEvent::ToolCall {
                         index,
                         call_id: call_id(),
@@ -154,10 +168,12 @@ impl Seq {
             return true;
         }
         let ids = std::mem::take(&mut self.unsent_ids);
+        let logprobs = std::mem::take(&mut self.unsent_logprobs);
         self.events
             .send(GenerateEvent::Delta {
                 text,
                 token_ids: ids,
+                logprobs,
             })
             .is_ok()
     }
@@ -235,6 +251,11 @@ pub(super) fn sample_next(
     s.generated += 1;
     s.tokens.push(token);
     s.unsent_ids.push(token.0);
+    if let Some(lp) = s.logprobs.as_mut() {
+        // `logits` are still the model's raw ones: sampling works on copies.
+        let entry = lp.entry(logits, token.0, |id| model.spell(LlamaToken(id)));
+        s.unsent_logprobs.push(entry);
+    }
     let piece = model.piece(token);
     let release = s.text.push(&piece);
     let (text, stopped) = match release {
