@@ -55,7 +55,7 @@ def test_a_new_chain_continues_from_the_window(api, model, compacted):
     assert follow.output_text
     # The summary took a few prompt tokens more than the item's id would.
     assert follow.usage.input_tokens > 20
-    items = api.responses.input_items.list(follow.id).data
+    items = api.responses.input_items.list(follow.id, order="asc").data
     stored = items[0].model_dump(mode="json", exclude_none=True)
     assert stored == body["output"][0], stored
     # And the chain goes on from there as usual.

@@ -80,6 +80,8 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_match_separately_computed_logits() {
     const K: usize = 5;
+    // How far a logprob may sit from the one-pass reference (see below).
+    const TOLERANCE: f64 = 1e-2;
     let config = WorkerConfig {
         ctx_size: 512,
         max_seqs: 4,
@@ -147,8 +149,10 @@ async fn entries_match_separately_computed_logits() {
         // in batch order, and only positions from prompt_len - 1 have them.
         let row = log_softmax(ctx.get_logits_ith((prompt_len - 1 + j) as i32));
         // Prefill chunks and one-token decode steps take different kernel
-        // paths: allow 1e-3, relative beyond |logprob| 10 (unlikely tails).
-        let close = |a: f32, b: f64| (a as f64 - b).abs() < 1e-3 * b.abs().max(10.0) / 10.0;
+        // paths (activations quantized per batch shape): CI saw 1.2e-3 at
+        // -2.8. Allow 1e-2, relative beyond |logprob| 10 (unlikely tails).
+        // A wrong row or a post-temperature distribution is off by far more.
+        let close = |a: f32, b: f64| (a as f64 - b).abs() < TOLERANCE * b.abs().max(10.0) / 10.0;
         assert!(
             close(e.chosen.logprob, row[ids[j] as usize]),
             "token {j}: {} vs {}",
@@ -166,7 +170,7 @@ async fn entries_match_separately_computed_logits() {
         }
         // Nothing outside the list is more likely than its last entry.
         let last = e.top[K - 1].logprob as f64;
-        let above = row.iter().filter(|&&l| l > last + 1e-3).count();
+        let above = row.iter().filter(|&&l| l > last + TOLERANCE).count();
         assert!(
             above < K,
             "token {j}: {above} tokens above the top-{K} floor"
