@@ -33,16 +33,16 @@
 //! A fault window runs from a fault's injection to its recovery plus a
 //! settle time (leases expire, probes readmit workers).
 //!
-//! Redis is killed with SIGKILL under `appendfsync everysec`. That loses no
-//! acknowledged write by itself: Redis write()s the AOF before it replies,
-//! and the page cache outlives the process. Only when a background fsync is
-//! slow does Redis postpone those writes (up to 2 s, then it logs "fsync is
-//! taking too long"). So when its log says so, two findings within the
+//! Redis is killed with SIGKILL under `appendfsync everysec`. Redis
+//! write()s the AOF before it replies and the page cache outlives the
+//! process, except while a background fsync is still running: then it
+//! postpones the write, silently for up to 2 s (it logs "fsync is taking
+//! too long" only past that), and still replies. So two findings within the
 //! [`AOF_LOSS`] seconds before a Redis kill are tolerated (reported apart,
 //! not violations): `store.lost` of a response whose call overlaps them, and
-//! the status/text/cancel rules of one whose call ended in them. Otherwise
-//! a response the store lost or contradicts is a violation, whatever the
-//! fault.
+//! the status/text/cancel rules of one whose call ended in them. Outside
+//! those spans a response the store lost or contradicts is a violation,
+//! whatever the fault.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -79,7 +79,8 @@ pub(super) fn short(s: &str) -> String {
 pub struct Windows {
     pub faults: Vec<(f64, f64)>,
     pub redis_kills: Vec<f64>,
-    /// Redis logged postponed AOF writes (a slow fsync).
+    /// Redis logged AOF writes postponed past 2 s (reported, not needed
+    /// for the tolerance: shorter postponements go unlogged).
     pub aof_slow: bool,
 }
 
@@ -91,11 +92,9 @@ impl Windows {
 
     /// Does `[start, end]` overlap the writes a Redis kill may have lost?
     pub fn aof_loss(&self, start: f64, end: f64) -> bool {
-        self.aof_slow
-            && self
-                .redis_kills
-                .iter()
-                .any(|&k| start <= k && end >= k - AOF_LOSS)
+        self.redis_kills
+            .iter()
+            .any(|&k| start <= k && end >= k - AOF_LOSS)
     }
 
     /// Did a call that ended at `end` write its final state in that span?
@@ -421,15 +420,26 @@ mod tests {
             &ended_before_kill,
         );
         assert_eq!(tolerated, (vec![], 1));
-        // A healthy fsync excuses nothing: Redis wrote what it acknowledged.
-        let healthy = Windows {
+        // Unlogged postponements are tolerated too, but only in that span:
+        // a call that ended well before the kill is held to the store.
+        let unlogged = Windows {
             aof_slow: false,
-            ..ended_before_kill
+            ..ended_before_kill.clone()
+        };
+        let excused = audit_rules(
+            record(Some(Status::Completed), "abc"),
+            stored("failed", "abc"),
+            &unlogged,
+        );
+        assert_eq!(excused, (vec![], 1));
+        let long_before = Windows {
+            redis_kills: vec![11.0 + AOF_LOSS + 1.0],
+            ..unlogged
         };
         let strict = audit_rules(
             record(Some(Status::Completed), "abc"),
             stored("failed", "abc"),
-            &healthy,
+            &long_before,
         );
         assert_eq!(strict, (vec!["store.status_mismatch"], 0));
     }
