@@ -31,6 +31,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod lora;
+mod reuse;
 mod seq;
 mod step;
 
