@@ -1,12 +1,13 @@
-// Check for ggml-q4_1-repack.patch: one Q4_1 mul_mat through the
-// repacked buffer (CPU_REPACK) and through a plain CPU buffer (stock
-// vec_dot), each against a double-precision product of the dequantized
-// weights; prints both errors and both times for several batch sizes M.
-// Build against a llama.cpp tree (the one in llama-cpp-sys-2) with the patch
-// applied (patch -p1 < ggml-q4_1-repack.patch) and its shared libraries built
-// (cmake -B build -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF; target ggml):
-//   L=path/to/llama.cpp; g++ -O2 -std=c++17 q4_1-repack-check.cpp -I$L/ggml/include \
-//     -L$L/build/bin -lggml -lggml-base -lggml-cpu -Wl,-rpath,$L/build/bin -o q41check
+// Check for the repack patches: one mul_mat of a Q4_1 or Q8_0 weight
+// through the repacked buffer (CPU_REPACK) and through a plain CPU buffer
+// (stock vec_dot), each against a double-precision product of the
+// dequantized weights; prints both errors and both times for several batch
+// sizes M. Build against a llama.cpp tree (the one in llama-cpp-sys-2) with
+// the patches applied (patch -p1 < each, in ggml.cmake's order) and its
+// shared libraries built (cmake -B build -DBUILD_SHARED_LIBS=ON; target ggml):
+//   L=path/to/llama.cpp; g++ -O2 -std=c++17 repack-check.cpp -I$L/ggml/include \
+//     -L$L/build/bin -lggml -lggml-base -lggml-cpu -Wl,-rpath,$L/build/bin -o repack-check
+//   ./repack-check q4_1   # or q8_0
 #include "ggml.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -18,12 +19,12 @@
 #include <vector>
 #include <string>
 #include <chrono>
-static int REPS = 1; static double LAST_US = 0;
+static int REPS = 1; static double LAST_US = 0; static ggml_type TYPE = GGML_TYPE_Q4_1;
 
 static std::vector<float> run(ggml_backend_t be, ggml_backend_buffer_type_t wbuft, const std::vector<uint8_t>& wq, const std::vector<float>& x, int K, int N, int M) {
     ggml_init_params p = { 16 * ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
     ggml_context * cw = ggml_init(p);
-    ggml_tensor * W = ggml_new_tensor_2d(cw, GGML_TYPE_Q4_1, K, N);
+    ggml_tensor * W = ggml_new_tensor_2d(cw, TYPE, K, N);
     ggml_backend_buffer_t bw = ggml_backend_alloc_ctx_tensors_from_buft(cw, wbuft);
     ggml_backend_tensor_set(W, wq.data(), 0, wq.size());
     ggml_context * cx = ggml_init(p);
@@ -43,7 +44,9 @@ static std::vector<float> run(ggml_backend_t be, ggml_backend_buffer_type_t wbuf
     return y;
 }
 
-int main() {
+int main(int argc, char ** argv) {
+    const std::string type = argc > 1 ? argv[1] : "q4_1";
+    if (type == "q8_0") TYPE = GGML_TYPE_Q8_0; else if (type != "q4_1") { printf("type: q4_1 or q8_0\n"); return 1; }
     ggml_backend_t be = ggml_backend_cpu_init();
     ggml_backend_cpu_set_n_threads(be, 2);
     ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
@@ -53,16 +56,18 @@ int main() {
     if (!repack) { printf("no CPU_REPACK\n"); return 1; }
     std::mt19937 rng(42);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    const int Ks[] = {576, 1536}; const int Ns[] = {1536, 576}; const int Ms[] = {1, 3, 4, 16, 19};
-    for (int t = 0; t < 2; t++) for (int M : Ms) {
+    // SmolLM2's FFN shapes, and Gemma 3 270M's width against a slice of its
+    // 262k-row output layer.
+    const int Ks[] = {576, 1536, 640}; const int Ns[] = {1536, 576, 8192}; const int Ms[] = {1, 3, 4, 5, 16, 19};
+    for (int t = 0; t < 3; t++) for (int M : Ms) {
         int K = Ks[t], N = Ns[t];
         std::vector<float> wf(K * N), x(K * M);
         for (auto & v : wf) v = nd(rng) * 0.05f + 0.01f;
         for (auto & v : x) v = nd(rng);
-        std::vector<uint8_t> wq(ggml_row_size(GGML_TYPE_Q4_1, K) * N);
-        ggml_quantize_chunk(GGML_TYPE_Q4_1, wf.data(), wq.data(), 0, N, K, nullptr);
+        std::vector<uint8_t> wq(ggml_row_size(TYPE, K) * N);
+        ggml_quantize_chunk(TYPE, wf.data(), wq.data(), 0, N, K, nullptr);
         std::vector<float> wd(K * N);
-        ggml_get_type_traits(GGML_TYPE_Q4_1)->to_float(wq.data(), wd.data(), K * N);
+        ggml_get_type_traits(TYPE)->to_float(wq.data(), wd.data(), K * N);
         REPS = 300; double tr = 1e18, ts = 1e18; std::vector<float> yr, ys;
         for (int rep = 0; rep < 3; rep++) { yr = run(be, repack, wq, x, K, N, M); tr = fmin(tr, LAST_US); ys = run(be, ggml_backend_cpu_buffer_type(), wq, x, K, N, M); ts = fmin(ts, LAST_US); }
         printf("  time us: repack %.1f stock %.1f  (x%.2f)\n", tr, ts, ts / tr);
