@@ -4,11 +4,14 @@
 //!   inter-token latency percentiles.
 //! - `followup`: TTFT of a turn whose ~1,000-token history was just served
 //!   (prefix cache warm) against the same history cold (unique prefix).
+//! - `prefill`: N unique ~1,000-token prompts at once, one output token each:
+//!   prompt tokens/s, the batched throughput the server's kernels reach
+//!   (the ceiling `streams` is compared against).
 
 use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use spindle_testkit::stats::{ms_sorted, percentile};
 use std::path::PathBuf;
@@ -19,7 +22,7 @@ pub struct ClientArgs {
     /// Base URL of the server (e.g. http://127.0.0.1:8080).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// Concurrency levels for `streams`, comma separated.
+    /// Concurrency levels for `streams` (and `prefill`'s, its largest), comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub concurrency: Vec<usize>,
     /// Requests per concurrent stream (each stream runs them one after another).
@@ -28,7 +31,7 @@ pub struct ClientArgs {
     /// Output tokens per request (generation does not stop early: ignore_eos).
     #[arg(long, default_value_t = 128)]
     pub max_tokens: u32,
-    /// Trials for `followup`.
+    /// Trials for `followup` and `prefill`.
     #[arg(long, default_value_t = 5)]
     pub trials: usize,
     /// Name for this server in the table and JSON.
@@ -255,4 +258,79 @@ pub async fn followup(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Re
         json!([{"label": args.label, "cold_ttft_p50_ms": c50, "warm_ttft_p50_ms": w50, "ratio": w50 / c50,
                "cold_ms": cold, "warm_ms": warm}]),
     )
+}
+
+/// The part of a chat completion `prefill` reads.
+#[derive(Deserialize)]
+struct Completion {
+    usage: Usage,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct PrefillResult {
+    label: String,
+    concurrency: usize,
+    prompt_tokens: u64,
+    wall_s: Vec<f64>,
+    /// Median over the trials.
+    prompt_tokens_per_s: f64,
+}
+
+pub async fn prefill(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Result<Value> {
+    let n = args.concurrency.iter().copied().max().unwrap_or(16).max(1);
+    let mut walls = Vec::new();
+    let mut rates = Vec::new();
+    let mut prompt_tokens = 0;
+    for trial in 0..args.trials.max(1) {
+        let start = Instant::now();
+        let requests = (0..n).map(|i| {
+            // A unique tag at the very start: nothing is cached.
+            let tag = format!("{:08x}-p{trial}-{i}", std::process::id());
+            let mut msgs = history(&tag);
+            msgs.push(json!({"role": "user", "content": "And what happened next?"}));
+            let mut body = json!({"messages": msgs, "max_tokens": 1, "temperature": 0});
+            if let Some(m) = &args.model {
+                body["model"] = json!(m);
+            }
+            async move {
+                let resp = client
+                    .post(format!("{}/v1/chat/completions", args.url))
+                    .json(&body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                anyhow::Ok(resp.json::<Completion>().await?.usage.prompt_tokens)
+            }
+        });
+        let tokens: u64 = futures::future::try_join_all(requests)
+            .await?
+            .into_iter()
+            .sum();
+        let wall = start.elapsed().as_secs_f64();
+        prompt_tokens = tokens;
+        walls.push(wall);
+        rates.push(tokens as f64 / wall);
+    }
+    rates.sort_by(f64::total_cmp);
+    let result = PrefillResult {
+        label: args.label.clone(),
+        concurrency: n,
+        prompt_tokens,
+        wall_s: walls,
+        prompt_tokens_per_s: rates[rates.len() / 2],
+    };
+    println!(
+        "{:<12} {:>6} prompts x {:>5} tokens: {:>8.1} prompt tok/s (median of {})",
+        result.label,
+        n,
+        prompt_tokens / n as u64,
+        result.prompt_tokens_per_s,
+        rates.len()
+    );
+    Ok(serde_json::to_value([result])?)
 }

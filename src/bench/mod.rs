@@ -2,8 +2,8 @@
 //! (compiled with `--features bench`).
 //!
 //! Scenarios (`spindle bench <scenario>`):
-//! - `streams`, `followup`: a server's streaming throughput and prefix-cache
-//!   TTFT (see [`engine`]);
+//! - `streams`, `followup`, `prefill`: a server's streaming throughput,
+//!   prefix-cache TTFT and batched prefill ceiling (see [`engine`]);
 //! - `structured`: a Spindle worker's throughput with half its streams
 //!   constrained by a JSON schema, against none (see [`structured`]);
 //! - `store`: the Redis response store beside `redis-benchmark` (see [`store`]);
@@ -50,6 +50,8 @@ pub enum Scenario {
     Streams(ClientArgs),
     /// TTFT of a turn whose ~1,000-token history is cached, against the same history cold.
     Followup(ClientArgs),
+    /// N unique ~1,000-token prompts at once, one output token each: prompt tokens/s (the ceiling).
+    Prefill(ClientArgs),
     /// A worker's tokens/s with half of N streams constrained by a JSON schema, against none.
     Structured(StructuredArgs),
     /// The Redis response store: create/get/complete latency beside redis-benchmark.
@@ -80,6 +82,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (name, out, result) = match &args.scenario {
         Scenario::Streams(a) => ("streams", &a.out, engine::streams(&client()?, a).await?),
         Scenario::Followup(a) => ("followup", &a.out, engine::followup(&client()?, a).await?),
+        Scenario::Prefill(a) => ("prefill", &a.out, engine::prefill(&client()?, a).await?),
         Scenario::Structured(a) => {
             let r = structured::structured(&client()?, a).await?;
             ("structured", &a.out, r)
