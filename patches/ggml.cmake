@@ -16,7 +16,7 @@
 
 set(SPINDLE_PATCHES
     "${CMAKE_CURRENT_LIST_DIR}/ggml-q4_1-repack.patch"
-    "${CMAKE_CURRENT_LIST_DIR}/ggml-q8_0-repack.patch")
+    "${CMAKE_CURRENT_LIST_DIR}/ggml-q8_0-q5_0-repack.patch")
 set(SPINDLE_PATCHED_FILES
     src/ggml-cpu/repack.cpp
     src/ggml-cpu/repack.h

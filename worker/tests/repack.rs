@@ -1,19 +1,21 @@
-//! The Q4_1 repack patch (patches/ggml-q4_1-repack.patch) against stock ggml.
+//! The repack patches (patches/ggml-*-repack.patch) against stock ggml.
 //!
-//! SmolLM2's Q4_1 weights load twice: repacked for the patched batched
-//! kernels (the default) and in the plain CPU buffer (`--no-repack`, stock
-//! `ggml_vec_dot_q4_1_q8_1`). The same batch — several prompts at once (the
-//! GEMM path, with a GEMV tail) and then one token per sequence — must give
-//! logits that agree to float-rounding noise and pick the same tokens. On
-//! x86 with AVX2 they must also differ in some bits: identical logits would
-//! mean the build does not carry the patch.
+//! A model loads twice: repacked for the patched batched kernels (the
+//! default) and in the plain CPU buffer (`--no-repack`, stock kernels). The
+//! same batch — several prompts at once (the GEMM path, with a GEMV tail)
+//! and then one token per sequence — must give logits that agree to
+//! float-rounding noise and pick the same tokens. On x86 with AVX2 they must
+//! also differ in some bits: identical logits would mean the build does not
+//! carry the patch. SmolLM2 covers Q4_1 (its layers) and Q8_0 (its output);
+//! stories260K requantized by tests/quant_model.py covers Q5_0.
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use spindle_worker::model::{backend, LoadOptions, Model};
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const PROMPTS: &[&str] = &[
     "Write a short poem about the sea.",
@@ -24,16 +26,40 @@ const PROMPTS: &[&str] = &[
     "Why is the sky blue?",
 ];
 
-fn load(repack: bool) -> Model {
-    let path = format!(
-        "{}/../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-        env!("CARGO_MANIFEST_DIR")
-    );
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn smollm2() -> PathBuf {
+    root().join("../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// stories260K with Q5_0 layers and a Q8_0 output, written by
+/// tests/quant_model.py (the Python with `gguf`: `SPINDLE_TEST_PYTHON`,
+/// else the repo's .venv).
+fn stories_q5_0() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spindle-repack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = dir.join("stories260K-q5_0.gguf");
+    let python = std::env::var_os("SPINDLE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    let status = Command::new(python)
+        .arg(root().join("tests/quant_model.py"))
+        .arg(root().join("../shared/models/stories260K.gguf"))
+        .arg(&out)
+        .status()
+        .expect("python runs (pip install -r tests/requirements.txt into .venv)");
+    assert!(status.success(), "tests/quant_model.py failed");
+    out
+}
+
+fn load(path: &Path, repack: bool) -> Model {
     let options = LoadOptions {
         repack,
         ..LoadOptions::default()
     };
-    Model::load(Path::new(&path), options, None).expect("SmolLM2 loads")
+    Model::load(path, options, None).expect("the model loads")
 }
 
 /// Logits of each prompt's last token after one batched prefill, then of
@@ -86,13 +112,12 @@ fn argmax(v: &[f32]) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn repacked_q4_1_matches_stock_kernels() {
-    let repacked = two_steps(&load(true));
-    let stock = two_steps(&load(false));
+/// Repacked against stock logits: (max |diff|, mean |diff|, bit-identical),
+/// after checking that every step picks the same greedy tokens.
+fn compare(repacked: &[Vec<Vec<f32>>; 2], stock: &[Vec<Vec<f32>>; 2]) -> (f32, f64, bool) {
     let (mut max_diff, mut sum_diff, mut count) = (0f32, 0f64, 0usize);
     let mut identical = true;
-    for (step, (r, s)) in repacked.iter().zip(&stock).enumerate() {
+    for (step, (r, s)) in repacked.iter().zip(stock).enumerate() {
         for (seq, (r, s)) in r.iter().zip(s).enumerate() {
             assert_eq!(
                 argmax(r),
@@ -107,32 +132,68 @@ fn repacked_q4_1_matches_stock_kernels() {
             count += r.len();
         }
     }
+    (max_diff, sum_diff / count as f64, identical)
+}
+
+/// On x86 with AVX2 the patched kernels run, so some bits must differ.
+fn assert_patched(identical: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(
+            !identical,
+            "repacked and stock logits are bit-identical: the build lacks patches/ggml-*-repack.patch"
+        );
+    }
+    let _ = identical;
+}
+
+#[test]
+fn repacked_q4_1_matches_stock_kernels() {
+    let repacked = two_steps(&load(&smollm2(), true));
+    let stock = two_steps(&load(&smollm2(), false));
+    let (max_diff, mean_diff, identical) = compare(&repacked, &stock);
     // Logits here reach 20-33. The two paths differ in float rounding: the
     // order of sums, and stock keeps d_x * sum(q_x) in f16 where the patch
     // keeps f32. Through 30 layers, where a rounding flip in an activation's
     // 8-bit quantization moves it by a whole step, that grows to a mean of
     // 0.1-0.6 and a max near 1.2 (measured); a wrong min term or misplaced
     // block sums moves logits by whole units everywhere.
-    let mean_diff = sum_diff / count as f64;
     eprintln!("|repacked - stock| logits: max {max_diff}, mean {mean_diff:.3}");
     assert!(
         max_diff < 2.5 && mean_diff < 0.5,
         "repacked and stock logits differ by up to {max_diff} (mean {mean_diff})"
     );
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        assert!(
-            !identical,
-            "repacked and stock logits are bit-identical: the build lacks patches/ggml-q4_1-repack.patch"
-        );
-    }
+    assert_patched(identical);
+}
+
+#[test]
+fn repacked_q5_0_matches_stock_kernels() {
+    let path = stories_q5_0();
+    let repacked = two_steps(&load(&path, true));
+    let stock = two_steps(&load(&path, false));
+    let _ = std::fs::remove_dir_all(path.parent().expect("a temp dir"));
+    let (max_diff, mean_diff, identical) = compare(&repacked, &stock);
+    // The integer products are stock's; the float summation order differs,
+    // and the repacked path quantizes activations 4 rows at a time, where a
+    // rounding flip moves one by a whole 8-bit step. Through 5 layers that
+    // is a mean of 0.005 and a max of 0.14 (measured);
+    // a misplaced nibble or fifth bit moves logits by whole units.
+    eprintln!("|repacked - stock| logits: max {max_diff}, mean {mean_diff:.4}");
+    assert!(
+        max_diff < 0.5 && mean_diff < 0.03,
+        "repacked and stock logits differ by up to {max_diff} (mean {mean_diff})"
+    );
+    assert_patched(identical);
 }
 
 /// The same model quality on real text: mean negative log-likelihood per
 /// token of a passage scored in one batch (the GEMM path).
 #[test]
 fn repacked_q4_1_scores_text_like_stock() {
-    let (repacked, stock) = (mean_nll(&load(true)), mean_nll(&load(false)));
+    let (repacked, stock) = (
+        mean_nll(&load(&smollm2(), true)),
+        mean_nll(&load(&smollm2(), false)),
+    );
     eprintln!("mean NLL per token: repacked {repacked:.4}, stock {stock:.4}");
     assert!(
         (repacked - stock).abs() < 0.03,
