@@ -33,7 +33,8 @@ if (spindle_id STREQUAL "")
     set(spindle_id "${GGML_SPINDLE_PATCHES}")
 endif()
 # GGML_SPINDLE_PATCHES=off in the environment builds stock ggml (the check
-# that the build works without the patches; use its own CARGO_TARGET_DIR).
+# that the build works without the patches). Only a fresh configure sees it:
+# a new CARGO_TARGET_DIR or `cargo clean --release -p llama-cpp-sys-2`.
 if (spindle_id STREQUAL "off")
     message(STATUS "spindle: GGML_SPINDLE_PATCHES=off, building stock ggml")
     return()

@@ -31,6 +31,7 @@ pub fn backend() -> &'static LlamaBackend {
 
 static LOADING: Mutex<()> = Mutex::new(());
 
+#[cfg(not(stock_ggml))]
 extern "C" {
     /// Added by patches/ggml-q4_1-repack.patch: whether ggml may repack the
     /// weights of models loaded from now on (llama-cpp-2 does not expose
@@ -38,9 +39,15 @@ extern "C" {
     fn spindle_ggml_cpu_set_repack(enabled: bool);
 }
 
-fn set_repack(enabled: bool) {
+/// Whether the next load may repack; false when this build cannot switch
+/// repacking off (stock ggml, `GGML_SPINDLE_PATCHES=off`) and was asked to.
+fn set_repack(enabled: bool) -> bool {
+    #[cfg(not(stock_ggml))]
     // SAFETY: stores one atomic flag; no pointers or preconditions.
-    unsafe { spindle_ggml_cpu_set_repack(enabled) }
+    unsafe {
+        spindle_ggml_cpu_set_repack(enabled)
+    };
+    cfg!(not(stock_ggml)) || enabled
 }
 
 pub struct Model {
@@ -74,6 +81,8 @@ pub enum LoadError {
     Template(String, crate::template::TemplateError),
     #[error(transparent)]
     TemplateFile(#[from] TemplateFileError),
+    #[error("this build has stock ggml (GGML_SPINDLE_PATCHES=off), which cannot turn weight repacking off: drop --no-repack")]
+    NoRepackSwitch,
 }
 
 /// How llama.cpp places the weights.
@@ -109,7 +118,9 @@ impl Model {
         let llama = {
             // The repack switch is process-wide: one load at a time sets it.
             let _one_load = LOADING.lock().unwrap_or_else(|e| e.into_inner());
-            set_repack(options.repack);
+            if !set_repack(options.repack) {
+                return Err(LoadError::NoRepackSwitch);
+            }
             let loaded = LlamaModel::load_from_file(backend(), path, &params);
             set_repack(true);
             loaded.map_err(|_| LoadError::Llama(path.display().to_string()))?
