@@ -33,6 +33,8 @@ pub struct Lifecycle {
     draining: AtomicBool,
     active: Mutex<HashMap<String, Active>>,
     idle: Notify,
+    /// Wakes what waits for draining to start (idle WebSocket connections).
+    drain: Notify,
 }
 
 /// Keeps one response registered until dropped.
@@ -92,6 +94,20 @@ impl Lifecycle {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         metrics::gauge!("spindle_router_draining").set(1.0);
+        self.drain.notify_waiters();
+    }
+
+    /// Resolves once draining has started (at once when it has already).
+    pub async fn draining(&self) {
+        loop {
+            let notified = self.drain.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_draining(&self) -> bool {

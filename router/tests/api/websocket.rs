@@ -2,7 +2,7 @@
 //! the SSE events as text messages, one response at a time, connection-
 //! local `store:false` chains with eviction, stored chains across
 //! reconnects, auth on the upgrade, refused transport fields, the queue
-//! cap and the lifetime limit.
+//! cap, the lifetime limit and draining.
 
 use crate::support::*;
 use futures::SinkExt;
@@ -430,4 +430,48 @@ async fn a_client_that_stops_reading_is_cancelled_and_closed() {
         events += 1;
     }
     assert!(events > 0 && events < 20_000, "{events}");
+}
+
+#[tokio::test]
+async fn draining_closes_idle_connections_after_the_response_in_flight() {
+    let lifecycle = Arc::new(spindle_router::Lifecycle::default());
+    let config = RouterConfig::default();
+    let store = Arc::new(MemoryStore::new(
+        config.store_max_records,
+        Duration::from_secs(config.store_ttl_secs),
+    ));
+    let gen = Arc::new(FakeGenerator::default());
+    let router = spindle_router::app_with_lifecycle(gen.clone(), store, &config, lifecycle.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let s = Server {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        gen,
+    };
+    let mut idle = open(&s, None).await.unwrap();
+    let mut busy = open(&s, None).await.unwrap();
+    send(&mut busy, create(json!({"input": "SLOW"}))).await;
+    // The busy connection's response is under way before draining starts.
+    let first = next(&mut busy).await.expect("the first event");
+    assert_eq!(first["type"], "response.created", "{first}");
+    lifecycle.start_draining();
+    // Idle: told at once, then closed, long before its 60-minute lifetime.
+    let e = tokio::time::timeout(Duration::from_secs(5), next(&mut idle))
+        .await
+        .expect("the idle connection hears of the drain")
+        .expect("an error envelope");
+    assert!(is_envelope(&e), "{e}");
+    assert_eq!(e["status"], 503, "{e}");
+    assert!(next(&mut idle).await.is_none(), "closed after the envelope");
+    // Busy: the response in flight completes, then the same envelope.
+    let mut last = first;
+    while last["type"] != "response.completed" {
+        last = next(&mut busy).await.expect("the stream goes on");
+        assert!(!is_envelope(&last), "{last}");
+    }
+    let e = next(&mut busy).await.expect("the drain envelope");
+    assert_eq!(e["status"], 503, "{e}");
+    assert!(next(&mut busy).await.is_none());
 }

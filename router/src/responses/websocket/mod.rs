@@ -9,7 +9,8 @@
 //! continuation that fails forgets its previous response. The outgoing
 //! buffer is bounded ([`OUT_BUFFER`]): a client that stops reading gets its
 //! response cancelled and the connection closed. A connection lives at most
-//! `--websocket-max-lifetime-secs`.
+//! `--websocket-max-lifetime-secs`; when the router starts draining
+//! (SIGTERM) an idle connection gets a 503 envelope and is closed.
 //!
 //! - [`messages`]: the client messages and the error envelope;
 //! - [`turn`]: one response on a connection.
@@ -135,12 +136,18 @@ async fn serve(
     let (gone_tx, gone) = watch::channel(false);
     let mut writer = tokio::spawn(write(sink, out_rx));
     let reader = tokio::spawn(read(stream, queue, out.clone(), gone_tx));
+    let lifecycle = st.lifecycle.clone();
     let mut conn = turn::Connection::new(st, tenant, session, out, gone);
     loop {
         let next = tokio::select! {
             m = queue_rx.recv() => m,
             _ = tokio::time::sleep_until(deadline) => {
                 conn.limit_reached();
+                break;
+            }
+            // SIGTERM: idle connections close now, not at their lifetime.
+            _ = lifecycle.draining() => {
+                conn.going_away();
                 break;
             }
         };

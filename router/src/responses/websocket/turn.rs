@@ -80,6 +80,12 @@ impl Connection {
         ));
     }
 
+    /// The router is draining: an idle connection is told so, then closed
+    /// (a response in flight finishes first).
+    pub fn going_away(&self) {
+        self.send_error(&shutting_down());
+    }
+
     /// Handles one client message; false when the connection must close.
     pub async fn handle(&mut self, message: Result<ClientMessage, ApiError>) -> bool {
         // What a departed client left queued is not started.
@@ -132,10 +138,7 @@ impl Connection {
     async fn respond(&mut self, req: CreateResponseRequest) -> ApiResult<(Recent, Delivery)> {
         let st = self.st.clone();
         if st.lifecycle.is_draining() {
-            return Err(ApiError::Unavailable {
-                message: "This router is shutting down; reconnect and retry.".into(),
-                retry_after: 1,
-            });
+            return Err(shutting_down());
         }
         // The tenant's limits, per response as over HTTP: held until it ends.
         let _permit = if st.limits.enabled() && self.tenant != ANONYMOUS_TENANT {
@@ -210,5 +213,12 @@ impl Connection {
             history,
         };
         Ok((recent, delivery))
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable {
+        message: "This router is shutting down; reconnect and retry.".into(),
+        retry_after: 1,
     }
 }
