@@ -64,13 +64,30 @@ struct Sample {
     tokens: u32,
 }
 
+/// POST a chat completion `body` (with `--model` when set); a non-2xx status is an error.
+async fn post_chat(
+    client: &reqwest::Client,
+    args: &ClientArgs,
+    mut body: Value,
+) -> anyhow::Result<reqwest::Response> {
+    if let Some(m) = &args.model {
+        body["model"] = json!(m);
+    }
+    Ok(client
+        .post(format!("{}/v1/chat/completions", args.url))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?)
+}
+
 async fn stream_chat(
     client: &reqwest::Client,
     args: &ClientArgs,
     messages: Value,
     max_tokens: u32,
 ) -> anyhow::Result<Sample> {
-    let mut body = json!({
+    let body = json!({
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -78,16 +95,8 @@ async fn stream_chat(
         "stream_options": {"include_usage": true},
         "ignore_eos": true,
     });
-    if let Some(m) = &args.model {
-        body["model"] = json!(m);
-    }
     let start = Instant::now();
-    let resp = client
-        .post(format!("{}/v1/chat/completions", args.url))
-        .json(&body)
-        .send()
-        .await?
-        .error_for_status()?;
+    let resp = post_chat(client, args, body).await?;
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut first = None;
@@ -293,17 +302,9 @@ pub async fn prefill(client: &reqwest::Client, args: &ClientArgs) -> anyhow::Res
             let tag = format!("{:08x}-p{trial}-{i}", std::process::id());
             let mut msgs = history(&tag);
             msgs.push(json!({"role": "user", "content": "And what happened next?"}));
-            let mut body = json!({"messages": msgs, "max_tokens": 1, "temperature": 0});
-            if let Some(m) = &args.model {
-                body["model"] = json!(m);
-            }
+            let body = json!({"messages": msgs, "max_tokens": 1, "temperature": 0});
             async move {
-                let resp = client
-                    .post(format!("{}/v1/chat/completions", args.url))
-                    .json(&body)
-                    .send()
-                    .await?
-                    .error_for_status()?;
+                let resp = post_chat(client, args, body).await?;
                 anyhow::Ok(resp.json::<Completion>().await?.usage.prompt_tokens)
             }
         });
