@@ -95,5 +95,51 @@ def test_completions_logprobs(api, model):
         assert value <= 0 and 1 <= len(top) <= 3
         assert max(top.values()) >= value - 1e-6
     with pytest.raises(openai.BadRequestError) as e:
-        api.completions.create(model=model, prompt="x", logprobs=1, echo=True, max_tokens=2)
-    assert e.value.param == "echo"
+        api.completions.create(model=model, prompt="x", max_tokens=0)
+    assert e.value.param == "max_tokens"
+
+
+def test_completions_echo_scores_the_prompt(api, model):
+    """What scoring harnesses send (echo, logprobs, nothing or one token
+    generated): the prompt's tokens come first, the first with null, and a
+    text's tokens score as they did when they were generated."""
+    prompt = "Once upon a time"
+    gen = api.completions.create(model=model, prompt=prompt, logprobs=2, max_tokens=8, temperature=0)
+    text, glp = gen.choices[0].text, gen.choices[0].logprobs
+    r = api.completions.create(model=model, prompt=prompt + text, logprobs=2, echo=True, max_tokens=0)
+    c = r.choices[0]
+    assert c.text == prompt + text
+    assert c.finish_reason == "length"
+    assert r.usage.completion_tokens == 0
+    lp = c.logprobs
+    n = r.usage.prompt_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert "".join(lp.tokens) == prompt + text
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(n)]
+    for value, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+        assert value <= 0 and len(top) <= 2 and max(top.values()) >= value - 1e-6
+    # The generated tokens, scored as part of the prompt: same tokens, same
+    # values (prefill and decode kernels differ in the last digits).
+    k = len(glp.tokens)
+    assert lp.tokens[-k:] == glp.tokens
+    for scored, generated in zip(lp.token_logprobs[-k:], glp.token_logprobs):
+        assert abs(scored - generated) < 0.05, (lp.token_logprobs[-k:], glp.token_logprobs)
+
+    # Streamed: the prompt and its scores lead, then the generated tokens,
+    # text_offset counting on from the prompt.
+    chunks = list(api.completions.create(
+        model=model, prompt=prompt, logprobs=1, echo=True, max_tokens=4, temperature=0, stream=True))
+    first = chunks[0].choices[0]
+    assert first.text == prompt and first.logprobs.token_logprobs[0] is None
+    streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    offsets = [o for ch in chunks if ch.choices and ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
+    assert offsets == sorted(offsets) and offsets[len(first.logprobs.tokens)] == len(prompt)
+    whole = api.completions.create(model=model, prompt=prompt, logprobs=1, echo=True, max_tokens=4, temperature=0)
+    assert streamed == whole.choices[0].text
+
+    # Echo alone prepends the prompt, and generates what it would have.
+    plain = api.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0)
+    echoed = api.completions.create(model=model, prompt=prompt, echo=True, max_tokens=4, temperature=0)
+    assert echoed.choices[0].text == prompt + plain.choices[0].text
+    assert echoed.choices[0].logprobs is None

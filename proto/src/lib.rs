@@ -72,6 +72,13 @@ pub struct SamplingParams {
     /// so older workers still take requests that do not ask.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<u32>,
+    /// Score the prompt too: each prompt token's log probability given the
+    /// tokens before it, with this many alternatives (Completions' `echo`
+    /// with `logprobs`). The worker then reads every prompt position (no
+    /// prefix-cache reuse for it) and sends one [`GenerateEvent::Prompt`]
+    /// before any output. With it, `max_tokens: 0` scores without generating.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<u32>,
 }
 
 /// Most stop sequences a request may give (OpenAI's limit).
@@ -103,9 +110,13 @@ impl SamplingParams {
     /// [`logprobs::MAX_TOP_LOGPROBS`]).
     pub fn logprobs_error(&self) -> Option<String> {
         let max = logprobs::MAX_TOP_LOGPROBS;
-        self.logprobs.filter(|&k| k > max).map(|k| {
-            format!("at most {max} top log probabilities per token may be asked for, got {k}")
-        })
+        [self.logprobs, self.prompt_logprobs]
+            .into_iter()
+            .flatten()
+            .find(|&k| k > max)
+            .map(|k| {
+                format!("at most {max} top log probabilities per token may be asked for, got {k}")
+            })
     }
 }
 
@@ -124,6 +135,7 @@ impl Default for SamplingParams {
             max_tokens: None,
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -251,6 +263,9 @@ pub struct Timings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GenerateEvent {
+    /// The prompt scored, when `sampling.prompt_logprobs` asked: sent once,
+    /// before any output.
+    Prompt { logprobs: logprobs::PromptLogprobs },
     /// Newly generated text (always whole UTF-8 characters) and the token
     /// ids behind it. With `sampling.logprobs`, `logprobs` holds one entry
     /// per id, in order (each with its own token text: `text` may hold the
@@ -317,7 +332,7 @@ impl GenerateEvent {
             Self::ToolCall { raw, token_ids, .. } | Self::ToolArguments { raw, token_ids, .. } => {
                 Some((raw, token_ids))
             }
-            Self::Done { .. } | Self::Error { .. } => None,
+            Self::Prompt { .. } | Self::Done { .. } | Self::Error { .. } => None,
         }
     }
 }

@@ -38,6 +38,25 @@ pub struct TokenLogprob {
     pub top: Vec<TopLogprob>,
 }
 
+/// A token without a log probability: the prompt's first, which nothing
+/// precedes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenText {
+    pub id: i32,
+    /// [`token_text`] of `bytes`.
+    pub token: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A prompt's log probabilities (see
+/// [`crate::SamplingParams::prompt_logprobs`]): its first token, then one
+/// entry per later token, each that token given every token before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptLogprobs {
+    pub first: TokenText,
+    pub rest: Vec<TokenLogprob>,
+}
+
 /// A token's text as clients see it: its bytes when they are UTF-8, else
 /// `bytes:` and each byte as `\xNN` (a token holding part of a character;
 /// OpenAI's spelling), so the text never hides what `bytes` holds.

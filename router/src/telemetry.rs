@@ -147,7 +147,8 @@ impl Timing {
                 );
                 count("spindle_router_cached_tokens_total", usage.cached_tokens);
             }
-            GenerateEvent::Error { .. } => {}
+            // Prompt scores are not output: no time to first token.
+            GenerateEvent::Prompt { .. } | GenerateEvent::Error { .. } => {}
         }
     }
 }

@@ -266,7 +266,8 @@ async fn completions(
     let model = st.worker.model_name().to_owned();
     let endpoint = Endpoint::Completions;
     let completer = Completer::new(endpoint, id, now_secs(), model, req.include_usage())
-        .with_logprobs(logprobs);
+        .with_logprobs(logprobs)
+        .with_echo(req.echoed());
     complete(events, completer, req.stream).await
 }
 

@@ -102,6 +102,7 @@ async fn run(w: &Worker, req: GenerateRequest) -> Outcome {
                 return out;
             }
             GenerateEvent::Error { message, .. } => panic!("engine error: {message}"),
+            GenerateEvent::Prompt { .. } => panic!("no prompt scores were asked for"),
         }
     }
     panic!("stream ended without a done event")

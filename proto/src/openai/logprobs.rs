@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-use crate::logprobs::{TokenLogprob, TopLogprob};
+use crate::logprobs::{PromptLogprobs, TokenLogprob, TopLogprob};
 
 /// Most alternatives the Completions endpoint gives per token (`logprobs`
 /// is 0 to 5 there, as OpenAI caps it).
@@ -88,7 +88,36 @@ pub struct TextOffsets {
     partial: Vec<u8>,
 }
 
+impl CompletionLogprobs {
+    /// These tokens, then `next`'s.
+    pub fn followed_by(mut self, next: CompletionLogprobs) -> Self {
+        self.tokens.extend(next.tokens);
+        self.token_logprobs.extend(next.token_logprobs);
+        self.top_logprobs.extend(next.top_logprobs);
+        self.text_offset.extend(next.text_offset);
+        self
+    }
+}
+
 impl TextOffsets {
+    /// An echoed prompt's tokens: the first has `null`s (nothing precedes
+    /// it), the rest their scores.
+    pub fn convert_prompt(&mut self, prompt: &PromptLogprobs) -> CompletionLogprobs {
+        let first = CompletionLogprobs {
+            tokens: vec![prompt.first.token.clone()],
+            token_logprobs: vec![None],
+            top_logprobs: vec![None],
+            text_offset: vec![self.chars],
+        };
+        self.advance(&prompt.first.bytes);
+        first.followed_by(self.convert(&prompt.rest))
+    }
+
+    /// Text that comes first without tokens of its own (an unscored echo).
+    pub fn skip(&mut self, text: &str) {
+        self.advance(text.as_bytes());
+    }
+
     pub fn convert(&mut self, entries: &[TokenLogprob]) -> CompletionLogprobs {
         let mut out = CompletionLogprobs::default();
         for e in entries {

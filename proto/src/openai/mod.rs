@@ -11,12 +11,14 @@
 //! - [`embeddings`] holds `POST /v1/embeddings`: its request, validation
 //!   and response (float or base64 vectors);
 //! - [`logprobs`] holds both endpoints' log probability objects;
-//! - [`response`] holds the response and stream chunk types and
-//!   [`response::Completer`], which turns generation events into them.
+//! - [`response`] holds the response and stream chunk types, and
+//!   [`completer`] the [`Completer`], which turns generation events into
+//!   them (with `echo`, the prompt and its scores first).
 //!
 //! Both servers call the same functions, so they accept the same inputs and
 //! answer the same errors (a test holds them to it).
 
+pub mod completer;
 pub mod embeddings;
 pub mod logprobs;
 pub mod request;
@@ -25,12 +27,12 @@ mod sampling;
 pub mod shape;
 pub mod tools;
 
+pub use completer::{Completer, Endpoint, GenerationFailed};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse, EncodingFormat};
 pub use request::{validate_lora, ChatCompletionRequest, CompletionRequest, RequestMessage};
 pub use response::{
-    finish_reason, ChatCompletion, ChatCompletionChunk, Completer, Completion, CompletionUsage,
-    Endpoint, ErrorBody, ErrorObject, GenerationFailed, ModelCard, ModelList, StreamItem,
-    TextCompletion, TextCompletionChunk,
+    finish_reason, ChatCompletion, ChatCompletionChunk, Completion, CompletionUsage, ErrorBody,
+    ErrorObject, ModelCard, ModelList, StreamItem, TextCompletion, TextCompletionChunk,
 };
 pub use sampling::{SamplingFields, Stop};
 

@@ -132,8 +132,10 @@ pub struct CompletionRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<u32>,
-    /// Prepend the prompt to the completion. With `logprobs` it would need
-    /// the prompt tokens' log probabilities, which are not computed: 400.
+    /// Prepend the prompt to the completion; with `logprobs`, the prompt's
+    /// tokens come first in `choices[].logprobs` too, each scored given the
+    /// tokens before it (the first has `null`). `max_tokens: 0` is allowed
+    /// with it: the prompt scored, nothing generated.
     #[serde(default)]
     pub echo: Option<bool>,
     #[serde(flatten)]
@@ -295,10 +297,12 @@ impl CompletionRequest {
         if prompt.is_empty() {
             return Err(invalid("prompt", "'prompt' must not be empty"));
         }
+        let echo = self.echo == Some(true);
         let mut sampling = self
             .sampling
-            .to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+            .to_params_with(Some(COMPLETIONS_DEFAULT_MAX_TOKENS), echo)?;
         sampling.logprobs = self.logprobs_asked()?;
+        sampling.prompt_logprobs = sampling.logprobs.filter(|_| echo);
         Ok(GenerateRequest {
             request_id: Some(request_id),
             model: self.model.clone().filter(|m| !m.is_empty()),
@@ -322,8 +326,7 @@ impl CompletionRequest {
             .is_some_and(|o| o.include_usage)
     }
 
-    /// The alternatives per token when `logprobs` is given (0 to 5). The
-    /// prompt's own log probabilities (`echo` with `logprobs`) are refused.
+    /// The alternatives per token when `logprobs` is given (0 to 5).
     pub fn logprobs_asked(&self) -> Result<Option<u32>, InvalidParam> {
         let max = super::logprobs::MAX_COMPLETION_LOGPROBS;
         match self.logprobs {
@@ -331,12 +334,17 @@ impl CompletionRequest {
                 "logprobs",
                 format!("'logprobs' must be between 0 and {max}, got {n}"),
             )),
-            Some(_) if self.echo == Some(true) => Err(invalid(
-                "echo",
-                "'echo' with 'logprobs' is not supported: this server does not compute the prompt tokens' log probabilities",
-            )),
             n => Ok(n),
         }
+    }
+
+    /// The text the completion starts with: the prompt with `echo`.
+    pub fn echoed(&self) -> Option<String> {
+        let prompt = match &self.prompt {
+            Prompt::One(p) => p,
+            Prompt::Many(v) => v.first()?,
+        };
+        (self.echo == Some(true)).then(|| prompt.clone())
     }
 }
 
@@ -443,8 +451,27 @@ mod tests {
         assert_eq!(text(r#"{"prompt":"x","echo":true}"#), Ok(None));
         let e = text(r#"{"prompt":"x","logprobs":6}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("logprobs"));
-        let e = text(r#"{"prompt":"x","logprobs":0,"echo":true}"#).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("echo"));
+    }
+
+    #[test]
+    fn echo_scores_the_prompt_and_allows_zero_tokens() {
+        let generate = |body: &str| {
+            let r: CompletionRequest = serde_json::from_str(body).unwrap();
+            r.to_generate("i".into()).map(|g| g.sampling)
+        };
+        let s = generate(r#"{"prompt":"x","logprobs":2,"echo":true,"max_tokens":0}"#).unwrap();
+        assert_eq!((s.logprobs, s.prompt_logprobs), (Some(2), Some(2)));
+        assert_eq!(s.max_tokens, Some(0));
+        // Without echo the prompt is not scored, and 0 tokens is no request.
+        let s = generate(r#"{"prompt":"x","logprobs":2}"#).unwrap();
+        assert_eq!(s.prompt_logprobs, None);
+        let e = generate(r#"{"prompt":"x","max_tokens":0}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let s = generate(r#"{"prompt":"x","echo":true}"#).unwrap();
+        assert_eq!(s.prompt_logprobs, None);
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":["Once"],"echo":true}"#).unwrap();
+        assert_eq!(r.echoed().as_deref(), Some("Once"));
     }
 
     #[test]

@@ -63,6 +63,16 @@ impl SamplingFields {
     /// Validates every field and builds [`SamplingParams`]; `default_max`
     /// applies when neither `max_tokens` nor `max_completion_tokens` is given.
     pub fn to_params(&self, default_max: Option<u32>) -> Result<SamplingParams, InvalidParam> {
+        self.to_params_with(default_max, false)
+    }
+
+    /// [`Self::to_params`], where `zero_ok` lets `max_tokens` be 0 (a
+    /// prompt echoed and scored, nothing generated).
+    pub fn to_params_with(
+        &self,
+        default_max: Option<u32>,
+        zero_ok: bool,
+    ) -> Result<SamplingParams, InvalidParam> {
         let d = SamplingParams::default();
         in_range("temperature", self.temperature, 0.0, 2.0)?;
         in_range("top_p", self.top_p, 0.0, 1.0)?;
@@ -80,7 +90,7 @@ impl SamplingFields {
             return Err(invalid("n", "only n=1 is supported"));
         }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        if max_tokens == Some(0) {
+        if max_tokens == Some(0) && !zero_ok {
             let name = if self.max_completion_tokens.is_some() {
                 "max_completion_tokens"
             } else {
@@ -114,6 +124,7 @@ impl SamplingFields {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             // Each endpoint has its own fields for them (see `request`).
             logprobs: None,
+            prompt_logprobs: None,
         };
         match params.stop_error() {
             Some(message) => Err(invalid("stop", message)),

@@ -37,6 +37,8 @@ struct Call {
     session: Option<String>,
     /// Who asks (their prefix cache is their own, see `AppState::cache_salt`).
     tenant: String,
+    /// Completions' `echo`: the prompt the answer starts with.
+    echo: Option<String>,
 }
 
 fn frame(item: &StreamItem) -> axum::response::sse::Event {
@@ -68,7 +70,8 @@ async fn run(
         },
     );
     let mut completer = Completer::new(call.endpoint, id, now_secs(), model, call.include_usage)
-        .with_logprobs(gen.sampling.logprobs.is_some());
+        .with_logprobs(gen.sampling.logprobs.is_some())
+        .with_echo(call.echo);
     let mut stream: BoxStream<'static, GenerateEvent> = st.generator.generate(gen).await?;
     if !call.stream {
         while let Some(ev) = stream.next().await {
@@ -138,6 +141,7 @@ pub async fn chat_completions(
         user: req.user.clone(),
         session: session_id(&headers).map(str::to_owned),
         tenant,
+        echo: None,
     };
     run(st, call, |id| req.to_generate(id), &tag).await
 }
@@ -163,6 +167,7 @@ pub async fn completions(
         user: req.user.clone(),
         session: session_id(&headers).map(str::to_owned),
         tenant,
+        echo: req.echoed(),
     };
     run(st, call, |id| req.to_generate(id), &tag).await
 }

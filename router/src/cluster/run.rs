@@ -279,7 +279,8 @@ impl Run {
                 return Some(ev);
             }
             match ev {
-                GenerateEvent::Delta { .. }
+                GenerateEvent::Prompt { .. }
+                | GenerateEvent::Delta { .. }
                 | GenerateEvent::ToolCall { .. }
                 | GenerateEvent::ToolArguments { .. } => return Some(ev),
                 GenerateEvent::Done {

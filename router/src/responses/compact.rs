@@ -238,8 +238,10 @@ async fn summarise(st: &SharedState, gen: GenerateRequest) -> ApiResult<(String,
                     code.as_str()
                 )))
             }
-            // No tools are offered to the pass.
-            GenerateEvent::ToolCall { .. } | GenerateEvent::ToolArguments { .. } => {}
+            // No tools are offered and no prompt scores asked for.
+            GenerateEvent::Prompt { .. }
+            | GenerateEvent::ToolCall { .. }
+            | GenerateEvent::ToolArguments { .. } => {}
         }
     }
     Err(ApiError::BadGateway(

@@ -150,7 +150,10 @@ impl Output {
                     _ => Vec::new(),
                 }
             }
-            GenerateEvent::Done { .. } | GenerateEvent::Error { .. } => Vec::new(),
+            // The Responses API never asks for prompt scores.
+            GenerateEvent::Prompt { .. }
+            | GenerateEvent::Done { .. }
+            | GenerateEvent::Error { .. } => Vec::new(),
         }
     }
 

@@ -245,9 +245,32 @@ async fn completions_return_tokens_offsets_and_top_dicts() {
 
     for (bad, param) in [
         (json!({"prompt": "hi", "logprobs": 6}), "logprobs"),
-        (json!({"prompt": "hi", "logprobs": 1, "echo": true}), "echo"),
+        (json!({"prompt": "hi", "max_tokens": 0}), "max_tokens"),
     ] {
         let (st, e) = s.post("/v1/completions", bad).await;
         assert_error(st, &e, 400, Some(param), None);
     }
+
+    // `echo`: the prompt first, its offsets counted before the output's
+    // (this fake worker sends no prompt scores, so theirs are left out).
+    let (st, r) = s
+        .post(
+            "/v1/completions",
+            json!({"prompt": "Say: ", "echo": true, "logprobs": 1}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], "Say: Hello, wörld 🌍!");
+    assert_eq!(
+        r["choices"][0]["logprobs"]["text_offset"],
+        json!([5, 8, 12, 17])
+    );
+    let chunks = s
+        .post_sse(
+            "/v1/completions",
+            json!({"prompt": "Say: ", "echo": true, "stream": true}),
+        )
+        .await;
+    let first = chunks.iter().find_map(|(_, d)| d.as_ref()).unwrap();
+    assert_eq!(first["choices"][0]["text"], "Say: ");
 }

@@ -6,7 +6,9 @@
 //! A sequence that asked for log probabilities gets one entry per output
 //! token, computed from the raw logits before sampling touches them, sent
 //! with the token ids on the next `Delta` (a tool call's tokens' entries
-//! are dropped with their text: calls carry none).
+//! are dropped with their text: calls carry none). One that asked for the
+//! prompt's (`prompt_logprobs`) gets them from the logits of every prompt
+//! position ([`score_prompt`]), sent in one `Prompt` event before any output.
 
 use crate::grammar::Constraint;
 use crate::logprobs::Logprobs;
@@ -17,7 +19,7 @@ use crate::text::{Release, TextStream};
 use crate::tools::parser::{Piece, ToolParser};
 use llama_cpp_2::token::LlamaToken;
 use rand::Rng;
-use spindle_proto::logprobs::TokenLogprob;
+use spindle_proto::logprobs::{PromptLogprobs, TokenLogprob, TokenText};
 use spindle_proto::{FinishReason, GenerateEvent, Timings, Usage};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -54,6 +56,12 @@ pub(super) struct Seq {
     /// of `unsent_ids`.
     pub(super) logprobs: Option<Logprobs>,
     pub(super) unsent_logprobs: Vec<TokenLogprob>,
+    /// Scoring the prompt, until its `Prompt` event is sent: the
+    /// computation and the entries of tokens 1.. so far.
+    pub(super) prompt_scores: Option<(Logprobs, Vec<TokenLogprob>)>,
+    /// Batch index of the logits of the first token this batch holds, when
+    /// it scores prompt tokens.
+    pub(super) prompt_logits_from: Option<i32>,
     /// Tokens put in the current batch, and the batch index of its logits.
     pub(super) in_batch: usize,
     pub(super) logits_at: Option<i32>,
@@ -74,6 +82,10 @@ impl Seq {
         let max_tokens = job.sampling.max_tokens.map_or(room, |m| m.min(room));
         let text = TextStream::new(job.sampling.stop.clone());
         let logprobs = job.sampling.logprobs.map(Logprobs::new);
+        let prompt_scores = job
+            .sampling
+            .prompt_logprobs
+            .map(|k| (Logprobs::new(k), Vec::new()));
         Self {
             id: job.id,
             events,
@@ -99,6 +111,8 @@ impl Seq {
             unsent_ids: Vec::new(),
             logprobs,
             unsent_logprobs: Vec::new(),
+            prompt_scores,
+            prompt_logits_from: None,
             in_batch: 0,
             logits_at: None,
             arrived: Instant::now(),
@@ -113,6 +127,11 @@ impl Seq {
 
     pub(super) fn is_decoding(&self) -> bool {
         self.n_past >= self.prompt_len
+    }
+
+    /// Its prompt still needs the logits of every position.
+    pub(super) fn scores_prompt(&self) -> bool {
+        self.prompt_scores.is_some()
     }
 
     /// Stream released text (through the tool parser when tools are offered).
@@ -224,6 +243,50 @@ impl Seq {
             metrics.ttft.record(timings.ttft_ms / 1000.0);
         }
     }
+}
+
+/// Score the prompt tokens that follow the positions `s` decoded in this
+/// batch (`logits(i)`: batch index `i`'s raw logits, the first at
+/// `s.prompt_logits_from`), and once the whole prompt is scored send it.
+/// Returns false when the client is gone.
+pub(super) fn score_prompt<'a>(
+    model: &Model,
+    s: &mut Seq,
+    logits: impl Fn(i32) -> &'a [f32],
+) -> bool {
+    let (Some(from), Some((lp, rest))) = (s.prompt_logits_from.take(), s.prompt_scores.as_mut())
+    else {
+        return true;
+    };
+    for j in 0..s.in_batch {
+        let pos = s.n_past + j;
+        // Position `pos` predicts token `pos + 1`; each is scored once (a
+        // sequence decoded again after a failure does not repeat them).
+        if pos + 1 >= s.prompt_len || pos != rest.len() {
+            continue;
+        }
+        let next = s.tokens[pos + 1].0;
+        rest.push(lp.entry(logits(from + j as i32), next, |id| {
+            model.spell(LlamaToken(id))
+        }));
+    }
+    if s.n_past + s.in_batch < s.prompt_len {
+        return true;
+    }
+    let Some((_, rest)) = s.prompt_scores.take() else {
+        return true;
+    };
+    let Some(&first) = s.tokens.first() else {
+        return true;
+    };
+    let (token, bytes) = model.spell(first);
+    let first = TokenText {
+        id: first.0,
+        token,
+        bytes,
+    };
+    let logprobs = PromptLogprobs { first, rest };
+    s.events.send(GenerateEvent::Prompt { logprobs }).is_ok()
 }
 
 /// Sample one token for `s`, stream what it releases, and say whether `s` is done.

@@ -5,7 +5,7 @@
 
 use super::lora::{groups, Loras};
 use super::reuse::{plan_reuse, Reuse, MIN_COPY_GAIN};
-use super::seq::{sample_next, Seq};
+use super::seq::{sample_next, score_prompt, Seq};
 use super::{Command, EngineConfig, EngineStats};
 use crate::lora::LoraSet;
 use crate::metrics::WorkerMetrics;
@@ -21,6 +21,11 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Most logits one step keeps for prompts being scored (64 MiB of f32):
+/// such a prompt decodes in chunks of this over the vocabulary size, so the
+/// context's output buffer stays bounded whatever the prompt's length.
+const PROMPT_SCORE_LOGITS: usize = 16 << 20;
 
 /// One llama.cpp sequence id and its own KV stream.
 ///
@@ -186,7 +191,12 @@ impl<'m> StepLoop<'m> {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             self.tick += 1;
             // Keep at least one token to decode: its logits start generation.
-            let limit = s.tokens.len() - 1;
+            // A prompt being scored needs every position's logits: no reuse.
+            let limit = if s.scores_prompt() {
+                0
+            } else {
+                s.tokens.len() - 1
+            };
             let plans: Vec<Reuse> = (0..self.slots.len())
                 .map(|i| {
                     if self.slots[i].salt != s.cache_salt || self.slots[i].lora != s.lora {
@@ -344,11 +354,16 @@ impl<'m> StepLoop<'m> {
         let mut i = 0;
         while i < self.running.len() {
             let s = &mut self.running[i];
+            let ctx = &self.ctx;
+            let scored = score_prompt(self.model, s, |idx| ctx.get_logits_ith(idx));
             if s.in_batch > 0 {
                 s.n_past += s.in_batch;
                 s.first_step.get_or_insert(now);
             }
             let finished = match s.logits_at.take() {
+                _ if !scored => Some(FinishReason::Cancelled),
+                // Scored and echoed, nothing generated (`max_tokens: 0`).
+                Some(_) if s.max_tokens == 0 => Some(FinishReason::Length),
                 Some(idx) => {
                     generated += 1;
                     let logits = self.ctx.get_logits_ith(idx);
@@ -395,7 +410,9 @@ impl<'m> StepLoop<'m> {
         for s in self.running.iter_mut() {
             s.in_batch = 0;
             s.logits_at = None;
+            s.prompt_logits_from = None;
         }
+        let score_cap = (PROMPT_SCORE_LOGITS / self.model.n_vocab().max(1) as usize).max(1);
         for decoding in [true, false] {
             for s in self
                 .running
@@ -403,17 +420,24 @@ impl<'m> StepLoop<'m> {
                 .filter(|s| s.is_decoding() == decoding && s.lora == set)
             {
                 s.in_batch = s.pending().min(budget);
+                if !decoding && s.scores_prompt() {
+                    s.in_batch = s.in_batch.min(score_cap);
+                }
                 budget -= s.in_batch;
             }
         }
         self.running.sort_unstable_by_key(|s| s.seq_id);
         for s in self.running.iter_mut() {
             let Some(seq_id) = s.seq_id else { continue };
+            let scoring = s.scores_prompt();
+            if scoring && s.in_batch > 0 {
+                s.prompt_logits_from = Some(self.batch.n_tokens());
+            }
             for pos in s.n_past..s.n_past + s.in_batch {
                 let last = pos + 1 == s.tokens.len();
                 if self
                     .batch
-                    .add(s.tokens[pos], pos as i32, &[seq_id], last)
+                    .add(s.tokens[pos], pos as i32, &[seq_id], last || scoring)
                     .is_err()
                 {
                     // Cannot happen: the batch holds max_batch_tokens tokens.
