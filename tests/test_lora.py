@@ -24,8 +24,16 @@ def adapter(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(spindle, adapter):
-    p = spindle(["serve", "--port", "0", "--model", str(SMOLLM), "--threads", "2", "--lora", f"tuned={adapter}"])
+def other_adapter(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lora") / "other.gguf"
+    layer_lora(str(SMOLLM), str(path), "blk.28.ffn_down.weight", rank=4, std=0.2, seed=11, alpha=0.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(spindle, adapter, other_adapter):
+    p = spindle(["serve", "--port", "0", "--model", str(SMOLLM), "--threads", "2",
+                 "--lora", f"tuned={adapter}", "--lora", f"other={other_adapter}"])
     client = openai.OpenAI(base_url=f"{p.url}/v1", api_key="unused", max_retries=0, timeout=120)
     base = client.models.list().data[0].id
     return client, base
@@ -54,6 +62,17 @@ def test_model_id_and_lora_field_select_the_adapter(served):
     # Scale 0 is exactly the base model.
     assert chat(client, base, lora=[{"name": "tuned", "scale": 0}]) == plain
     assert chat(client, base) == plain
+
+
+def test_several_adapters_combine(served):
+    client, base = served
+    one = chat(client, base, lora=[{"name": "tuned"}])
+    other = chat(client, base, lora=[{"name": "other"}])
+    both = chat(client, base, lora=[{"name": "tuned"}, {"name": "other"}])
+    assert both not in (one, other, chat(client, base)), "the second adapter had no effect"
+    # One set in any order, and a model id's adapter joins the list.
+    assert chat(client, base, lora=[{"name": "other"}, {"name": "tuned"}]) == both
+    assert chat(client, f"{base}:tuned", lora=[{"name": "other"}]) == both
 
 
 def test_completions_and_responses_take_the_field(served):

@@ -13,6 +13,10 @@ use utoipa::ToSchema;
 /// trained size only produces noise, and a bound keeps logits finite.
 pub const MAX_SCALE: f32 = 10.0;
 
+/// Most adapters with a non-zero scale one request may combine (each adds
+/// its two small products to every weight it adapts).
+pub const MAX_ADAPTERS: usize = 8;
+
 /// The separator of a `base:adapter` model id.
 pub const MODEL_SEPARATOR: char = ':';
 
@@ -50,10 +54,9 @@ impl std::fmt::Display for LoraError {
                 "lora[{i}].scale must be a finite number between -{MAX_SCALE} and {MAX_SCALE}"
             ),
             Self::Duplicate(i, name) => write!(f, "lora[{i}] names adapter '{name}' a second time"),
-            // llama-cpp-2's safe API sets one adapter on a context at a time.
             Self::TooMany => write!(
                 f,
-                "at most one LoRA adapter with a non-zero scale per request"
+                "at most {MAX_ADAPTERS} LoRA adapters with a non-zero scale per request"
             ),
         }
     }
@@ -70,8 +73,10 @@ impl LoraError {
     }
 }
 
-/// Checks names and scales, and drops zero scales (a zero-scale adapter is
-/// exactly the base model, and then shares its batches and cache).
+/// Checks names and scales, drops zero scales (a zero-scale adapter is
+/// exactly the base model, and then shares its batches and cache) and
+/// orders the rest by name: adapters add up, so a set is the same set in
+/// any order, and routes and caches as one.
 pub fn validate(list: &[LoraSelection]) -> Result<Vec<LoraSelection>, LoraError> {
     let mut kept: Vec<LoraSelection> = Vec::new();
     for (i, sel) in list.iter().enumerate() {
@@ -88,9 +93,10 @@ pub fn validate(list: &[LoraSelection]) -> Result<Vec<LoraSelection>, LoraError>
             kept.push(sel.clone());
         }
     }
-    if kept.len() > 1 {
+    if kept.len() > MAX_ADAPTERS {
         return Err(LoraError::TooMany);
     }
+    kept.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(kept)
 }
 
@@ -150,9 +156,14 @@ mod tests {
             validate(&[sel("a", 1.0), sel("a", 2.0)]),
             Err(LoraError::Duplicate(1, "a".into()))
         );
+        let many: Vec<_> = (0..=MAX_ADAPTERS)
+            .map(|i| sel(&format!("a{i}"), 1.0))
+            .collect();
+        assert_eq!(validate(&many), Err(LoraError::TooMany));
+        // Several are one set in any order.
         assert_eq!(
-            validate(&[sel("a", 1.0), sel("b", 2.0)]),
-            Err(LoraError::TooMany)
+            validate(&[sel("b", 2.0), sel("a", 1.0)]).unwrap(),
+            vec![sel("a", 1.0), sel("b", 2.0)]
         );
         assert_eq!(LoraError::Scale(1).param(), "lora[1].scale");
     }

@@ -239,6 +239,7 @@ impl Worker {
             &self.adapters,
             self.model_adapter(req.model.as_deref()),
             &req.lora,
+            self.engine.combines_adapters,
         )?;
         if let Some(message) = req.sampling.stop_error() {
             return Err(WorkerError::invalid(message, Some("stop")));

@@ -5,7 +5,7 @@
 
 use crate::error::WorkerError;
 use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
-use spindle_proto::lora::{self, LoraSelection};
+use spindle_proto::lora::{self, LoraSelection, MAX_ADAPTERS};
 use std::path::PathBuf;
 
 /// One `--lora NAME=PATH` flag.
@@ -81,51 +81,63 @@ pub fn load(
     Ok(loaded)
 }
 
-/// The adapter a sequence decodes under: an index into the loaded adapters
-/// and its scale, or none (the base model). Equal sets may share a decode
-/// and a prefix-cache entry; different ones never do.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LoraSet(Option<(usize, f32)>);
-
-impl PartialEq for LoraSet {
-    fn eq(&self, other: &Self) -> bool {
-        // Scales compare by bits: two sets are equal only when llama.cpp
-        // would compute exactly the same thing.
-        match (self.0, other.0) {
-            (None, None) => true,
-            (Some((a, x)), Some((b, y))) => a == b && x.to_bits() == y.to_bits(),
-            _ => false,
-        }
-    }
+/// The adapters a sequence decodes under: indexes into the loaded adapters
+/// with their non-zero scales, in index order; none is the base model.
+/// Equal sets may share a decode and a prefix-cache entry; different ones
+/// never do. Scales compare by bits: two sets are equal only when
+/// llama.cpp would compute exactly the same thing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LoraSet {
+    len: u8,
+    /// (adapter index, scale bits); entries past `len` are zero.
+    items: [(u16, u32); MAX_ADAPTERS],
 }
 
-impl Eq for LoraSet {}
-
 impl LoraSet {
-    pub const BASE: Self = Self(None);
+    pub const BASE: Self = Self {
+        len: 0,
+        items: [(0, 0); MAX_ADAPTERS],
+    };
 
+    /// One adapter at `scale` (scale 0 is the base model).
     pub fn adapter(index: usize, scale: f32) -> Self {
-        Self(Some((index, scale)).filter(|_| scale != 0.0))
+        Self::of([(index, scale)])
     }
 
-    /// The adapter's index and scale; `None` for the base model.
-    pub fn get(&self) -> Option<(usize, f32)> {
-        self.0
+    /// The set of these adapters, zero scales left out; `None` past
+    /// [`MAX_ADAPTERS`] or an index beyond `u16`.
+    pub fn try_of(adapters: impl IntoIterator<Item = (usize, f32)>) -> Option<Self> {
+        let mut set = Self::BASE;
+        for (index, scale) in adapters.into_iter().filter(|&(_, s)| s != 0.0) {
+            let slot = set.items.get_mut(set.len as usize)?;
+            *slot = (u16::try_from(index).ok()?, scale.to_bits());
+            set.len += 1;
+        }
+        set.items[..set.len as usize].sort_unstable_by_key(|&(i, _)| i);
+        Some(set)
     }
 
-    /// An order over sets: the base model first, then by adapter and scale.
-    pub fn order_key(&self) -> (usize, u32) {
-        self.0.map_or((0, 0), |(i, s)| (i + 1, s.to_bits()))
+    fn of<const N: usize>(adapters: [(usize, f32); N]) -> Self {
+        Self::try_of(adapters).unwrap_or(Self::BASE)
+    }
+
+    /// The (adapter index, scale) pairs, in index order; empty for the base.
+    pub fn adapters(&self) -> impl Iterator<Item = (usize, f32)> + '_ {
+        self.items[..self.len as usize]
+            .iter()
+            .map(|&(i, s)| (usize::from(i), f32::from_bits(s)))
     }
 }
 
 /// The set a request asks for: its `lora` list (validated again here: the
 /// worker is called directly too), plus the adapter its model id names
-/// (`base:adapter`, scale 1). `names` are the loaded adapters' names.
+/// (`base:adapter`, scale 1). `names` are the loaded adapters' names;
+/// `combine` says whether this engine can apply several at once.
 pub fn resolve(
     names: &[String],
     model_adapter: Option<&str>,
     list: &[LoraSelection],
+    combine: bool,
 ) -> Result<LoraSet, WorkerError> {
     let mut list = list.to_vec();
     if let Some(a) = model_adapter {
@@ -155,12 +167,23 @@ pub fn resolve(
         param: Some(e.param()),
         code: None,
     })?;
-    Ok(match kept.first() {
-        None => LoraSet::BASE,
-        Some(sel) => {
-            let index = names.iter().position(|n| *n == sel.name).unwrap_or(0);
-            LoraSet::adapter(index, sel.scale)
-        }
+    if kept.len() > 1 && !combine {
+        return Err(WorkerError::InvalidRequest {
+            message: "this worker applies one LoRA adapter per request (its llama.cpp \
+                      bindings could not be set up to combine several; see its startup log)"
+                .into(),
+            param: Some("lora".into()),
+            code: None,
+        });
+    }
+    let indexed = kept.iter().map(|sel| {
+        let index = names.iter().position(|n| *n == sel.name).unwrap_or(0);
+        (index, sel.scale)
+    });
+    LoraSet::try_of(indexed).ok_or_else(|| WorkerError::InvalidRequest {
+        message: lora::LoraError::TooMany.to_string(),
+        param: Some("lora".into()),
+        code: None,
     })
 }
 
@@ -186,28 +209,40 @@ mod tests {
             name: n.into(),
             scale: s,
         };
-        assert_eq!(resolve(&names, None, &[]).unwrap(), LoraSet::BASE);
+        let resolve =
+            |model: Option<&str>, list: &[LoraSelection]| resolve(&names, model, list, true);
+        assert_eq!(resolve(None, &[]).unwrap(), LoraSet::BASE);
         assert_eq!(
-            resolve(&names, None, &[sel("b", 0.5)]).unwrap(),
+            resolve(None, &[sel("b", 0.5)]).unwrap(),
             LoraSet::adapter(1, 0.5)
         );
-        assert_eq!(
-            resolve(&names, Some("a"), &[]).unwrap(),
-            LoraSet::adapter(0, 1.0)
-        );
+        assert_eq!(resolve(Some("a"), &[]).unwrap(), LoraSet::adapter(0, 1.0));
         // A scale 0 is the base model.
-        assert_eq!(
-            resolve(&names, None, &[sel("a", 0.0)]).unwrap(),
-            LoraSet::BASE
-        );
+        assert_eq!(resolve(None, &[sel("a", 0.0)]).unwrap(), LoraSet::BASE);
         let Err(WorkerError::InvalidRequest { message, param, .. }) =
-            resolve(&names, None, &[sel("c", 1.0)])
+            resolve(None, &[sel("c", 1.0)])
         else {
             panic!("unknown adapter accepted")
         };
         assert!(message.contains("'c'"), "{message}");
         assert_eq!(param.as_deref(), Some("lora[0].name"));
-        assert!(resolve(&names, None, &[sel("a", 1.0), sel("b", 1.0)]).is_err());
-        assert!(resolve(&names, None, &[sel("a", 11.0)]).is_err());
+        assert!(resolve(None, &[sel("a", 11.0)]).is_err());
+        // Several, in any order, are one set; a model id's adapter joins it.
+        let both = resolve(None, &[sel("b", 2.0), sel("a", 1.0)]).unwrap();
+        assert_eq!(
+            both,
+            resolve(Some("b"), &[sel("b", 2.0), sel("a", 1.0)]).unwrap()
+        );
+        assert_eq!(both.adapters().collect::<Vec<_>>(), [(0, 1.0), (1, 2.0)]);
+        assert_eq!(
+            resolve(Some("a"), &[sel("b", 2.0)])
+                .unwrap()
+                .adapters()
+                .count(),
+            2
+        );
+        // An engine that cannot combine them refuses several.
+        let one_only = super::resolve(&names, None, &[sel("a", 1.0), sel("b", 1.0)], false);
+        assert!(one_only.is_err());
     }
 }

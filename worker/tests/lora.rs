@@ -62,7 +62,11 @@ fn make_adapter(out: &Path, args: &[&str]) {
 
 /// An lm-head adapter on `tokens` (see the module comment).
 fn head_adapter(dir: &Path, tokens: &[i32]) -> PathBuf {
-    let out = dir.join("head.gguf");
+    head_adapter_named(dir, "head", tokens)
+}
+
+fn head_adapter_named(dir: &Path, name: &str, tokens: &[i32]) -> PathBuf {
+    let out = dir.join(format!("{name}.gguf"));
     let list = tokens
         .iter()
         .map(i32::to_string)
@@ -155,6 +159,12 @@ async fn run(w: &Worker, req: GenerateRequest) -> (Vec<i32>, u32) {
 /// adapter does at its scale). Returns the generated ids and the logits of
 /// the first step (before the factor).
 fn reference(model: &Model, tokens: &[i32], factor: f32) -> (Vec<i32>, Vec<f32>) {
+    reference_of(model, &[(tokens, factor)])
+}
+
+/// [`reference`] for several head adapters at once: their deltas add up,
+/// each scaling its own tokens' logits by `factor - 1`.
+fn reference_of(model: &Model, adapted: &[(&[i32], f32)]) -> (Vec<i32>, Vec<f32>) {
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(512))
         .with_n_batch(512)
@@ -176,8 +186,11 @@ fn reference(model: &Model, tokens: &[i32], factor: f32) -> (Vec<i32>, Vec<f32>)
         if step == 0 {
             first = logits.clone();
         }
-        for &t in tokens {
-            logits[t as usize] *= factor;
+        let base = logits.clone();
+        for &(tokens, factor) in adapted {
+            for &t in tokens {
+                logits[t as usize] += base[t as usize] * (factor - 1.0);
+            }
         }
         let next = (0..logits.len())
             .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
@@ -381,4 +394,58 @@ async fn bad_adapters_are_refused_at_startup_and_unknown_ones_per_request() {
     };
     assert!(message.contains("'head'"), "{message}");
     assert_eq!(param.as_deref(), Some("lora[0].name"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_adapters_add_up_in_one_request() {
+    let dir = tempdir("several");
+    let model = load_model();
+    let (base_ids, _) = reference(&model, &[], 1.0);
+    // Each turns its token around: `a` one of the base output's, `b` one
+    // that only `a`'s output reaches, so both matter together.
+    let a_tokens = [base_ids[3]];
+    let (only_a, _) = reference(&model, &a_tokens, factor(-4.0));
+    let b_tokens = [only_a[6]];
+    let (only_b, _) = reference(&model, &b_tokens, factor(-4.0));
+    let a = head_adapter_named(&dir, "a", &a_tokens);
+    let b = head_adapter_named(&dir, "b", &b_tokens);
+    let (both, _) = reference_of(
+        &model,
+        &[(&a_tokens, factor(-4.0)), (&b_tokens, factor(-4.0))],
+    );
+    assert!(
+        both != only_a && both != only_b,
+        "the combination must be its own output"
+    );
+    drop(model);
+
+    let w = Worker::start(&config(vec![spec("a", &a), spec("b", &b)]))
+        .await
+        .expect("worker starts");
+    let with = |list: &[(&str, f32)]| GenerateRequest {
+        lora: list
+            .iter()
+            .map(|&(name, scale)| LoraSelection {
+                name: name.into(),
+                scale,
+            })
+            .collect(),
+        ..request(None)
+    };
+    assert_eq!(run(&w, with(&[("a", -4.0), ("b", -4.0)])).await.0, both);
+    // Any order is the same set (one set, one cache key: see lora::resolve).
+    assert_eq!(run(&w, with(&[("b", -4.0), ("a", -4.0)])).await.0, both);
+    // Batched with each adapter alone and the base model.
+    let lists: [&[(&str, f32)]; 5] = [
+        &[("a", -4.0), ("b", -4.0)],
+        &[("a", -4.0)],
+        &[],
+        &[("b", -4.0)],
+        &[("b", -4.0), ("a", -4.0)],
+    ];
+    let outs = futures::future::join_all(lists.iter().map(|l| run(&w, with(l)))).await;
+    let wants = [&both, &only_a, &base_ids, &only_b, &both];
+    for ((list, (ids, _)), want) in lists.iter().zip(&outs).zip(wants) {
+        assert_eq!(ids, want, "{list:?} batched with other sets");
+    }
 }

@@ -117,6 +117,8 @@ pub struct Engine {
     pub model: Arc<Model>,
     pub config: Arc<EngineConfig>,
     pub metrics: Arc<WorkerMetrics>,
+    /// Whether one request may combine several LoRA adapters (see `lora`).
+    pub combines_adapters: bool,
 }
 
 /// A request ready for the engine.
@@ -164,15 +166,16 @@ impl Engine {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(()));
-                    let loras = lora::Loras::new(adapters);
+                    let loras = lora::Loras::new(adapters, &ctx, &model);
+                    let _ = ready_tx.send(Ok(loras.combines()));
                     StepLoop::new(&model, ctx, &config, stats, metrics, loras).run(rx);
                 })?;
         }
-        ready_rx
+        let combines_adapters = ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("engine thread died while starting"))??;
         Ok(Self {
+            combines_adapters,
             tx,
             stats,
             model,

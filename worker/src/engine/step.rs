@@ -47,6 +47,7 @@ pub(super) struct Slot {
 
 pub(super) struct StepLoop<'m> {
     model: &'m Model,
+    /// Declared before `loras`, so dropped first: it uses their adapters.
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     config: EngineConfig,
