@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Generation throughput of a worker with and without an embeddings load.
+"""Generation throughput of a worker with and without an embeddings load,
+for each way of scheduling embeddings (`--embedding-mode`).
 
-Starts `spindle worker` (target/release/spindle) on a model, runs STREAMS
-concurrent generations of TOKENS tokens each (`/v1/generate`, ignore_eos)
-and reports generated tokens per second: once alone, once while EMBEDDERS
-client threads keep `/v1/embeddings` busy with BATCH texts per request.
-Prints one JSON object.
+For every mode (alternating, REPEAT times) starts `spindle worker`
+(target/release/spindle) on a model, runs STREAMS concurrent generations of
+TOKENS tokens each (`/v1/generate`, ignore_eos) and measures generated
+tokens per second: once alone, once while EMBEDDERS client threads keep
+`/v1/embeddings` busy with BATCH texts per request (with the embedding
+tokens/s and request latency meanwhile). Prints a table of medians and
+writes every run as JSON (--json).
 
     scripts/bench_embeddings.py [--model PATH] [--streams 8] [--tokens 128]
         [--embedders 1] [--batch 32] [--threads N] [--embedding-threads N]
+        [--modes separate,interleaved,interleaved@0.2] [--repeat 3]
+        [--json bench-embeddings.json]
+
+A mode `interleaved@S` runs interleaved with `--embedding-share S`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import threading
 import time
@@ -32,6 +40,8 @@ TEXT = ("Embeddings turn a passage of text into a vector, so that passages with 
 def start_worker(args) -> tuple[subprocess.Popen, str]:
     cmd = [str(ROOT / "target/release/spindle"), "worker", "--port", "0", "--model", args.model,
            "--max-seqs", str(args.streams)]
+    mode, _, share = args.mode.partition("@")
+    cmd += ["--embedding-mode", mode] + (["--embedding-share", share] if share else [])
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.embedding_threads:
@@ -81,6 +91,49 @@ def embed_load(url: str, model: str, batch: int, stop: threading.Event, stats: d
         stats["latency"].append(time.perf_counter() - t0)
 
 
+def measure(args) -> dict:
+    """One worker in `args.mode`: generation alone, embedding alone, both."""
+    proc, url = start_worker(args)
+    try:
+        model = requests.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
+        generation_round(url, args.streams, 16)  # warm up
+        alone = generation_round(url, args.streams, args.tokens)
+        solo = 0
+        t0 = time.perf_counter()
+        for _ in range(3):
+            texts = [f"{i}. {TEXT}" for i in range(args.batch)]
+            r = requests.post(f"{url}/v1/embeddings", json={"model": model, "input": texts}, timeout=600)
+            r.raise_for_status()
+            solo += r.json()["usage"]["prompt_tokens"]
+        embed_alone = round(solo / (time.perf_counter() - t0), 1)
+        stop = threading.Event()
+        stats = {"requests": 0, "inputs": 0, "tokens": 0, "latency": []}
+        loaders = [threading.Thread(target=embed_load, args=(url, model, args.batch, stop, stats))
+                   for _ in range(args.embedders)]
+        for t in loaders:
+            t.start()
+        time.sleep(1.0)  # the load is running before generation starts
+        t0 = time.perf_counter()
+        before = stats["tokens"]
+        loaded = generation_round(url, args.streams, args.tokens)
+        span = time.perf_counter() - t0
+        embedded = stats["tokens"] - before
+        stop.set()
+        for t in loaders:
+            t.join()
+        lat = sorted(stats["latency"])
+        return {
+            "mode": args.mode, "alone": alone, "with_embeddings": loaded,
+            "slowdown": round(1 - loaded["tokens_per_second"] / alone["tokens_per_second"], 3),
+            "embedding_alone_tokens_per_second": embed_alone,
+            "embedding_tokens_per_second": round(embedded / span, 1),
+            "embedding_request_p50_s": round(lat[len(lat) // 2], 3) if lat else None,
+        }
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=str(ROOT.parent / "shared/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -90,48 +143,37 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int)
     p.add_argument("--embedding-threads", type=int)
+    p.add_argument("--modes", default="separate,interleaved,interleaved@0.2")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", default="bench-embeddings.json")
     args = p.parse_args()
-    proc, url = start_worker(args)
-    try:
-        model = requests.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
-        generation_round(url, args.streams, 16)  # warm up
-        alone = generation_round(url, args.streams, args.tokens)
-        solo = {"requests": 0, "inputs": 0, "tokens": 0, "latency": []}
-        t0 = time.perf_counter()
-        for _ in range(3):
-            texts = [f"{i}. {TEXT}" for i in range(args.batch)]
-            r = requests.post(f"{url}/v1/embeddings", json={"model": model, "input": texts}, timeout=600)
-            r.raise_for_status()
-            solo["tokens"] += r.json()["usage"]["prompt_tokens"]
-        embed_alone = round(solo["tokens"] / (time.perf_counter() - t0), 1)
-        stop = threading.Event()
-        stats = {"requests": 0, "inputs": 0, "tokens": 0, "latency": []}
-        loaders = [threading.Thread(target=embed_load, args=(url, model, args.batch, stop, stats))
-                   for _ in range(args.embedders)]
-        for t in loaders:
-            t.start()
-        time.sleep(1.0)  # the load is running before generation starts
-        t0 = time.perf_counter()
-        before = dict(stats, latency=len(stats["latency"]))
-        loaded = generation_round(url, args.streams, args.tokens)
-        span = time.perf_counter() - t0
-        embedded = stats["tokens"] - before["tokens"]
-        stop.set()
-        for t in loaders:
-            t.join()
-        lat = sorted(stats["latency"])
-        print(json.dumps({
-            "streams": args.streams, "tokens_per_stream": args.tokens,
-            "embedders": args.embedders, "batch": args.batch,
-            "alone": alone, "with_embeddings": loaded,
-            "slowdown": round(1 - loaded["tokens_per_second"] / alone["tokens_per_second"], 3),
-            "embedding_alone_tokens_per_second": embed_alone,
-            "embedding_tokens_per_second": round(embedded / span, 1),
-            "embedding_request_p50_s": round(lat[len(lat) // 2], 3) if lat else None,
-        }, indent=1))
-    finally:
-        proc.kill()
-        proc.wait()
+    runs = []
+    for rep in range(args.repeat):
+        for mode in args.modes.split(","):
+            args.mode = mode
+            run = measure(args)
+            run["repetition"] = rep
+            runs.append(run)
+            print(f"[bench] {mode} #{rep + 1}: generation {run['alone']['tokens_per_second']} alone, "
+                  f"{run['with_embeddings']['tokens_per_second']} with embeddings "
+                  f"({run['embedding_tokens_per_second']} embedding tok/s)", flush=True)
+    med = lambda mode, f: statistics.median(f(r) for r in runs if r["mode"] == mode)
+    columns = [
+        ("generation alone tok/s", lambda r: r["alone"]["tokens_per_second"]),
+        ("generation + embeddings tok/s", lambda r: r["with_embeddings"]["tokens_per_second"]),
+        ("embedding tok/s meanwhile", lambda r: r["embedding_tokens_per_second"]),
+        ("embedding request p50 s", lambda r: r["embedding_request_p50_s"] or 0),
+        ("embedding alone tok/s", lambda r: r["embedding_alone_tokens_per_second"]),
+    ]
+    modes = args.modes.split(",")
+    print(f"\nmedians of {args.repeat} (alternating), {args.streams} streams x {args.tokens} tokens, "
+          f"{args.embedders} embedder(s) x {args.batch} texts")
+    print("| | " + " | ".join(modes) + " |")
+    print("|---|" + "---|" * len(modes))
+    for name, f in columns:
+        print(f"| {name} | " + " | ".join(f"{med(m, f):g}" for m in modes) + " |")
+    Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+    print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pytest
 from openai import BadRequestError
 
 from conftest import STORIES
+from fault_support import metric_sum
 from router_support import client
 
 CTX = 512
@@ -24,10 +25,14 @@ FILLER = ("Lily and her dog went to the big park and played with a red ball "
 
 
 @pytest.fixture(scope="module")
-def api(spindle):
-    url = spindle(["serve", "--port", "0", "--model", str(STORIES), "--threads", "2",
-                   "--ctx-size", str(CTX)]).url
-    return client(url)
+def served(spindle):
+    return spindle(["serve", "--port", "0", "--model", str(STORIES), "--threads", "2",
+                    "--ctx-size", str(CTX)]).url
+
+
+@pytest.fixture(scope="module")
+def api(served):
+    return client(served)
 
 
 def turn(api, prev, i, truncation, **extra):
@@ -52,6 +57,22 @@ def test_auto_keeps_a_chain_well_past_the_context_going(api):
     # The chain held ~15 x 150 tokens: far more than was fed at the end.
     assert inputs[-1] < 15 * 100, inputs
     assert max(inputs) > CTX // 2, inputs
+
+
+def test_auto_cuts_a_long_input_and_counts_what_it_dropped(api, served):
+    """Input items of one request (no chain for the router to window): the
+    worker drops the oldest, and its metrics count the cut and the loss."""
+    requests_before = metric_sum(served, "spindle_worker_truncated_requests_total")
+    messages_before = metric_sum(served, "spindle_worker_truncated_messages_total")
+    items = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}. {FILLER}"}
+             for i in range(9)]
+    r = api.responses.create(model=api.models.list().data[0].id, input=items, truncation="auto",
+                             max_output_tokens=OUT, temperature=0)
+    assert r.status in ("completed", "incomplete"), r
+    assert r.usage.input_tokens + OUT <= CTX, r.usage
+    cut = metric_sum(served, "spindle_worker_truncated_requests_total") - requests_before
+    lost = metric_sum(served, "spindle_worker_truncated_messages_total") - messages_before
+    assert cut == 1 and lost >= 4, (cut, lost)
 
 
 def test_auto_without_max_output_tokens_keeps_a_quarter_for_the_output(api):

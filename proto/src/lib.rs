@@ -195,6 +195,24 @@ pub struct GenerateRequest {
     pub lora: Vec<lora::LoraSelection>,
 }
 
+impl GenerateRequest {
+    /// A raw prompt with these sampling settings, everything else default.
+    pub fn from_prompt(prompt: impl Into<String>, sampling: SamplingParams) -> Self {
+        Self {
+            request_id: None,
+            model: None,
+            input: PromptInput::Prompt(prompt.into()),
+            continuation: None,
+            sampling,
+            cache_key: None,
+            cache_salt: None,
+            lora: Vec::new(),
+            output: tools::OutputSpec::default(),
+            truncation: Truncation::default(),
+        }
+    }
+}
+
 /// How a prompt larger than the context is handled (the Responses API's
 /// `truncation`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

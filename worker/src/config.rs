@@ -42,9 +42,22 @@ pub struct WorkerConfig {
     #[arg(long, env = "SPINDLE_EMBEDDING_CTX_SIZE", default_value_t = 2048)]
     pub embedding_ctx_size: u32,
 
-    /// CPU threads of the embeddings context (default: --threads).
+    /// CPU threads of the embeddings context (default: --threads; with
+    /// `--embedding-mode interleaved` always --threads).
     #[arg(long, env = "SPINDLE_EMBEDDING_THREADS")]
     pub embedding_threads: Option<i32>,
+
+    /// Where embedding decodes run: `separate` (their own thread, beside
+    /// generation steps: on a CPU both share the cores) or `interleaved`
+    /// (between generation steps on the engine thread, each taking what the
+    /// step left of --max-batch-tokens, at least one input).
+    #[arg(long, env = "SPINDLE_EMBEDDING_MODE", value_enum, default_value_t = crate::embed::EmbedMode::Separate)]
+    pub embedding_mode: crate::embed::EmbedMode,
+
+    /// With `--embedding-mode interleaved`: the part of the engine's time
+    /// embeddings get while sequences generate (0.05 to 0.95).
+    #[arg(long, env = "SPINDLE_EMBEDDING_SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    pub embedding_share: f64,
 
     /// CPU threads for llama.cpp (default: all cores).
     #[arg(long, env = "SPINDLE_THREADS")]
@@ -156,7 +169,14 @@ impl WorkerConfig {
     pub fn embed(&self) -> crate::embed::EmbedConfig {
         crate::embed::EmbedConfig {
             ctx_size: self.embedding_ctx_size.clamp(16, 1 << 20),
-            threads: self.embedding_threads.unwrap_or_else(|| self.threads()),
+            threads: match self.embedding_mode {
+                crate::embed::EmbedMode::Separate => {
+                    self.embedding_threads.unwrap_or_else(|| self.threads())
+                }
+                crate::embed::EmbedMode::Interleaved => self.threads(),
+            },
+            mode: self.embedding_mode,
+            share: self.embedding_share,
         }
     }
 
@@ -183,5 +203,18 @@ impl WorkerConfig {
             threads: self.threads(),
             kv: self.kv(),
         }
+    }
+}
+
+/// clap's parser for `--embedding-share`: a fraction from 0.05 to 0.95.
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.05..=0.95).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0.05 and 0.95"))
     }
 }

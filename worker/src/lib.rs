@@ -111,9 +111,28 @@ impl Worker {
         model.tool_format = ToolFormat::choose(config.tool_call_format, &model.template_source);
         let tool_format = model.tool_format;
         let model = Arc::new(model);
-        let embedder = embed::Embedder::start(model.clone(), config.embed(), metrics.clone())?;
         let adapters = adapters.into_iter().map(|(_, a)| a).collect();
-        let engine = Engine::start(model, adapters, engine_config, metrics)?;
+        let embed_config = config.embed();
+        let (engine, embedder) = match embed_config.mode {
+            embed::EmbedMode::Separate => {
+                let embedder =
+                    embed::Embedder::start(model.clone(), embed_config, metrics.clone())?;
+                let engine = Engine::start(model, adapters, engine_config, metrics, None)?;
+                (engine, embedder)
+            }
+            embed::EmbedMode::Interleaved => {
+                let engine = Engine::start(
+                    model.clone(),
+                    adapters,
+                    engine_config,
+                    metrics,
+                    Some(embed_config.clone()),
+                )?;
+                let sink = engine.embed_sink();
+                let embedder = embed::Embedder::interleaved(&model, embed_config, sink);
+                (engine, embedder)
+            }
+        };
         tracing::info!(
             model = %names[0],
             ctx = config.ctx_size,
@@ -121,6 +140,7 @@ impl Worker {
             threads = config.threads(),
             ?tool_format,
             embedding_ctx = config.embedding_ctx_size,
+            embedding_mode = ?config.embedding_mode,
             embedding_dims = embedder.dims,
             pooling = ?embedder.pooling,
             adapters = adapter_names.len(),
@@ -358,6 +378,9 @@ impl Worker {
             return Err(WorkerError::Submit(SubmitError::NoRoom { ctx, room }));
         };
         if fitted.dropped > 0 {
+            let m = &self.engine.metrics;
+            m.truncated_requests.increment(1);
+            m.truncated_messages.increment(fitted.dropped as u64);
             tracing::debug!(
                 dropped = fitted.dropped,
                 tokens = fitted.tokens.len(),

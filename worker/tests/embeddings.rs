@@ -2,10 +2,15 @@
 //! the GGUF states none): determinism, batching (one request's inputs and
 //! concurrent requests packed into shared decodes give the vectors each
 //! input gets alone), similarity, unit length, both encodings, token-id
-//! input, and the 400s naming their parameter.
+//! input, and the 400s naming their parameter. Interleaved with generation
+//! on the engine thread (`--embedding-mode interleaved`) the vectors are
+//! the same and a generation beside them runs to its end.
 
+use futures::StreamExt;
 use spindle_proto::openai::embeddings::{EmbeddingInput, EmbeddingVector};
 use spindle_proto::openai::{EmbeddingRequest, EncodingFormat};
+use spindle_proto::{GenerateEvent, GenerateRequest, SamplingParams};
+use spindle_worker::embed::EmbedMode;
 use spindle_worker::error::WorkerError;
 use spindle_worker::{Worker, WorkerConfig};
 
@@ -21,12 +26,19 @@ fn model_path() -> String {
 /// A small embedding context (64 tokens), so a handful of inputs takes
 /// several decodes.
 async fn worker() -> Worker {
+    worker_in(EmbedMode::Separate).await
+}
+
+async fn worker_in(embedding_mode: EmbedMode) -> Worker {
     let c = WorkerConfig {
         ctx_size: 256,
         max_seqs: 2,
+        // Small steps: a generating step leaves room for few inputs.
+        max_batch_tokens: 32,
         threads: Some(2),
         gpu_layers: 0,
         embedding_ctx_size: 64,
+        embedding_mode,
         ..WorkerConfig::for_model(&model_path())
     };
     Worker::start(&c).await.expect("worker starts")
@@ -251,4 +263,37 @@ async fn bad_inputs_are_refused_naming_their_param() {
         w.embed(r).await,
         Err(WorkerError::UnknownModel(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_embeddings_match_and_generation_goes_on() {
+    let want = vectors(&worker().await, req(texts(&INPUTS))).await;
+    let w = worker_in(EmbedMode::Interleaved).await;
+    let generation = GenerateRequest::from_prompt(
+        "Once upon a time",
+        SamplingParams {
+            temperature: 0.0,
+            max_tokens: Some(48),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    );
+    let mut events = w.generate(generation).await.expect("accepted");
+    let generated = async {
+        while let Some(ev) = events.next().await {
+            if let GenerateEvent::Done { usage, .. } = ev {
+                return usage.completion_tokens;
+            }
+        }
+        panic!("the generation did not finish")
+    };
+    // Both requests, and separately queued single inputs, beside it.
+    let singles = futures::future::join_all(INPUTS.iter().map(|t| one(&w, t)));
+    let (got, singles, generated) =
+        tokio::join!(vectors(&w, req(texts(&INPUTS))), singles, generated);
+    assert_eq!(generated, 48);
+    for (i, ((g, s), a)) in got.iter().zip(&singles).zip(&want).enumerate() {
+        assert!(max_diff(a, g) < 2e-3, "input {i}: {}", max_diff(a, g));
+        assert!(max_diff(a, s) < 2e-3, "input {i} alone: {}", max_diff(a, s));
+    }
 }

@@ -7,9 +7,7 @@
 //! change is to compare logits within a tolerance at the first divergence.
 
 use futures::StreamExt;
-use spindle_proto::{
-    ChatMessage, FinishReason, GenerateEvent, GenerateRequest, PromptInput, SamplingParams,
-};
+use spindle_proto::{ChatMessage, FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
 use spindle_worker::engine::SubmitError;
 use spindle_worker::error::WorkerError;
 use spindle_worker::{Worker, WorkerConfig};
@@ -48,18 +46,7 @@ fn greedy(max_tokens: u32) -> SamplingParams {
 }
 
 fn prompt_req(prompt: &str, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        request_id: None,
-        model: None,
-        input: PromptInput::Prompt(prompt.into()),
-        continuation: None,
-        sampling,
-        cache_key: None,
-        cache_salt: None,
-        output: Default::default(),
-        truncation: Default::default(),
-        lora: Vec::new(),
-    }
+    GenerateRequest::from_prompt(prompt, sampling)
 }
 
 /// Run one request to the end: (text, token ids, finish reason, cached tokens).

@@ -9,9 +9,7 @@ use futures::StreamExt;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use spindle_proto::logprobs::{PromptLogprobs, TokenLogprob};
-use spindle_proto::{
-    FinishReason, GenerateEvent, GenerateRequest, PromptInput, SamplingParams, Usage,
-};
+use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, SamplingParams, Usage};
 use spindle_worker::model::{backend, LoadOptions, Model};
 use spindle_worker::{Worker, WorkerConfig};
 use std::num::NonZeroU32;
@@ -25,23 +23,15 @@ fn model_path() -> String {
 }
 
 fn request(prompt: &str, logprobs: Option<u32>) -> GenerateRequest {
-    GenerateRequest {
-        request_id: None,
-        model: None,
-        input: PromptInput::Prompt(prompt.into()),
-        continuation: None,
-        sampling: SamplingParams {
+    GenerateRequest::from_prompt(
+        prompt,
+        SamplingParams {
             temperature: 0.0,
             max_tokens: Some(24),
             logprobs,
             ..Default::default()
         },
-        cache_key: None,
-        cache_salt: None,
-        lora: Vec::new(),
-        output: Default::default(),
-        truncation: Default::default(),
-    }
+    )
 }
 
 /// Token ids and log probability entries of one run, with a check that

@@ -3,7 +3,7 @@
 //! with the prefix cache's stream copies and K-shifts under them.
 
 use futures::StreamExt;
-use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, PromptInput, SamplingParams};
+use spindle_proto::{FinishReason, GenerateEvent, GenerateRequest, SamplingParams};
 use spindle_worker::kv::{CacheType, FlashAttn};
 use spindle_worker::model::Model;
 use spindle_worker::template::TemplateOrigin;
@@ -51,18 +51,7 @@ fn greedy(max_tokens: u32) -> SamplingParams {
 }
 
 fn prompt_req(prompt: &str, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        request_id: None,
-        model: None,
-        input: PromptInput::Prompt(prompt.into()),
-        continuation: None,
-        sampling,
-        cache_key: None,
-        cache_salt: None,
-        output: Default::default(),
-        truncation: Default::default(),
-        lora: Vec::new(),
-    }
+    GenerateRequest::from_prompt(prompt, sampling)
 }
 
 /// Run one request to the end: (token ids, finish reason, cached tokens).

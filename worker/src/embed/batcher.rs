@@ -1,9 +1,12 @@
-//! The embedding thread's loop ([`Batcher`]): take every waiting request,
-//! pack their inputs first come first served into one decode (each input
-//! its own sequence id, at most `ctx_size` tokens and
-//! [`MAX_SEQS_PER_DECODE`] sequences), read each sequence's pooled vector,
-//! normalize it, clear the cache, answer the requests that are complete.
-//! A request whose caller went away is dropped before its next decode.
+//! The embedding decodes ([`Batcher`]): take every waiting request, pack
+//! their inputs first come first served into one decode (each input its
+//! own sequence id, at most `ctx_size` tokens, or fewer when interleaved
+//! with generation, and [`MAX_SEQS_PER_DECODE`] sequences), read each
+//! sequence's pooled vector, normalize it, clear the cache, answer the
+//! requests that are complete. A request whose caller went away is dropped
+//! before its next decode. [`Batcher::run`] is the loop of the separate
+//! embedding thread; interleaved, the engine's step loop calls
+//! [`Batcher::step`] with what its step left of the token budget.
 
 use super::{EmbedConfig, EmbedError, Job, MAX_SEQS_PER_DECODE};
 use crate::metrics::WorkerMetrics;
@@ -40,7 +43,7 @@ impl Pending {
     }
 }
 
-pub(super) struct Batcher<'m> {
+pub(crate) struct Batcher<'m> {
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     budget: usize,
@@ -63,7 +66,7 @@ pub fn normalize(v: &[f32]) -> Vec<f32> {
 }
 
 impl<'m> Batcher<'m> {
-    pub(super) fn new(
+    pub(crate) fn new(
         ctx: LlamaContext<'m>,
         config: &EmbedConfig,
         metrics: Arc<WorkerMetrics>,
@@ -87,18 +90,30 @@ impl<'m> Batcher<'m> {
                 }
             }
             while let Ok(job) = rx.try_recv() {
-                self.pending.push_back(Pending::new(job));
+                self.push(job);
             }
-            // Callers gone: their work is not done.
-            self.pending.retain(|p| !p.job.reply.is_closed());
-            if !self.pending.is_empty() {
-                self.step();
+            if self.has_pending() {
+                self.step(self.budget);
             }
         }
     }
 
-    /// One decode over the next inputs, then answers for finished requests.
-    fn step(&mut self) {
+    pub(crate) fn push(&mut self, job: Job) {
+        self.pending.push_back(Pending::new(job));
+    }
+
+    /// Whether inputs wait; requests whose callers are gone are dropped
+    /// first (their work is not done).
+    pub(crate) fn has_pending(&mut self) -> bool {
+        self.pending.retain(|p| !p.job.reply.is_closed());
+        !self.pending.is_empty()
+    }
+
+    /// One decode over the next inputs, at most `tokens` of them (but
+    /// always the first waiting input, so every request progresses), then
+    /// answers for finished requests. Returns the tokens decoded.
+    pub(crate) fn step(&mut self, tokens: usize) -> usize {
+        let cap = tokens.min(self.budget);
         self.batch.clear();
         // (request, input) of each sequence id, in order.
         let mut placed: Vec<(usize, usize)> = Vec::new();
@@ -107,7 +122,7 @@ impl<'m> Batcher<'m> {
             while p.next < p.job.inputs.len() {
                 let tokens = &p.job.inputs[p.next];
                 let full = placed.len() == MAX_SEQS_PER_DECODE as usize;
-                if full || (used > 0 && used + tokens.len() > self.budget) {
+                if full || (used > 0 && used + tokens.len() > cap) {
                     break 'fill;
                 }
                 let seq = placed.len() as i32;
@@ -169,5 +184,6 @@ impl<'m> Batcher<'m> {
             let _ = p.job.reply.send(result);
         }
         self.pending = kept;
+        used
     }
 }

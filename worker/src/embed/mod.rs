@@ -1,18 +1,26 @@
 //! Embeddings: a second llama.cpp context (embeddings on, pooled, one
-//! unified KV cache) on its own OS thread, so an embedding decode never
-//! holds up a generation step (the engine thread and its context are not
-//! touched). [`Embedder`] is the handle async code holds; `batcher` packs
-//! the inputs of every waiting request, each its own sequence id, into one
-//! decode of at most `--embedding-ctx-size` tokens; `request` is
-//! `Worker::embed` (validation, tokenizing on the blocking pool, the
-//! response).
+//! unified KV cache), scheduled one of two ways ([`EmbedMode`]):
+//! `separate`, on its own OS thread, so an embedding decode never holds up
+//! a generation step (but on a CPU the two compete for the cores); or
+//! `interleaved`, on the engine thread between generation steps, each
+//! embedding decode within what the step left of `--max-batch-tokens` and,
+//! while sequences generate, `--embedding-share` of the thread's time (at
+//! least one input: see `interleave`). [`Embedder`] is the handle async
+//! code holds; `batcher` packs the inputs of every waiting request, each
+//! its own sequence id, into one decode of at most `--embedding-ctx-size`
+//! tokens; `request` is `Worker::embed` (validation, tokenizing on the
+//! blocking pool, the response).
 //!
 //! Pooling is the model's when its GGUF states mean, CLS or last pooling
 //! (llama.cpp's default for it), else mean pooling (a causal chat model such
 //! as SmolLM2 states none). Vectors are L2-normalized.
 
 mod batcher;
+mod interleave;
 mod request;
+
+pub(crate) use batcher::Batcher;
+pub(crate) use interleave::Interleaved;
 
 use crate::metrics::WorkerMetrics;
 use crate::model::{backend, Model};
@@ -31,13 +39,29 @@ pub const MAX_SEQS_PER_DECODE: u32 = 64;
 /// that, 503 and Retry-After. Four requests of the largest size.
 pub const MAX_QUEUED_TOKENS: usize = 4 * spindle_proto::openai::embeddings::MAX_REQUEST_TOKENS;
 
-/// Sizing of the embedding context.
+/// Sizing of the embedding context, and where it runs.
 #[derive(Debug, Clone)]
 pub struct EmbedConfig {
     /// The longest input in tokens, and the most tokens one decode holds
     /// (its KV cells and batch size).
     pub ctx_size: u32,
+    /// Its CPU threads (`separate` only: interleaved, the engine's).
     pub threads: i32,
+    pub mode: EmbedMode,
+    /// Interleaved: the part of the engine thread's time embeddings get
+    /// while sequences generate (see `interleave`).
+    pub share: f64,
+}
+
+/// Where embedding decodes run (`--embedding-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedMode {
+    /// On their own thread, beside generation steps.
+    #[default]
+    Separate,
+    /// On the engine thread, between generation steps, within the step's
+    /// token budget.
+    Interleaved,
 }
 
 /// Why embedding did not happen.
@@ -52,7 +76,7 @@ pub enum EmbedError {
 }
 
 /// One request's inputs and where its vectors go.
-struct Job {
+pub(crate) struct Job {
     inputs: Vec<Vec<LlamaToken>>,
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
     _queued: Queued,
@@ -71,10 +95,17 @@ impl Drop for Queued {
     }
 }
 
-/// A handle on the embedding thread; clone freely.
+/// Where jobs go: the embedding thread, or the engine thread.
+#[derive(Clone)]
+enum Sink {
+    Thread(mpsc::Sender<Job>),
+    Engine(crate::engine::EmbedSink),
+}
+
+/// A handle on the embedding decodes; clone freely.
 #[derive(Clone)]
 pub struct Embedder {
-    tx: mpsc::Sender<Job>,
+    tx: Sink,
     queued: Arc<AtomicUsize>,
     pub config: Arc<EmbedConfig>,
     /// Length of every vector (the model's output embedding width).
@@ -102,6 +133,22 @@ pub fn pooling_of(model: &Model) -> LlamaPoolingType {
 }
 
 impl Embedder {
+    /// Embeddings decoded by the engine thread, interleaved with generation
+    /// (it built the context: see `Engine::start`).
+    pub(crate) fn interleaved(
+        model: &Model,
+        config: EmbedConfig,
+        sink: crate::engine::EmbedSink,
+    ) -> Self {
+        Self {
+            tx: Sink::Engine(sink),
+            queued: Arc::new(AtomicUsize::new(0)),
+            config: Arc::new(config),
+            dims: usize::try_from(model.llama.n_embd_out()).unwrap_or(0),
+            pooling: pooling_of(model),
+        }
+    }
+
     /// Build the embedding context on a new thread and start serving there.
     pub fn start(
         model: Arc<Model>,
@@ -133,7 +180,7 @@ impl Embedder {
             .recv()
             .map_err(|_| anyhow::anyhow!("embedding thread died while starting"))??;
         Ok(Self {
-            tx,
+            tx: Sink::Thread(tx),
             queued: Arc::new(AtomicUsize::new(0)),
             config,
             dims,
@@ -156,18 +203,23 @@ impl Embedder {
             return Err(EmbedError::QueueFull);
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                inputs,
-                reply,
-                _queued: queued,
-            })
-            .map_err(|_| EmbedError::Stopped)?;
+        let job = Job {
+            inputs,
+            reply,
+            _queued: queued,
+        };
+        let sent = match &self.tx {
+            Sink::Thread(tx) => tx.send(job).is_ok(),
+            Sink::Engine(engine) => engine.send(job),
+        };
+        if !sent {
+            return Err(EmbedError::Stopped);
+        }
         rx.await.map_err(|_| EmbedError::Stopped)?
     }
 }
 
-fn new_context<'m>(
+pub(crate) fn new_context<'m>(
     model: &'m Model,
     config: &EmbedConfig,
     pooling: LlamaPoolingType,

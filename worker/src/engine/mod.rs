@@ -17,6 +17,9 @@
 //! that slot's stream is copied over and trimmed.
 //!
 //! With LoRA adapters, a step decodes one batch per adapter set (`lora`).
+//! With `--embedding-mode interleaved` the thread also owns the embeddings
+//! context and runs an embedding decode after each step, within what the
+//! step left of the token budget (see `crate::embed`).
 
 use crate::metrics::{Rejection, WorkerMetrics};
 use crate::model::{backend, Model};
@@ -107,6 +110,18 @@ impl EngineStats {
 enum Command {
     Submit(Box<Seq>),
     Cancel(String),
+    Embed(crate::embed::Job),
+}
+
+/// Where interleaved embedding requests go: the engine thread's queue.
+#[derive(Clone)]
+pub(crate) struct EmbedSink(mpsc::Sender<Command>);
+
+impl EmbedSink {
+    /// False when the engine has stopped.
+    pub(crate) fn send(&self, job: crate::embed::Job) -> bool {
+        self.0.send(Command::Embed(job)).is_ok()
+    }
 }
 
 /// A handle on the engine thread; clone freely.
@@ -144,6 +159,7 @@ impl Engine {
         adapters: Vec<llama_cpp_2::model::LlamaLoraAdapter>,
         config: EngineConfig,
         metrics: Arc<WorkerMetrics>,
+        interleaved_embeddings: Option<crate::embed::EmbedConfig>,
     ) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
@@ -166,9 +182,24 @@ impl Engine {
                             return;
                         }
                     };
+                    let embeds = match interleaved_embeddings.map(|c| {
+                        let pooling = crate::embed::pooling_of(&model);
+                        crate::embed::new_context(&model, &c, pooling)
+                            .map(|ctx| crate::embed::Batcher::new(ctx, &c, metrics.clone()))
+                            .map(|b| crate::embed::Interleaved::new(b, c.share))
+                    }) {
+                        None => None,
+                        Some(Ok(b)) => Some(b),
+                        Some(Err(e)) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
                     let loras = lora::Loras::new(adapters, &ctx, &model);
                     let _ = ready_tx.send(Ok(loras.combines()));
-                    StepLoop::new(&model, ctx, &config, stats, metrics, loras).run(rx);
+                    StepLoop::new(&model, ctx, &config, stats, metrics, loras)
+                        .with_embeddings(embeds)
+                        .run(rx);
                 })?;
         }
         let combines_adapters = ready_rx
@@ -227,6 +258,11 @@ impl Engine {
             return Err(SubmitError::Stopped);
         }
         Ok(rx)
+    }
+
+    /// The queue for interleaved embedding requests.
+    pub(crate) fn embed_sink(&self) -> EmbedSink {
+        EmbedSink(self.tx.clone())
     }
 
     /// Cancel a job by id (no-op when unknown or finished).

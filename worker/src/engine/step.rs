@@ -7,6 +7,7 @@ use super::lora::{groups, Loras};
 use super::reuse::{plan_reuse, Reuse, MIN_COPY_GAIN};
 use super::seq::{sample_next, score_prompt, Seq};
 use super::{Command, EngineConfig, EngineStats};
+use crate::embed::Interleaved;
 use crate::lora::LoraSet;
 use crate::metrics::WorkerMetrics;
 use crate::model::Model;
@@ -56,6 +57,10 @@ pub(super) struct StepLoop<'m> {
     stats: Arc<EngineStats>,
     metrics: Arc<WorkerMetrics>,
     loras: Loras,
+    /// Interleaved embedding decodes (`--embedding-mode interleaved`).
+    embeds: Option<Interleaved<'m>>,
+    /// Tokens the generation decodes of this step held.
+    step_tokens: usize,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     slots: Vec<Slot>,
@@ -89,6 +94,8 @@ impl<'m> StepLoop<'m> {
             stats,
             metrics,
             loras,
+            embeds: None,
+            step_tokens: 0,
             waiting: VecDeque::new(),
             running: Vec::new(),
             slots: (0..config.max_seqs).map(|_| Slot::default()).collect(),
@@ -98,10 +105,16 @@ impl<'m> StepLoop<'m> {
         }
     }
 
+    pub(super) fn with_embeddings(mut self, embeds: Option<Interleaved<'m>>) -> Self {
+        self.embeds = embeds;
+        self
+    }
+
     pub(super) fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
             self.stats.beats.fetch_add(1, Ordering::Relaxed);
-            let idle = self.running.is_empty() && self.waiting.is_empty();
+            let embedding = self.embeds.as_mut().is_some_and(Interleaved::has_pending);
+            let idle = self.running.is_empty() && self.waiting.is_empty() && !embedding;
             if idle {
                 self.publish_stats(0, Duration::ZERO);
                 match rx.recv_timeout(Duration::from_secs(1)) {
@@ -117,6 +130,7 @@ impl<'m> StepLoop<'m> {
             self.admit();
             let started = Instant::now();
             let generated = self.step();
+            self.embed_step(started.elapsed());
             self.publish_stats(generated, started.elapsed());
         }
     }
@@ -127,6 +141,11 @@ impl<'m> StepLoop<'m> {
             Command::Cancel(id) => {
                 self.cancelled.insert(id);
             }
+            Command::Embed(job) => match self.embeds.as_mut() {
+                Some(b) => b.push(job),
+                // Not interleaved: no such job is sent here.
+                None => drop(job),
+            },
         }
     }
 
@@ -306,6 +325,7 @@ impl<'m> StepLoop<'m> {
     /// One decode per LoRA set among the running sequences (one in all
     /// without adapters). Returns the number of tokens generated.
     pub(super) fn step(&mut self) -> u32 {
+        self.step_tokens = 0;
         let mut generated = 0;
         for set in groups(&self.running, self.loras.current()) {
             if let Err(e) = self.loras.apply(&mut self.ctx, set) {
@@ -335,6 +355,7 @@ impl<'m> StepLoop<'m> {
                     self.metrics
                         .step_seconds
                         .record(started.elapsed().as_secs_f64());
+                    self.step_tokens += self.batch.n_tokens() as usize;
                     self.record_batch();
                     break;
                 }
@@ -385,6 +406,17 @@ impl<'m> StepLoop<'m> {
             }
         }
         generated
+    }
+
+    /// Interleaved embeddings after a step that took `took`: a decode
+    /// within what the step left of the token budget and the embeddings'
+    /// time share.
+    fn embed_step(&mut self, took: Duration) {
+        let budget = self.config.max_batch_tokens.max(self.config.max_seqs) as usize;
+        let generating = !self.running.is_empty();
+        if let Some(e) = self.embeds.as_mut() {
+            e.after_step(generating, took, budget.saturating_sub(self.step_tokens));
+        }
     }
 
     /// Batch size and its split into prompt (prefill) and decode tokens.
