@@ -9,6 +9,7 @@ import math
 import openai
 import pytest
 
+from conftest import SMOLLM
 from router_support import GEN, sse_post, validate_event, validate_response, Http
 
 INCLUDE = "message.output_text.logprobs"
@@ -143,3 +144,36 @@ def test_completions_echo_scores_the_prompt(api, model):
     echoed = api.completions.create(model=model, prompt=prompt, echo=True, max_tokens=4, temperature=0)
     assert echoed.choices[0].text == prompt + plain.choices[0].text
     assert echoed.choices[0].logprobs is None
+
+
+def vocab_ids(words: list[str]) -> list[int]:
+    """SmolLM2's token ids of these vocabulary entries (byte-level BPE: a
+    leading space is spelled `Ġ`), read from the GGUF itself."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(SMOLLM)).fields["tokenizer.ggml.tokens"]
+    index = {bytes(field.parts[i]).decode("utf-8", "replace"): n for n, i in enumerate(field.data)}
+    return [index[w] for w in words]
+
+
+def test_completions_take_token_ids_and_echo_their_text(api, model):
+    """Harnesses send token ids (lm-eval's default): same scores as the text."""
+    ids = vocab_ids(["Once", "Ġupon", "Ġa", "Ġtime", ","])
+    text = "Once upon a time,"
+    by_ids = api.completions.create(model=model, prompt=[ids], echo=True, logprobs=1, max_tokens=0)
+    by_text = api.completions.create(model=model, prompt=text, echo=True, logprobs=1, max_tokens=0)
+    assert by_ids.choices[0].text == text
+    assert by_ids.usage.prompt_tokens == len(ids)
+    a, b = by_ids.choices[0].logprobs, by_text.choices[0].logprobs
+    assert a.tokens == b.tokens and a.text_offset == b.text_offset
+    assert a.token_logprobs[0] is None
+    for x, y in zip(a.token_logprobs[1:], b.token_logprobs[1:]):
+        assert abs(x - y) < 1e-3
+    # Echo alone: the text of the ids, then what greedy decoding adds.
+    plain = api.completions.create(model=model, prompt=ids, max_tokens=4, temperature=0)
+    echoed = api.completions.create(model=model, prompt=ids, echo=True, max_tokens=4, temperature=0)
+    assert echoed.choices[0].text == text + plain.choices[0].text
+    assert echoed.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as e:
+        api.completions.create(model=model, prompt=[[1], [2]], max_tokens=1)
+    assert e.value.param == "prompt"

@@ -1,8 +1,10 @@
 //! [`Completer`]: turns one generation's events into an endpoint's stream
 //! chunks or whole object, the same way for the worker and the router.
-//! With `echo` (Completions) the prompt comes first: its text, and with
-//! `logprobs` its tokens, scored by the worker ([`GenerateEvent::Prompt`]),
-//! before the generated ones, `text_offset` counting from the prompt's start.
+//! With `echo` (Completions) the prompt comes first: its text (for a
+//! prompt sent as token ids, the text the worker spells for them), and
+//! with `logprobs` its tokens, scored by the worker
+//! ([`GenerateEvent::Prompt`]), before the generated ones, `text_offset`
+//! counting from the prompt's start.
 
 use super::logprobs::{ChatLogprobs, CompletionLogprobs, TextOffsets};
 use super::response::{
@@ -19,6 +21,16 @@ use crate::{FailureCode, FinishReason, GenerateEvent};
 pub struct GenerationFailed {
     pub code: FailureCode,
     pub message: String,
+}
+
+/// What Completions' `echo` puts first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Echo {
+    /// The prompt's text, as sent.
+    Text(String),
+    /// A prompt sent as token ids: their text, spelled in the worker's
+    /// `Prompt` event.
+    Tokens,
 }
 
 /// Which endpoint a [`Completer`] answers for.
@@ -46,7 +58,9 @@ pub struct Completer {
     /// Character offsets of Completions' `text_offset`, across chunks.
     offsets: TextOffsets,
     /// The prompt to echo, until it is sent (stream) or prepended (whole).
-    echo: Option<String>,
+    echo: Option<Echo>,
+    /// An echo of token ids: their text, once the worker spelled it.
+    spelled: Option<String>,
     /// The echoed prompt's scores in `text_offset` terms (whole answers).
     prompt_logprobs: Option<CompletionLogprobs>,
 }
@@ -71,21 +85,38 @@ impl Completer {
             entries: Vec::new(),
             offsets: TextOffsets::default(),
             echo: None,
+            spelled: None,
             prompt_logprobs: None,
         }
     }
 
     /// Completions' `echo`: the answer starts with `prompt`. With
     /// logprobs the prompt's chunk waits for the worker's scores of it.
-    pub fn with_echo(mut self, prompt: Option<String>) -> Self {
-        self.echo = prompt.filter(|_| self.endpoint == Endpoint::Completions);
+    pub fn with_echo(mut self, echo: Option<Echo>) -> Self {
+        self.echo = echo.filter(|_| self.endpoint == Endpoint::Completions);
         self
+    }
+
+    /// The echoed prompt's text: as sent, or spelled from `scores`.
+    fn echo_text(echo: Echo, scores: Option<&PromptLogprobs>) -> String {
+        match (echo, scores) {
+            (Echo::Text(t), _) => t,
+            (Echo::Tokens, Some(p)) => {
+                let bytes: Vec<u8> = std::iter::once(&p.first.bytes)
+                    .chain(p.rest.iter().map(|e| &e.chosen.bytes))
+                    .flatten()
+                    .copied()
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            (Echo::Tokens, None) => String::new(),
+        }
     }
 
     /// The chunk of the echoed prompt, once: with its scores when the worker
     /// sent them (`null` logprobs in their place otherwise).
     fn echo_chunk(&mut self, scores: Option<&PromptLogprobs>) -> Option<StreamItem> {
-        let prompt = self.echo.take()?;
+        let prompt = Self::echo_text(self.echo.take()?, scores);
         let logprobs = match scores.filter(|_| self.logprobs) {
             Some(p) => Logprobs::Text(self.offsets.convert_prompt(p)),
             None => {
@@ -96,9 +127,14 @@ impl Completer {
         Some(self.chunk_with(Delta::default(), &prompt, None, logprobs))
     }
 
-    /// The echo waits for the worker's scores of the prompt.
+    /// The echo waits for the worker's `Prompt` event (its scores, or the
+    /// text of token ids).
     fn echo_waits(&self) -> bool {
-        self.echo.is_some() && self.logprobs
+        match &self.echo {
+            None => false,
+            Some(Echo::Tokens) => true,
+            Some(Echo::Text(_)) => self.logprobs,
+        }
     }
 
     /// Log probabilities were asked for (`sampling.logprobs` is set):
@@ -295,6 +331,9 @@ impl Completer {
         match ev {
             GenerateEvent::Prompt { logprobs } => {
                 // Once: a retried request's second worker scores it again.
+                if self.echo == Some(Echo::Tokens) && self.spelled.is_none() {
+                    self.spelled = Some(Self::echo_text(Echo::Tokens, Some(&logprobs)));
+                }
                 if self.echo.is_some() && self.logprobs && self.prompt_logprobs.is_none() {
                     self.prompt_logprobs = Some(self.offsets.convert_prompt(&logprobs));
                 }
@@ -344,7 +383,11 @@ impl Completer {
 
     fn whole(&mut self, reason: FinishReason, usage: CompletionUsage) -> Completion {
         let generated = std::mem::take(&mut self.text);
-        let text = match self.echo.take() {
+        let echo = self.echo.take().map(|e| match e {
+            Echo::Tokens => self.spelled.take().unwrap_or_default(),
+            Echo::Text(t) => t,
+        });
+        let text = match echo {
             Some(prompt) => {
                 if self.prompt_logprobs.is_none() {
                     // Unscored, it still comes first in `text_offset` terms.
@@ -464,7 +507,7 @@ mod tests {
     fn completer(logprobs: bool) -> Completer {
         Completer::new(Endpoint::Completions, "c".into(), 0, "m".into(), false)
             .with_logprobs(logprobs)
-            .with_echo(Some("Once upon".into()))
+            .with_echo(Some(Echo::Text("Once upon".into())))
     }
 
     fn text_choice(item: &StreamItem) -> &TextChoice {
@@ -533,7 +576,27 @@ mod tests {
         assert_eq!(text_choice(&items[0]).text, "Once upon");
         // Chat never echoes.
         let chat = Completer::new(Endpoint::Chat, "c".into(), 0, "m".into(), false)
-            .with_echo(Some("x".into()));
+            .with_echo(Some(Echo::Text("x".into())));
         assert!(chat.echo.is_none());
+    }
+
+    #[test]
+    fn echoed_token_ids_are_spelled_by_the_worker() {
+        let tokens = || {
+            Completer::new(Endpoint::Completions, "c".into(), 0, "m".into(), false)
+                .with_echo(Some(Echo::Tokens))
+        };
+        let mut c = tokens();
+        assert!(c.start().is_none(), "the text comes with the Prompt event");
+        let (items, _) = c.stream(scores());
+        assert_eq!(text_choice(&items[0]).text, "Once upon");
+        assert!(text_choice(&items[0]).logprobs.is_none(), "not asked for");
+        let mut c = tokens();
+        c.collect(scores());
+        c.collect(generated());
+        let Some(Ok(Completion::Text(t))) = c.collect(done()) else {
+            panic!("a whole text completion")
+        };
+        assert_eq!(t.choices[0].text, "Once upon a");
     }
 }

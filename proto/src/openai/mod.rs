@@ -27,7 +27,7 @@ mod sampling;
 pub mod shape;
 pub mod tools;
 
-pub use completer::{Completer, Endpoint, GenerationFailed};
+pub use completer::{Completer, Echo, Endpoint, GenerationFailed};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse, EncodingFormat};
 pub use request::{validate_lora, ChatCompletionRequest, CompletionRequest, RequestMessage};
 pub use response::{

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use serde_json::Value;
 
+use super::completer::Echo;
 use super::sampling::SamplingFields;
 use super::tools::{output_format, output_spec, ChatTool};
 use super::{invalid, InvalidParam};
@@ -104,12 +105,15 @@ pub struct ChatCompletionRequest {
     pub sampling: SamplingFields,
 }
 
-/// `prompt`: a string, or a list holding exactly one.
+/// `prompt`: a string or a list of token ids (what evaluation harnesses
+/// send), or a list holding exactly one of either.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     One(String),
     Many(Vec<String>),
+    Tokens(Vec<i32>),
+    TokenLists(Vec<Vec<i32>>),
 }
 
 /// `POST /v1/completions` body.
@@ -284,17 +288,24 @@ impl ChatCompletionRequest {
 impl CompletionRequest {
     /// Validates the request; the length defaults to 16 tokens as OpenAI's does.
     pub fn to_generate(&self, request_id: String) -> Result<GenerateRequest, InvalidParam> {
-        let prompt = match &self.prompt {
-            Prompt::One(p) => p.clone(),
-            Prompt::Many(v) if v.len() == 1 => v[0].clone(),
-            Prompt::Many(_) => {
+        let input = match &self.prompt {
+            Prompt::One(p) => PromptInput::Prompt(p.clone()),
+            Prompt::Many(v) if v.len() == 1 => PromptInput::Prompt(v[0].clone()),
+            Prompt::Tokens(t) => PromptInput::Tokens(t.clone()),
+            Prompt::TokenLists(v) if v.len() == 1 => PromptInput::Tokens(v[0].clone()),
+            Prompt::Many(_) | Prompt::TokenLists(_) => {
                 return Err(invalid(
                     "prompt",
-                    "'prompt' must be a string (or a list with exactly one string)",
+                    "'prompt' must be a string or a list of token ids (or a list with exactly one of either)",
                 ))
             }
         };
-        if prompt.is_empty() {
+        let empty = match &input {
+            PromptInput::Prompt(p) => p.is_empty(),
+            PromptInput::Tokens(t) => t.is_empty(),
+            PromptInput::Messages(_) => false,
+        };
+        if empty {
             return Err(invalid("prompt", "'prompt' must not be empty"));
         }
         let echo = self.echo == Some(true);
@@ -302,11 +313,17 @@ impl CompletionRequest {
             .sampling
             .to_params_with(Some(COMPLETIONS_DEFAULT_MAX_TOKENS), echo)?;
         sampling.logprobs = self.logprobs_asked()?;
-        sampling.prompt_logprobs = sampling.logprobs.filter(|_| echo);
+        sampling.prompt_logprobs = match (&input, echo) {
+            (_, false) => None,
+            // Token ids are echoed as the text the worker spells for them,
+            // which comes with the prompt's scores.
+            (PromptInput::Tokens(_), true) => Some(sampling.logprobs.unwrap_or(0)),
+            (_, true) => sampling.logprobs,
+        };
         Ok(GenerateRequest {
             request_id: Some(request_id),
             model: self.model.clone().filter(|m| !m.is_empty()),
-            input: PromptInput::Prompt(prompt),
+            input,
             continuation: None,
             sampling,
             cache_key: None,
@@ -338,13 +355,16 @@ impl CompletionRequest {
         }
     }
 
-    /// The text the completion starts with: the prompt with `echo`.
-    pub fn echoed(&self) -> Option<String> {
-        let prompt = match &self.prompt {
-            Prompt::One(p) => p,
-            Prompt::Many(v) => v.first()?,
-        };
-        (self.echo == Some(true)).then(|| prompt.clone())
+    /// What the completion starts with: the prompt, with `echo`.
+    pub fn echoed(&self) -> Option<Echo> {
+        if self.echo != Some(true) {
+            return None;
+        }
+        Some(match &self.prompt {
+            Prompt::One(p) => Echo::Text(p.clone()),
+            Prompt::Many(v) => Echo::Text(v.first()?.clone()),
+            Prompt::Tokens(_) | Prompt::TokenLists(_) => Echo::Tokens,
+        })
     }
 }
 
@@ -471,7 +491,33 @@ mod tests {
         assert_eq!(s.prompt_logprobs, None);
         let r: CompletionRequest =
             serde_json::from_str(r#"{"prompt":["Once"],"echo":true}"#).unwrap();
-        assert_eq!(r.echoed().as_deref(), Some("Once"));
+        assert_eq!(r.echoed(), Some(Echo::Text("Once".into())));
+    }
+
+    #[test]
+    fn prompts_may_be_token_ids() {
+        let parse = |body: &str| {
+            let r: CompletionRequest = serde_json::from_str(body).unwrap();
+            (r.to_generate("i".into()), r.echoed())
+        };
+        for body in [r#"{"prompt":[1,2,3]}"#, r#"{"prompt":[[1,2,3]]}"#] {
+            let (g, echo) = parse(body);
+            assert_eq!(g.unwrap().input, PromptInput::Tokens(vec![1, 2, 3]));
+            assert_eq!(echo, None);
+        }
+        // Echoed token ids need the worker's spelling: it scores the prompt.
+        let (g, echo) = parse(r#"{"prompt":[[1,2]],"echo":true,"max_tokens":0}"#);
+        assert_eq!(g.unwrap().sampling.prompt_logprobs, Some(0));
+        assert_eq!(echo, Some(Echo::Tokens));
+        for bad in [
+            r#"{"prompt":[]}"#,
+            r#"{"prompt":[[]]}"#,
+            r#"{"prompt":[[1],[2]]}"#,
+            r#"{"prompt":["a","b"]}"#,
+        ] {
+            let (g, _) = parse(bad);
+            assert_eq!(g.unwrap_err().param.as_deref(), Some("prompt"), "{bad}");
+        }
     }
 
     #[test]

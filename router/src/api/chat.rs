@@ -38,7 +38,7 @@ struct Call {
     /// Who asks (their prefix cache is their own, see `AppState::cache_salt`).
     tenant: String,
     /// Completions' `echo`: the prompt the answer starts with.
-    echo: Option<String>,
+    echo: Option<spindle_proto::openai::Echo>,
 }
 
 fn frame(item: &StreamItem) -> axum::response::sse::Event {
